@@ -1,0 +1,20 @@
+"""Pure-PyTorch model code: no Lightning, pandas or MLflow here, so it grafts into any stack."""
+
+from .accounting import count_parameters, training_flops
+from .layout import PAD_ID, ModalityLayout, group_tokens, masks_to_ids
+from .mot import PARTS, SHARED, MoTBackbone, MoTBlock, MoTConfig, SwiGLU
+
+__all__ = [
+    "PAD_ID",
+    "PARTS",
+    "SHARED",
+    "ModalityLayout",
+    "MoTBackbone",
+    "MoTBlock",
+    "MoTConfig",
+    "SwiGLU",
+    "count_parameters",
+    "group_tokens",
+    "masks_to_ids",
+    "training_flops",
+]
