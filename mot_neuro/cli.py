@@ -1,2 +1,99 @@
-def main():
-    pass
+"""``mot-neuro`` command line.
+
+Subcommands so far:
+
+* ``describe``: build a MoT backbone and its dense twin for a token layout and print parameter
+  counts and training FLOPs per token (measured with torch's FlopCounterMode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mot_neuro.model import PARTS, ModalityLayout, MoTBackbone, MoTConfig, count_parameters, training_flops
+
+
+def _layout_arg(text: str) -> tuple[str, int]:
+    name, sep, count = text.partition("=")
+    if not sep or not count.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected NAME=TOKENS (e.g. gene=128), got {text!r}")
+    return name.strip(), int(count)
+
+
+def _describe(args: argparse.Namespace) -> int:
+    layout = ModalityLayout.from_counts(dict(args.modalities))
+    untie = () if args.untie == ["none"] else args.untie
+    cfg = MoTConfig(
+        layout.names,
+        dim=args.dim,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        untie=untie,
+        norm_placement=args.norm_placement,
+        qk_norm=args.qk_norm,
+    )
+    rows = []
+    for name, config in (("dense", cfg.dense()), ("mot" if untie else "dense (as asked)", cfg)):
+        model = MoTBackbone(config)
+        params = count_parameters(model)
+        flops = training_flops(model, layout, batch_size=1)
+        rows.append(
+            {
+                "variant": name,
+                "untie": list(config.untie),
+                "params_total": params["total"],
+                "params_per_token": params["per_modality"],
+                "training_flops_per_token": flops["training_per_token"],
+            }
+        )
+    if args.json:
+        print(json.dumps({"layout": layout.as_dict(), "variants": rows}))
+        return 0
+    print(f"layout: {' | '.join(f'{n}={c}' for n, c in layout.as_dict().items())} ({layout.seq_len} tokens)")
+    print(f"dim={cfg.dim} layers={cfg.n_layers} heads={cfg.n_heads} ffn_hidden={cfg.ffn_hidden_dim} "
+          f"norm={cfg.norm_placement} qk_norm={cfg.qk_norm}")
+    print(f"{'variant':<18}{'untied':<26}{'params':>12}{'params used/token':>20}{'train MFLOP/token':>20}")
+    for row in rows:
+        used = max(row["params_per_token"].values())
+        print(f"{row['variant']:<18}{','.join(row['untie']) or '-':<26}{row['params_total']:>12,}{used:>20,}"
+              f"{row['training_flops_per_token'] / 1e6:>20.2f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mot-neuro", description="Mixture-of-Transformers for neuro-omics.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    describe = sub.add_parser("describe", help="parameters and FLOPs of MoT vs dense for a token layout")
+    describe.add_argument(
+        "--modalities",
+        type=_layout_arg,
+        nargs="+",
+        default=[("gene", 128), ("brain", 192), ("behaviour", 64)],
+        metavar="NAME=TOKENS",
+        help="modalities in sequence order with their token counts (default: gene=128 brain=192 behaviour=64)",
+    )
+    describe.add_argument("--dim", type=int, default=256)
+    describe.add_argument("--layers", type=int, default=4)
+    describe.add_argument("--heads", type=int, default=8)
+    describe.add_argument("--untie", nargs="+", default=list(PARTS), choices=[*PARTS, "none"],
+                          help="parts with one parameter set per modality ('none' = dense)")
+    describe.add_argument("--norm-placement", choices=["pre", "output"], default="pre")
+    describe.add_argument("--qk-norm", action="store_true")
+    describe.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    describe.set_defaults(func=_describe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:  # configuration mistakes: say what is wrong, no traceback
+        print(f"mot-neuro {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
