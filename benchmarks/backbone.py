@@ -113,7 +113,8 @@ def main(argv=None) -> dict:
     print(f"{'variant':<16}{'median ms':>12}{'p10 ms':>10}{'p90 ms':>10}{'vs dense':>10}")
     for name, t in times.items():
         q = statistics.quantiles(t, n=10)
-        print(f"{name:<16}{medians[name] * 1e3:>12.1f}{q[0] * 1e3:>10.1f}{q[-1] * 1e3:>10.1f}{medians[name] / dense:>10.3f}")
+        ms = [medians[name] * 1e3, q[0] * 1e3, q[-1] * 1e3]
+        print(f"{name:<16}{ms[0]:>12.1f}{ms[1]:>10.1f}{ms[2]:>10.1f}{medians[name] / dense:>10.3f}")
     result = {
         "mot_fixed_vs_dense": round(medians["mot_fixed"] / dense, 4),
         "mot_general_vs_dense": round(medians["mot_general"] / dense, 4),

@@ -52,13 +52,17 @@ def _describe(args: argparse.Namespace) -> int:
         print(json.dumps({"layout": layout.as_dict(), "variants": rows}))
         return 0
     print(f"layout: {' | '.join(f'{n}={c}' for n, c in layout.as_dict().items())} ({layout.seq_len} tokens)")
-    print(f"dim={cfg.dim} layers={cfg.n_layers} heads={cfg.n_heads} ffn_hidden={cfg.ffn_hidden_dim} "
-          f"norm={cfg.norm_placement} qk_norm={cfg.qk_norm}")
+    print(
+        f"dim={cfg.dim} layers={cfg.n_layers} heads={cfg.n_heads} ffn_hidden={cfg.ffn_hidden_dim} "
+        f"norm={cfg.norm_placement} qk_norm={cfg.qk_norm}"
+    )
     print(f"{'variant':<18}{'untied':<26}{'params':>12}{'params used/token':>20}{'train MFLOP/token':>20}")
     for row in rows:
         used = max(row["params_per_token"].values())
-        print(f"{row['variant']:<18}{','.join(row['untie']) or '-':<26}{row['params_total']:>12,}{used:>20,}"
-              f"{row['training_flops_per_token'] / 1e6:>20.2f}")
+        print(
+            f"{row['variant']:<18}{','.join(row['untie']) or '-':<26}{row['params_total']:>12,}{used:>20,}"
+            f"{row['training_flops_per_token'] / 1e6:>20.2f}"
+        )
     return 0
 
 
@@ -77,8 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--dim", type=int, default=256)
     describe.add_argument("--layers", type=int, default=4)
     describe.add_argument("--heads", type=int, default=8)
-    describe.add_argument("--untie", nargs="+", default=list(PARTS), choices=[*PARTS, "none"],
-                          help="parts with one parameter set per modality ('none' = dense)")
+    describe.add_argument(
+        "--untie",
+        nargs="+",
+        default=list(PARTS),
+        choices=[*PARTS, "none"],
+        help="parts with one parameter set per modality ('none' = dense)",
+    )
     describe.add_argument("--norm-placement", choices=["pre", "output"], default="pre")
     describe.add_argument("--qk-norm", action="store_true")
     describe.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

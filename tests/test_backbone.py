@@ -204,8 +204,21 @@ class _OpLog(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-INDEXING_OPS = {"index", "index_put", "index_put_", "masked_select", "masked_scatter", "nonzero", "gather", "scatter",
-                "index_select", "index_copy", "index_add", "sort", "argsort"}
+INDEXING_OPS = {
+    "index",
+    "index_put",
+    "index_put_",
+    "masked_select",
+    "masked_scatter",
+    "nonzero",
+    "gather",
+    "scatter",
+    "index_select",
+    "index_copy",
+    "index_add",
+    "sort",
+    "argsort",
+}
 HOST_SYNC_OPS = {"_local_scalar_dense", "item", "nonzero"}
 
 

@@ -32,7 +32,25 @@ def test_mask_routed_reference_matches_backbone():
 def test_benchmark_runs_and_reports_ratios():
     import backbone
 
-    result = backbone.main(["--batch", "2", "--segments", "4", "6", "2", "--dim", "16", "--heads", "2",
-                            "--layers", "1", "--reps", "2", "--warmup", "1"])
+    result = backbone.main(
+        [
+            "--batch",
+            "2",
+            "--segments",
+            "4",
+            "6",
+            "2",
+            "--dim",
+            "16",
+            "--heads",
+            "2",
+            "--layers",
+            "1",
+            "--reps",
+            "2",
+            "--warmup",
+            "1",
+        ]
+    )
     for key in ("mot_fixed_vs_dense", "mot_general_vs_dense", "mask_reference_vs_dense"):
         assert result[key] > 0

@@ -23,7 +23,7 @@ def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> Non
     ddp = DistributedDataParallel(model)  # find_unused_parameters left False on purpose
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(100 + rank)
-    for step in range(3):
+    for _ in range(3):
         x = torch.randn(2, 9, 16, generator=g)
         if rank == 0:  # general path, no behaviour token on this rank
             ids = torch.randint(0, 2, (2, 9), generator=g)
@@ -46,6 +46,8 @@ def test_ddp_with_a_modality_absent_on_one_rank(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
     params = torch.load(result)
     torch.manual_seed(0)
-    initial = torch.cat([p.detach().flatten() for p in MoTBackbone(MoTConfig(MODALITIES, dim=16, n_layers=2, n_heads=2)).parameters()])
+    initial = torch.cat(
+        [p.detach().flatten() for p in MoTBackbone(MoTConfig(MODALITIES, dim=16, n_layers=2, n_heads=2)).parameters()]
+    )
     torch.testing.assert_close(params[0], params[1], rtol=0, atol=0)  # ranks stayed in sync
     assert not torch.allclose(params[0], initial)  # and they did train

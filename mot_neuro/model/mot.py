@@ -77,9 +77,9 @@ class MoTConfig:
         self.untie = tuple(p for p in PARTS if p in set(self.untie))
         towers = dict(self.towers) if self.towers is not None else {m: m for m in self.modalities}
         if set(towers) != set(self.modalities):
+            missing, extra = sorted(set(self.modalities) - set(towers)), sorted(set(towers) - set(self.modalities))
             raise ValueError(
-                f"towers must map exactly the modalities {list(self.modalities)}; "
-                f"missing {sorted(set(self.modalities) - set(towers))}, extra {sorted(set(towers) - set(self.modalities))}"
+                f"towers must map exactly the modalities {list(self.modalities)}; missing {missing}, extra {extra}"
             )
         check_modality_names(sorted(set(towers.values())), what="tower")
         self.towers = towers
@@ -382,16 +382,18 @@ class MoTBackbone(nn.Module):
         for part, tower, name, _ in self.tower_modules():
             prefix = name.rsplit(".", 1)[0]
             sources = {
-                f"{prefix}.{source.cfg.tower(part, m)}"
-                for m in self.cfg.modalities
-                if self.cfg.tower(part, m) == tower
+                f"{prefix}.{source.cfg.tower(part, m)}" for m in self.cfg.modalities if self.cfg.tower(part, m) == tower
             }
             if len(sources) != 1:
-                raise ValueError(f"cannot warm start {name}: it would need one of several source sets {sorted(sources)}")
+                raise ValueError(
+                    f"cannot warm start {name}: it would need one of several source sets {sorted(sources)}"
+                )
             plan[name] = sources.pop()
         for _, _, name, module in self.tower_modules():
             if plan[name] not in source_modules:
-                raise ValueError(f"cannot warm start {name}: source has no {plan[name]} (different qk_norm/norm_placement?)")
+                raise ValueError(
+                    f"cannot warm start {name}: source has no {plan[name]} (different qk_norm/norm_placement?)"
+                )
             module.load_state_dict(source_modules[plan[name]].state_dict())
 
     # ------------------------------------------------------------------------------- routing
@@ -456,8 +458,9 @@ class MoTBackbone(nn.Module):
         def from_attention(attn: torch.Tensor) -> torch.Tensor:
             return attn.reshape(batch * seq, width).index_select(0, positions)
 
-        route = _Route(_Runs(0, segments, self._towers_by_modality), to_attention=to_attention,
-                       from_attention=from_attention)
+        route = _Route(
+            _Runs(0, segments, self._towers_by_modality), to_attention=to_attention, from_attention=from_attention
+        )
         if grouping.has_padding:
             route.attn_mask = _attention_mask(grouping.valid, self.cfg.causal)
         else:
