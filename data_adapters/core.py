@@ -1,0 +1,205 @@
+"""The common currency of the adapters: a tokenized modality, and errors that say what to fix.
+
+No torch here: adapters are usable on their own (numpy, pandas, nibabel, format readers).
+
+A :class:`TokenizedModality` holds, for N subjects and T tokens of one modality:
+
+* ``values``  float32 ``[N, T, F]``: the raw features of each token. Tokens of one modality may carry
+  different numbers of features (a region with 3 FreeSurfer measures next to one with 1): ``F`` is
+  the largest, unused slots hold 0 and are marked False in ``feature_mask`` ``[T, F]``. A missing
+  raw value (a NaN in the source) stays NaN: it is marked, never imputed here (imputation is
+  fitted on training folds later).
+* ``present`` bool ``[N, T]``: the token was observed for the subject (False when the subject lacks
+  the modality, or when every feature of the token is missing).
+* ``token_names`` (T), ``feature_names`` (F, optional), ``subject_ids`` (N, strings).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_ID_COLUMN = "eid"
+
+
+class AdapterError(ValueError):
+    """Bad input, with where it is (file, column, subject) and what is wrong.
+
+    ``str(err)`` reads ``"<file>: column 'x': subject 123: what is wrong"``, short enough for a CLI.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike | None = None,
+        column: str | None = None,
+        subject: str | None = None,
+    ) -> None:
+        self.file = None if file is None else str(file)
+        self.column = column
+        self.subject = subject
+        self.reason = message
+        where = []
+        if self.file is not None:
+            where.append(self.file)
+        if column is not None:
+            where.append(f"column {column!r}")
+        if subject is not None:
+            where.append(f"subject {subject}")
+        super().__init__(": ".join([*where, message]))
+
+
+def normalize_ids(
+    ids: Iterable, *, file: str | os.PathLike | None = None, column: str = DEFAULT_ID_COLUMN
+) -> np.ndarray:
+    """Subject IDs as strings, the same whichever file they come from (``1001``, ``1001.0``, ``" 1001"``).
+
+    Raises on missing or duplicated IDs, naming the file and the first offenders.
+    """
+    series = pd.Series(list(ids) if not isinstance(ids, pd.Series) else ids, dtype=object)
+    if series.isna().any():
+        rows = np.flatnonzero(series.isna().to_numpy())[:5].tolist()
+        raise AdapterError(f"missing subject ID in row(s) {rows}", file=file, column=column)
+
+    def one(value) -> str:
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return str(int(value))
+        if isinstance(value, (int, np.integer)):
+            return str(int(value))
+        text = str(value).strip()
+        if text.endswith(".0") and text[:-2].lstrip("-").isdigit():
+            text = text[:-2]
+        return text
+
+    out = np.array([one(v) for v in series], dtype=object)
+    empty = np.flatnonzero(out == "")
+    if len(empty):
+        raise AdapterError(f"empty subject ID in row(s) {empty[:5].tolist()}", file=file, column=column)
+    uniq, counts = np.unique(out.astype(str), return_counts=True)
+    dup = uniq[counts > 1]
+    if len(dup):
+        shown = ", ".join(dup[:5].tolist()) + (" ..." if len(dup) > 5 else "")
+        raise AdapterError(f"{len(dup)} duplicated subject ID(s): {shown}", file=file, column=column)
+    return out
+
+
+def check_finite_or_missing(
+    values: np.ndarray, *, file=None, token_names: Sequence[str] | None = None, subject_ids=None
+) -> None:
+    """NaN means missing and is allowed; +-inf is an error naming the subject and token."""
+    bad = np.isinf(values)
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        subject = None if subject_ids is None else str(subject_ids[idx[0]])
+        token = "" if token_names is None or values.ndim < 2 else f" (first in token {token_names[idx[1]]!r})"
+        raise AdapterError(f"{int(bad.sum())} infinite value(s){token}", file=file, subject=subject)
+
+
+@dataclass
+class TokenizedModality:
+    """One modality of a cohort as tokens (see module docstring for the array contract)."""
+
+    name: str
+    values: np.ndarray
+    present: np.ndarray
+    token_names: list[str]
+    subject_ids: np.ndarray
+    feature_mask: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    categories: dict[str, list[str]] = field(default_factory=dict)
+    """For categorical tokens: token name -> category labels; values hold the category index."""
+    source: dict = field(default_factory=dict)
+    """What it was built from (files, settings): goes into cache fingerprints and run metadata."""
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values)
+        if self.values.dtype != np.float32:
+            self.values = self.values.astype(np.float32)
+        self.present = np.asarray(self.present, dtype=bool)
+        self.token_names = [str(t) for t in self.token_names]
+        self.subject_ids = np.asarray(self.subject_ids, dtype=object)
+        if self.feature_mask is None:
+            self.feature_mask = np.ones(self.values.shape[1:], dtype=bool) if self.values.ndim == 3 else None
+        self.validate()
+
+    # ------------------------------------------------------------------ shape and checks
+    @property
+    def n_subjects(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def n_features(self) -> int:
+        return self.values.shape[2]
+
+    def validate(self) -> None:
+        where = f"modality {self.name!r}"
+        if self.values.ndim != 3:
+            raise AdapterError(f"{where}: values must be [subjects, tokens, features], got shape {self.values.shape}")
+        n, t, f = self.values.shape
+        if t == 0:
+            raise AdapterError(f"{where}: no tokens (empty modality)")
+        if f == 0:
+            raise AdapterError(f"{where}: tokens have no features")
+        if self.present.shape != (n, t):
+            raise AdapterError(f"{where}: present mask {self.present.shape} does not match values {(n, t)}")
+        if len(self.token_names) != t:
+            raise AdapterError(f"{where}: {len(self.token_names)} token names for {t} tokens")
+        if len(set(self.token_names)) != t:
+            dup = sorted({x for x in self.token_names if self.token_names.count(x) > 1})
+            raise AdapterError(f"{where}: duplicated token names {dup[:5]}")
+        if len(self.subject_ids) != n:
+            raise AdapterError(f"{where}: {len(self.subject_ids)} subject IDs for {n} subjects")
+        if self.feature_mask.shape != (t, f):
+            raise AdapterError(f"{where}: feature mask {self.feature_mask.shape} does not match {(t, f)}")
+        if self.feature_names is not None and len(self.feature_names) != f:
+            raise AdapterError(f"{where}: {len(self.feature_names)} feature names for {f} features")
+        check_finite_or_missing(self.values, file=None, token_names=self.token_names, subject_ids=self.subject_ids)
+
+    # ------------------------------------------------------------------ alignment
+    def reindex(self, subject_ids: Sequence[str]) -> TokenizedModality:
+        """Rows for ``subject_ids`` in that order; subjects without this modality get
+        ``present=False`` and zero values (what an outer join needs)."""
+        subject_ids = np.asarray(subject_ids, dtype=object)
+        position = {sid: i for i, sid in enumerate(self.subject_ids)}
+        rows = np.array([position.get(s, -1) for s in subject_ids], dtype=np.int64)
+        have = rows >= 0
+        values = np.zeros((len(subject_ids), self.n_tokens, self.n_features), dtype=np.float32)
+        present = np.zeros((len(subject_ids), self.n_tokens), dtype=bool)
+        values[have] = self.values[rows[have]]
+        present[have] = self.present[rows[have]]
+        return TokenizedModality(
+            name=self.name,
+            values=values,
+            present=present,
+            token_names=list(self.token_names),
+            subject_ids=subject_ids,
+            feature_mask=self.feature_mask.copy(),
+            feature_names=None if self.feature_names is None else list(self.feature_names),
+            categories={k: list(v) for k, v in self.categories.items()},
+            source=dict(self.source),
+        )
+
+    def subjects_with_data(self) -> np.ndarray:
+        """IDs of subjects with at least one present token."""
+        return self.subject_ids[self.present.any(axis=1)]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it: readers see all or nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
