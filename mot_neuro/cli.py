@@ -35,7 +35,8 @@ def _describe(args: argparse.Namespace) -> int:
         qk_norm=args.qk_norm,
     )
     rows = []
-    for name, config in (("dense", cfg.dense()), ("mot" if untie else "dense (as asked)", cfg)):
+    for config in (cfg.dense(), cfg):
+        name = "dense" if config.is_dense else "mot"
         model = MoTBackbone(config)
         params = count_parameters(model)
         flops = training_flops(model, layout, batch_size=1)

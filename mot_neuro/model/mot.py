@@ -240,10 +240,9 @@ class MoTBlock(nn.Module):
     Stage 2 (per tower): output projection [+ norm], residual, [norm] -> SwiGLU FFN [+ norm], residual.
     """
 
-    def __init__(self, cfg: MoTConfig, layer_id: int) -> None:
+    def __init__(self, cfg: MoTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.layer_id = layer_id
         d = cfg.dim
         norms = cfg.tower_names("norm")
         attns = cfg.tower_names("attention")
@@ -323,7 +322,7 @@ class MoTBackbone(nn.Module):
     def __init__(self, cfg: MoTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.blocks = nn.ModuleList(MoTBlock(cfg, i) for i in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(MoTBlock(cfg) for _ in range(cfg.n_layers))
         if cfg.norm_placement == "pre":
             self.final_norm = _per_tower(lambda: nn.RMSNorm(cfg.dim, eps=cfg.norm_eps), cfg.tower_names("norm"))
         else:
