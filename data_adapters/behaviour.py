@@ -1,0 +1,238 @@
+"""Tabular measures (behaviour, cognition, questionnaires, clinical scores) as tokens: one token per measure.
+
+A table of N subjects (rows) and measures (columns) becomes a :class:`~data_adapters.core.TokenizedModality`
+with ``values`` ``[N, T, 1]``: token ``t`` is measure ``t``, with a single feature ``"value"``.
+
+* Numeric columns are kept as they are (float32); a missing entry stays NaN and its token is absent.
+* Columns declared ``categorical`` hold the index of their label in ``categories[token]``; labels are
+  sorted (numerically when every label is a number), or kept in the order of a pandas ``Categorical``
+  dtype, so the same data always gives the same indices whatever the row order.
+* Text in a column not declared categorical is an error naming the column: text hides mistakes
+  (``"12,5"``, ``"n/a "``) that a silent conversion would turn into missing values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
+
+TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
+FEATURE_NAME = "value"
+
+
+def table_suffix(path: Path) -> str:
+    """The format suffix of ``path``, looking through a trailing ``.gz``/``.bz2``/``.zip``/``.xz``."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in {".gz", ".bz2", ".zip", ".xz"}:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def read_table(
+    path_or_df: str | os.PathLike | pd.DataFrame, *, id_column: str = DEFAULT_ID_COLUMN
+) -> tuple[pd.DataFrame, str | None]:
+    """A CSV/TSV/parquet file (chosen by extension) or a DataFrame, and the file name for messages.
+
+    The ID column of text files is read as text so that IDs such as ``007`` keep their zeros. A
+    DataFrame indexed by the ID column is accepted as if the index were a column.
+    """
+    if isinstance(path_or_df, pd.DataFrame):
+        df = path_or_df
+        if id_column not in df.columns and df.index.name == id_column:
+            df = df.reset_index()
+        return df.copy(), None
+    if not isinstance(path_or_df, (str, os.PathLike)):
+        raise AdapterError(f"expected a table file path or a pandas DataFrame, got {type(path_or_df).__name__}")
+    path = Path(path_or_df)
+    if not path.is_file():
+        raise AdapterError("file not found", file=path)
+    suffix = table_suffix(path)
+    if suffix not in TABLE_SUFFIXES:
+        known = ", ".join(sorted(TABLE_SUFFIXES))
+        raise AdapterError(f"unknown table format {suffix or '(no extension)'!r}; use one of {known}", file=path)
+    try:
+        if TABLE_SUFFIXES[suffix] is None:
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype={id_column: str})
+    except pd.errors.EmptyDataError as err:
+        raise AdapterError("the file is empty", file=path) from err
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AdapterError(f"cannot read the table: {first_line}", file=path) from err
+    return df, str(path)
+
+
+def require_id_column(df: pd.DataFrame, id_column: str, file: str | None) -> None:
+    if id_column not in df.columns:
+        shown = ", ".join(repr(str(c)) for c in list(df.columns)[:20]) + (" ..." if len(df.columns) > 20 else "")
+        raise AdapterError(
+            f"subject ID column {id_column!r} not found; columns are {shown}. Pass id_column= to name it",
+            file=file,
+        )
+
+
+def _check_names(wanted: Iterable[str], available: Sequence[str], what: str, file: str | None) -> list[str]:
+    wanted = [str(w) for w in wanted]
+    unknown = [w for w in wanted if w not in available]
+    if unknown:
+        raise AdapterError(f"{what} names column(s) {unknown} not in the table (columns: {list(available)})", file=file)
+    return wanted
+
+
+def _text_mask(series: pd.Series) -> np.ndarray:
+    """Entries that are present but are not numbers (``"abc"``, ``"12,5"``)."""
+    as_number = pd.to_numeric(series, errors="coerce")
+    return (series.notna() & as_number.isna()).to_numpy()
+
+
+def numeric_column(series: pd.Series, *, column: str, ids: np.ndarray, file: str | None) -> np.ndarray:
+    """A measure column as float64 (NaN for missing), or an error saying why it is not numeric."""
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif not series.notna().any():
+        values = np.full(len(series), np.nan)
+    else:
+        if isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_datetime64_any_dtype(series):
+            raise AdapterError(
+                f"{series.dtype} column is not a number; declare it with categorical=[{column!r}]"
+                " or convert it to numbers first",
+                file=file,
+                column=column,
+            )
+        text = _text_mask(series)
+        if text[series.notna().to_numpy()].all():
+            examples = sorted({str(v) for v in series[text].head(50)})[:3]
+            raise AdapterError(
+                f"non-numeric column (values such as {examples});"
+                f" if it holds categories, pass categorical=[{column!r}]",
+                file=file,
+                column=column,
+            )
+        if text.any():
+            row = int(np.flatnonzero(text)[0])
+            raise AdapterError(
+                f"mixed numbers and text: {int(text.sum())} of {int(series.notna().sum())} entries are text"
+                f" (first: {str(series.iloc[row])!r}); fix those entries, or pass categorical=[{column!r}]"
+                " if the column holds categories",
+                file=file,
+                column=column,
+                subject=str(ids[row]),
+            )
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    # beyond float32's range a finite value would become inf once stored
+    infinite = np.flatnonzero(np.isinf(values) | (np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max))
+    if len(infinite):
+        raise AdapterError(
+            f"infinite or out-of-range value ({values[infinite[0]]}) in {len(infinite)} row(s);"
+            " use NaN/empty for missing values",
+            file=file,
+            column=column,
+            subject=str(ids[infinite[0]]),
+        )
+    return values
+
+
+def _label(value) -> str:
+    """One category label as text; ``1``, ``1.0`` and ``" 1"`` are the same label."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value).strip()
+
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return sorted(labels)
+
+
+def categorical_column(series: pd.Series, *, column: str) -> tuple[np.ndarray, list[str]]:
+    """Category indices as float64 (NaN for missing) and the labels they index."""
+    missing = series.isna().to_numpy()
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        labels = [_label(c) for c in series.dtype.categories]
+        codes = series.cat.codes.to_numpy().astype(np.float64)
+        codes[missing] = np.nan
+        if len(set(labels)) == len(labels):
+            return codes, labels
+    text = np.array([None if m else _label(v) for v, m in zip(series.tolist(), missing, strict=True)], dtype=object)
+    blank = np.array([t == "" for t in text])
+    missing = missing | blank
+    labels = _sorted_labels({t for t, m in zip(text, missing, strict=True) if not m})
+    index = {label: i for i, label in enumerate(labels)}
+    codes = np.array([np.nan if m else index[t] for t, m in zip(text, missing, strict=True)], dtype=np.float64)
+    return codes, labels
+
+
+def measures_table(
+    path_or_df: str | os.PathLike | pd.DataFrame,
+    *,
+    id_column: str = DEFAULT_ID_COLUMN,
+    categorical: Iterable[str] = (),
+    columns: Sequence[str] | None = None,
+    exclude: Iterable[str] = (),
+    name: str = "behaviour",
+) -> TokenizedModality:
+    """One token per measure (``F=1``) from a CSV/TSV/parquet table or a DataFrame with one row per subject.
+
+    ``columns`` picks the measures (default: every column but the ID); ``exclude`` drops some (names that
+    are not in the table are an error, so that a typo cannot let a target through). ``categorical``
+    columns become category indices with their labels in ``categories``.
+    """
+    df, file = read_table(path_or_df, id_column=id_column)
+    df.columns = [str(c) for c in df.columns]
+    require_id_column(df, id_column, file)
+    ids = normalize_ids(df[id_column], file=file, column=id_column)
+    available = [c for c in df.columns if c != id_column]
+    categorical = _check_names(categorical, available, "categorical", file)
+    exclude = _check_names(exclude, available, "exclude", file)
+    if columns is None:
+        chosen = available
+    else:
+        if isinstance(columns, str):
+            columns = [columns]
+        chosen = _check_names(columns, available, "columns", file)
+    chosen = [c for c in chosen if c not in set(exclude)]
+    if not chosen:
+        raise AdapterError("no measure columns left to tokenize (check columns= and exclude=)", file=file)
+    not_chosen = [c for c in categorical if c not in chosen]
+    if not_chosen:
+        raise AdapterError(f"categorical column(s) {not_chosen} are excluded from the measures", file=file)
+
+    values = np.empty((len(df), len(chosen), 1), dtype=np.float32)
+    categories: dict[str, list[str]] = {}
+    for t, column in enumerate(chosen):
+        if column in categorical:
+            codes, labels = categorical_column(df[column], column=column)
+            categories[column] = labels
+        else:
+            codes = numeric_column(df[column], column=column, ids=ids, file=file)
+        values[:, t, 0] = codes
+    return TokenizedModality(
+        name=name,
+        values=values,
+        present=~np.isnan(values[:, :, 0]),
+        token_names=chosen,
+        subject_ids=ids,
+        feature_names=[FEATURE_NAME],
+        categories=categories,
+        source={
+            "adapter": "behaviour.measures_table",
+            "file": file,
+            "id_column": id_column,
+            "columns": list(chosen),
+            "categorical": list(categorical),
+            "exclude": list(exclude),
+        },
+    )

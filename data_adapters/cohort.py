@@ -1,0 +1,374 @@
+"""A cohort: participants (targets, confounds) and modalities aligned to one subject order.
+
+:func:`build_cohort` aligns tokenized modalities with a participants table by subject ID.
+
+Join semantics. A subject "has" a modality when at least one of its tokens is present there (a row of
+NaNs counts as not having it). The subject order is the participants table's order.
+
+* ``join="inner"``: subjects with a participants row and data in every modality.
+* ``join="outer"``: subjects with a participants row and data in at least one modality; the modalities a
+  subject lacks are rows with ``present=False`` (nothing is imputed).
+* Subjects found in a modality but not in participants are dropped (no targets, no confounds) and counted.
+
+Targets and confounds come from the participants table only, and are kept out of the inputs: any token
+whose name equals a target or confound column is removed from its modality and listed in the report
+(a behaviour table that still holds the target would otherwise hand the answer to the model). It is an
+error when:
+
+* a target or confound column is not in participants (even if a modality has a token of that name:
+  move the column into participants), or it is the ID column, or it is listed both as target and confound;
+* removing those tokens leaves a modality with no tokens (the modality *was* the target);
+* a target or confound column has no observed value among the aligned subjects.
+
+The report (:meth:`Cohort.report`) holds counts only, never subject IDs, so it can go into logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .behaviour import read_table, require_id_column
+from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
+
+JOINS = ("inner", "outer")
+
+
+def _table_text(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "  (none)"
+    return "\n".join("  " + line for line in df.to_string(index=False).splitlines())
+
+
+@dataclass
+class CohortReport:
+    """Counts that describe how a cohort was aligned; ``str(report)`` prints them as tables."""
+
+    join: str
+    n_subjects: int
+    n_participants: int
+    modalities: pd.DataFrame
+    """One row per modality: tokens, features, subjects in its input, how many of those are not in
+    participants, and subjects with data in the cohort."""
+    overlaps: pd.DataFrame
+    """One row per combination of modalities (a True/False column per modality) with its subject count."""
+    dropped: pd.DataFrame
+    """Columns ``reason``, ``subjects``."""
+    excluded_tokens: pd.DataFrame
+    """Columns ``modality``, ``token``, ``reason``: tokens removed because they are targets or confounds."""
+    columns: pd.DataFrame
+    """Targets and confounds: ``column``, ``role``, ``observed``, ``missing`` among the cohort's subjects."""
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able data (for run metadata)."""
+
+        def records(df: pd.DataFrame) -> list[dict]:
+            return [
+                {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} for row in df.to_dict("records")
+            ]
+
+        return {
+            "join": self.join,
+            "n_subjects": self.n_subjects,
+            "n_participants": self.n_participants,
+            "modalities": records(self.modalities),
+            "overlaps": records(self.overlaps),
+            "dropped": records(self.dropped),
+            "excluded_tokens": records(self.excluded_tokens),
+            "columns": records(self.columns),
+        }
+
+    def __str__(self) -> str:
+        return "\n".join(
+            [
+                f"Cohort: {self.n_subjects} subjects ({self.join} join; {self.n_participants} rows in participants)",
+                "Modalities:",
+                _table_text(self.modalities),
+                "Subjects per combination of modalities:",
+                _table_text(self.overlaps),
+                "Dropped:",
+                _table_text(self.dropped),
+                "Tokens removed from the inputs (targets/confounds):",
+                _table_text(self.excluded_tokens),
+                "Targets and confounds:",
+                _table_text(self.columns),
+            ]
+        )
+
+
+@dataclass
+class Cohort:
+    """Participants indexed by subject ID (strings) and modalities aligned to that index, row for row."""
+
+    participants: pd.DataFrame
+    modalities: dict[str, TokenizedModality]
+    targets: list[str]
+    confounds: list[str] = field(default_factory=list)
+    id_column: str = DEFAULT_ID_COLUMN
+    join: str = "inner"
+    build_info: dict = field(default_factory=dict)
+    """What alignment saw and dropped (counts only); kept so that a saved cohort can still report."""
+
+    def __post_init__(self) -> None:
+        self.targets = list(self.targets)
+        self.confounds = list(self.confounds)
+        ids = self.subject_ids
+        for name, modality in self.modalities.items():
+            if modality.n_tokens == 0:
+                raise AdapterError(f"modality {name!r} has no tokens")
+            if len(modality.subject_ids) != len(ids) or not np.array_equal(modality.subject_ids.astype(str), ids):
+                raise AdapterError(f"modality {name!r} is not aligned with participants (use build_cohort)")
+        missing = [c for c in [*self.targets, *self.confounds] if c not in self.participants.columns]
+        if missing:
+            raise AdapterError(f"target/confound column(s) {missing} not in participants")
+
+    @property
+    def subject_ids(self) -> np.ndarray:
+        return self.participants.index.to_numpy().astype(str)
+
+    @property
+    def n_subjects(self) -> int:
+        return len(self.participants)
+
+    def __len__(self) -> int:
+        return self.n_subjects
+
+    def report(self) -> CohortReport:
+        info = self.build_info
+        input_counts = info.get("modality_inputs", {})
+        modality_rows = []
+        has = {}
+        for name, modality in self.modalities.items():
+            has[name] = modality.present.any(axis=1)
+            counts = input_counts.get(name, {})
+            modality_rows.append(
+                {
+                    "modality": name,
+                    "tokens": modality.n_tokens,
+                    "features": modality.n_features,
+                    "subjects in input": counts.get("subjects", np.nan),
+                    "with data in input": counts.get("with_data", np.nan),
+                    "not in participants": counts.get("not_in_participants", np.nan),
+                    "with data in cohort": int(has[name].sum()),
+                }
+            )
+        modalities = pd.DataFrame(modality_rows)
+        if has:
+            combos = pd.DataFrame(has)
+            overlaps = combos.value_counts(sort=False).rename("subjects").reset_index()
+            overlaps = overlaps.sort_values(["subjects", *has], ascending=False, kind="stable").reset_index(drop=True)
+        else:
+            overlaps = pd.DataFrame(columns=["subjects"])
+        column_rows = [
+            {
+                "column": column,
+                "role": role,
+                "observed": int(self.participants[column].notna().sum()),
+                "missing": int(self.participants[column].isna().sum()),
+            }
+            for role, names in (("target", self.targets), ("confound", self.confounds))
+            for column in names
+        ]
+        return CohortReport(
+            join=self.join,
+            n_subjects=self.n_subjects,
+            n_participants=int(info.get("n_participants", self.n_subjects)),
+            modalities=modalities,
+            overlaps=overlaps,
+            dropped=pd.DataFrame(info.get("dropped", []), columns=["reason", "subjects"]),
+            excluded_tokens=pd.DataFrame(info.get("excluded_tokens", []), columns=["modality", "token", "reason"]),
+            columns=pd.DataFrame(column_rows, columns=["column", "role", "observed", "missing"]),
+        )
+
+
+def _participants_frame(participants, id_column: str) -> tuple[pd.DataFrame, str | None]:
+    df, file = read_table(participants, id_column=id_column)
+    df.columns = [str(c) for c in df.columns]
+    require_id_column(df, id_column, file)
+    ids = normalize_ids(df[id_column], file=file, column=id_column)
+    df = df.drop(columns=[id_column])
+    df.index = pd.Index(ids.astype(str), name=id_column)
+    return df, file
+
+
+def _column_list(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if value is None:
+        return []
+    return [str(v) for v in value]
+
+
+def _check_columns(
+    df: pd.DataFrame, targets: list[str], confounds: list[str], modalities: Mapping, id_column: str, file
+) -> None:
+    both = sorted(set(targets) & set(confounds))
+    if both:
+        raise AdapterError(f"column(s) {both} are listed both as target and as confound; choose one role", file=file)
+    for role, names in (("target", targets), ("confound", confounds)):
+        for column in names:
+            if column == id_column:
+                raise AdapterError(f"the subject ID column cannot be a {role}", file=file, column=column)
+            if column in df.columns:
+                continue
+            holders = [m for m, mod in modalities.items() if column in getattr(mod, "token_names", [])]
+            hint = (
+                f"; it is a token of modality {holders[0]!r}: targets and confounds must be participants columns,"
+                " add it to the participants table"
+                if holders
+                else ""
+            )
+            shown = list(df.columns)[:20]
+            raise AdapterError(f"{role} column not in participants (columns: {shown}){hint}", file=file, column=column)
+
+
+def _without_tokens(modality: TokenizedModality, drop: set[str]) -> TokenizedModality:
+    keep = [t for t, token in enumerate(modality.token_names) if token not in drop]
+    if len(keep) == modality.n_tokens:
+        return modality
+    names = [modality.token_names[t] for t in keep]
+    return TokenizedModality(
+        name=modality.name,
+        values=modality.values[:, keep],
+        present=modality.present[:, keep],
+        token_names=names,
+        subject_ids=modality.subject_ids,
+        feature_mask=modality.feature_mask[keep],
+        feature_names=None if modality.feature_names is None else list(modality.feature_names),
+        categories={k: list(v) for k, v in modality.categories.items() if k in names},
+        source=dict(modality.source),
+    )
+
+
+def _prepare_modality(name: str, modality, protected: set[str]) -> tuple[TokenizedModality, list[str]]:
+    """The modality under its cohort name with string IDs, minus target/confound tokens (and their names)."""
+    if not isinstance(modality, TokenizedModality):
+        raise AdapterError(f"modality {name!r} is a {type(modality).__name__}, expected a TokenizedModality")
+    if modality.n_tokens == 0:
+        raise AdapterError(f"modality {name!r} has no tokens")
+    ids = normalize_ids(modality.subject_ids, file=f"modality {name!r}", column="subject_ids")
+    removed = [t for t in modality.token_names if t in protected]
+    if len(removed) == modality.n_tokens:
+        raise AdapterError(
+            f"modality {name!r}: every token ({removed[:5]}) is a target or confound column, so nothing would"
+            " be left as input (the modality is the answer); drop the modality or that column from targets/confounds"
+        )
+    modality = _without_tokens(modality, set(removed))
+    if modality.name != name or not np.array_equal(ids, modality.subject_ids):
+        modality = TokenizedModality(
+            name=name,
+            values=modality.values,
+            present=modality.present,
+            token_names=modality.token_names,
+            subject_ids=ids,
+            feature_mask=modality.feature_mask,
+            feature_names=modality.feature_names,
+            categories=modality.categories,
+            source=modality.source,
+        )
+    return modality, removed
+
+
+def build_cohort(
+    participants: str | os.PathLike | pd.DataFrame,
+    modalities: Mapping[str, TokenizedModality],
+    *,
+    targets: Iterable[str] | str,
+    confounds: Iterable[str] | str = (),
+    join: str = "inner",
+    id_column: str = DEFAULT_ID_COLUMN,
+) -> Cohort:
+    """Align ``modalities`` (name -> modality) with a participants table (CSV/TSV/parquet or DataFrame).
+
+    See the module docstring for the join semantics, which tokens are removed and what is an error.
+    ``targets`` may be empty (masked-modelling pretraining needs none).
+    """
+    if join not in JOINS:
+        raise AdapterError(f"join must be one of {JOINS}, got {join!r}")
+    targets = _column_list(targets)
+    confounds = _column_list(confounds)
+    if not modalities:
+        raise AdapterError("no modalities given; pass a dict of name -> TokenizedModality")
+    table, file = _participants_frame(participants, id_column)
+    _check_columns(table, targets, confounds, modalities, id_column, file)
+
+    protected = set(targets) | set(confounds)
+    prepared: dict[str, TokenizedModality] = {}
+    excluded = []
+    for name, modality in modalities.items():
+        prepared[str(name)], removed = _prepare_modality(str(name), modality, protected)
+        role = {t: "target" for t in targets} | {c: "confound" for c in confounds}
+        excluded += [{"modality": str(name), "token": t, "reason": f"is a {role[t]} column"} for t in removed]
+
+    in_participants = set(table.index)
+    with_data = {name: set(m.subjects_with_data().astype(str)) for name, m in prepared.items()}
+    modality_inputs = {
+        name: {
+            "subjects": int(m.n_subjects),
+            "with_data": len(with_data[name]),
+            "not_in_participants": len(set(m.subject_ids.astype(str)) - in_participants),
+        }
+        for name, m in prepared.items()
+    }
+    has = pd.DataFrame({name: table.index.isin(list(subjects)) for name, subjects in with_data.items()})
+    keep = has.all(axis=1) if join == "inner" else has.any(axis=1)
+    keep = keep.to_numpy()
+    if not keep.any():
+        counts = ", ".join(
+            f"{name!r} {modality_inputs[name]['with_data']} with data ({int(has[name].sum())} of them in participants)"
+            for name in prepared
+        )
+        need = "all modalities" if join == "inner" else "any modality"
+        raise AdapterError(
+            f"no subject is both in participants ({len(table)} subjects) and in {need}: {counts}. Check that the"
+            f" ID column {id_column!r} holds the same IDs everywhere (prefixes, leading zeros)",
+            file=file,
+        )
+
+    dropped = []
+    for name in prepared:
+        count = modality_inputs[name]["not_in_participants"]
+        if count:
+            dropped.append({"reason": f"in {name!r} but not in participants", "subjects": count})
+    if join == "inner":
+        for name in prepared:
+            lacking = int((~has[name]).sum())
+            if lacking:
+                dropped.append({"reason": f"in participants, no data in {name!r}", "subjects": lacking})
+    if (~keep).any():
+        why = "lacking at least one modality" if join == "inner" else "no data in any modality"
+        dropped.append({"reason": f"participants dropped in total ({why})", "subjects": int((~keep).sum())})
+
+    full_table, table = table, table[keep]
+    subject_ids = table.index.to_numpy().astype(str)
+    for role, names in (("target", targets), ("confound", confounds)):
+        for column in names:
+            if not full_table[column].notna().any():
+                problem = f"is entirely missing in participants ({len(full_table)} rows)"
+            elif not table[column].notna().any():
+                problem = f"has no observed value among the {len(table)} subjects shared with the modalities"
+            else:
+                continue
+            raise AdapterError(
+                f"{role} column {problem}; choose another {role} or fill it in", file=file, column=column
+            )
+
+    aligned = {name: m.reindex(subject_ids) for name, m in prepared.items()}
+    return Cohort(
+        participants=table,
+        modalities=aligned,
+        targets=targets,
+        confounds=confounds,
+        id_column=id_column,
+        join=join,
+        build_info={
+            "n_participants": len(in_participants),
+            "modality_inputs": modality_inputs,
+            "dropped": dropped,
+            "excluded_tokens": excluded,
+        },
+    )
