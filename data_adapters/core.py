@@ -92,13 +92,18 @@ def normalize_ids(
 def check_finite_or_missing(
     values: np.ndarray, *, file=None, token_names: Sequence[str] | None = None, subject_ids=None
 ) -> None:
-    """NaN means missing and is allowed; +-inf is an error naming the subject and token."""
-    bad = np.isinf(values)
-    if bad.any():
-        idx = np.argwhere(bad)[0]
-        subject = None if subject_ids is None else str(subject_ids[idx[0]])
-        token = "" if token_names is None or values.ndim < 2 else f" (first in token {token_names[idx[1]]!r})"
-        raise AdapterError(f"{int(bad.sum())} infinite value(s){token}", file=file, subject=subject)
+    """NaN means missing and is allowed; +-inf is an error naming the subject and token.
+
+    Checked in blocks of subjects so a memory-mapped array is never copied whole.
+    """
+    block = 4096
+    for start in range(0, max(len(values), 1), block):
+        bad = np.isinf(values[start : start + block])
+        if bad.any():
+            idx = np.argwhere(bad)[0]
+            subject = None if subject_ids is None else str(subject_ids[start + idx[0]])
+            token = "" if token_names is None or values.ndim < 2 else f" (first in token {token_names[idx[1]]!r})"
+            raise AdapterError(f"infinite value(s){token}", file=file, subject=subject)
 
 
 @dataclass
