@@ -15,67 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
+from .tables import read_table, require_id_column
 
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
 FEATURE_NAME = "value"
-
-
-def table_suffix(path: Path) -> str:
-    """The format suffix of ``path``, looking through a trailing ``.gz``/``.bz2``/``.zip``/``.xz``."""
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in {".gz", ".bz2", ".zip", ".xz"}:
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
-
-
-def read_table(
-    path_or_df: str | os.PathLike | pd.DataFrame, *, id_column: str = DEFAULT_ID_COLUMN
-) -> tuple[pd.DataFrame, str | None]:
-    """A CSV/TSV/parquet file (chosen by extension) or a DataFrame, and the file name for messages.
-
-    The ID column of text files is read as text so that IDs such as ``007`` keep their zeros. A
-    DataFrame indexed by the ID column is accepted as if the index were a column.
-    """
-    if isinstance(path_or_df, pd.DataFrame):
-        df = path_or_df
-        if id_column not in df.columns and df.index.name == id_column:
-            df = df.reset_index()
-        return df.copy(), None
-    if not isinstance(path_or_df, (str, os.PathLike)):
-        raise AdapterError(f"expected a table file path or a pandas DataFrame, got {type(path_or_df).__name__}")
-    path = Path(path_or_df)
-    if not path.is_file():
-        raise AdapterError("file not found", file=path)
-    suffix = table_suffix(path)
-    if suffix not in TABLE_SUFFIXES:
-        known = ", ".join(sorted(TABLE_SUFFIXES))
-        raise AdapterError(f"unknown table format {suffix or '(no extension)'!r}; use one of {known}", file=path)
-    try:
-        if TABLE_SUFFIXES[suffix] is None:
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype={id_column: str})
-    except pd.errors.EmptyDataError as err:
-        raise AdapterError("the file is empty", file=path) from err
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise AdapterError(f"cannot read the table: {first_line}", file=path) from err
-    return df, str(path)
-
-
-def require_id_column(df: pd.DataFrame, id_column: str, file: str | None) -> None:
-    if id_column not in df.columns:
-        shown = ", ".join(repr(str(c)) for c in list(df.columns)[:20]) + (" ..." if len(df.columns) > 20 else "")
-        raise AdapterError(
-            f"subject ID column {id_column!r} not found; columns are {shown}. Pass id_column= to name it",
-            file=file,
-        )
 
 
 def _check_names(wanted: Iterable[str], available: Sequence[str], what: str, file: str | None) -> list[str]:

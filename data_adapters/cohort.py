@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .behaviour import read_table, require_id_column
 from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
+from .tables import read_table, require_id_column
 
 JOINS = ("inner", "outer")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .behaviour import read_table, require_id_column, table_suffix
 from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, check_finite_or_missing, normalize_ids
+from .tables import read_table, require_id_column, table_suffix
 
 IDS_FILENAME = "ids.npy"
 

@@ -34,15 +34,13 @@ import numpy as np
 import pandas as pd
 
 from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
+from .tables import read_table
 
 __all__ = ["feature_table", "plink", "read_gmt", "vcf"]
 
 VARIANT_GROUPINGS = ("chromosome", "window", "region", "snp")
 EMPTY_GROUP_POLICIES = ("drop", "error")
 
-_CSV_SUFFIXES = (".csv", ".csv.gz")
-_TSV_SUFFIXES = (".tsv", ".tsv.gz", ".tab", ".txt", ".txt.gz")
-_PARQUET_SUFFIXES = (".parquet", ".pq")
 _BED_MAGIC = b"\x6c\x1b"
 _F32_MAX = float(np.finfo(np.float32).max)
 # Genotype blocks read at once: bounds the temporary copy (~64 MB of float32) whatever the cohort size.
@@ -84,7 +82,7 @@ def feature_table(
             frame = frame.reset_index()
     else:
         label = str(path_or_df)
-        frame = _read_table(path_or_df, id_column=id_column, what="feature table")
+        frame, _ = read_table(path_or_df, id_column=id_column, what="feature table")
     if len(frame) == 0:
         raise AdapterError("no rows (header only?): the table needs one row per subject", file=label)
     duplicated_columns = frame.columns[frame.columns.duplicated()].tolist()
@@ -151,30 +149,6 @@ def feature_table(
         feature_mask=feature_mask,
         source=source,
     )
-
-
-def _read_table(path: str | os.PathLike, *, id_column: str | None = None, what: str = "table") -> pd.DataFrame:
-    """A CSV/TSV/parquet file as a DataFrame (by extension), with the ID column read as text."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterError(f"{what} not found", file=path)
-    lower = path.name.lower()
-    if lower.endswith(_PARQUET_SUFFIXES):
-        reader, options = pd.read_parquet, {}
-    elif lower.endswith(_CSV_SUFFIXES + _TSV_SUFFIXES):
-        sep = "," if lower.endswith(_CSV_SUFFIXES) else "\t"
-        # IDs as text: "007" must not become 7, nor 1001 become 1001.0 when a row is blank.
-        reader, options = pd.read_csv, {"sep": sep, "dtype": None if id_column is None else {id_column: str}}
-    else:
-        raise AdapterError(
-            f"unknown {what} format: use .csv, .tsv (or .txt/.tab), optionally .gz, or .parquet", file=path
-        )
-    try:
-        return reader(path, **options)
-    except pd.errors.EmptyDataError:
-        raise AdapterError(f"{what} is empty (no header, no rows)", file=path) from None
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise AdapterError(f"could not read {what}: {err}", file=path) from err
 
 
 def read_gmt(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -717,7 +691,7 @@ def _read_regions(regions) -> tuple[pd.DataFrame, str]:
     if isinstance(regions, pd.DataFrame):
         table, label = regions, "<regions DataFrame>"
     else:
-        table, label = _read_table(regions, what="region table"), str(regions)
+        table, label = read_table(regions, id_column=None, what="region table")[0], str(regions)
     by_lower = {str(c).strip().lower().lstrip("#"): c for c in table.columns}
     column_of = {}
     for role, aliases in _REGION_COLUMNS.items():

@@ -130,5 +130,5 @@ def test_unreadable_inputs(tmp_path):
         measures_table(tmp_path / "nope.csv")
     with pytest.raises(AdapterError, match="unknown table format '.xlsx'"):
         measures_table(write(tmp_path / "b.xlsx", "x"))
-    with pytest.raises(AdapterError, match="the file is empty"):
+    with pytest.raises(AdapterError, match="table is empty"):
         measures_table(write(tmp_path / "empty.csv", ""))
