@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 DEFAULT_ID_COLUMN = "eid"
+IDS_FILENAME = "ids.npy"
 
 
 class AdapterError(ValueError):
@@ -197,6 +198,44 @@ class TokenizedModality:
     def subjects_with_data(self) -> np.ndarray:
         """IDs of subjects with at least one present token."""
         return self.subject_ids[self.present.any(axis=1)]
+
+
+def load_npy(path: Path, what: str) -> np.ndarray:
+    """A numeric or string ``.npy`` array; pickled arrays are refused (loading them can run code)."""
+    if not path.is_file():
+        raise AdapterError(f"{what} not found", file=path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err).lower():
+            raise AdapterError(
+                f"{what} holds Python objects (pickled); save it as a numeric or string array,"
+                " e.g. np.save(path, np.asarray(ids, dtype=str))",
+                file=path,
+            ) from err
+        raise AdapterError(f"cannot read {what}: {err}", file=path) from err
+    except OSError as err:
+        raise AdapterError(f"cannot read {what}: {err}", file=path) from err
+
+
+def read_subject_ids(ids, array_path: Path) -> tuple[np.ndarray, str]:
+    """Subject IDs of a ``.npy`` array: ``ids`` (a .npy or one-ID-per-line file, or a sequence), else ``ids.npy``
+    beside the array. Returns the normalised IDs and where they came from."""
+    if ids is None:
+        ids = array_path.with_name(IDS_FILENAME)
+    if isinstance(ids, (str, os.PathLike)):
+        ids_path = Path(ids)
+        if ids_path.suffix.lower() == ".npy":
+            raw = load_npy(ids_path, "subject ID file")
+            if raw.ndim != 1:
+                raise AdapterError(f"subject IDs must be a 1-D array, got shape {raw.shape}", file=ids_path)
+        else:
+            if not ids_path.is_file():
+                raise AdapterError("subject ID file not found", file=ids_path)
+            # one ID per line, no header: the plainest format a script can write
+            raw = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
+        return normalize_ids(raw, file=ids_path, column="ids"), str(ids_path)
+    return normalize_ids(ids, column="ids"), "ids"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -24,10 +24,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, check_finite_or_missing, normalize_ids
+from .core import (
+    DEFAULT_ID_COLUMN,
+    AdapterError,
+    TokenizedModality,
+    check_finite_or_missing,
+    load_npy,
+    normalize_ids,
+    read_subject_ids,
+)
 from .tables import read_table, require_id_column, table_suffix
-
-IDS_FILENAME = "ids.npy"
 
 
 def _is_vector_cell(value) -> bool:
@@ -116,48 +122,13 @@ def _from_table(
     return ids, _vector_column(df[column], column=column, ids=ids, file=file), file, None
 
 
-def _load_npy(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise AdapterError(f"{what} not found", file=path)
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as err:
-        if "pickle" in str(err).lower():
-            raise AdapterError(
-                f"{what} holds Python objects (pickled); save it as a numeric or string array,"
-                " e.g. np.save(path, np.asarray(ids, dtype=str))",
-                file=path,
-            ) from err
-        raise AdapterError(f"cannot read {what}: {err}", file=path) from err
-    except OSError as err:
-        raise AdapterError(f"cannot read {what}: {err}", file=path) from err
-
-
-def _ids_from(ids, array_path: Path) -> tuple[np.ndarray, str]:
-    if ids is None:
-        ids = array_path.with_name(IDS_FILENAME)
-    if isinstance(ids, (str, os.PathLike)):
-        ids_path = Path(ids)
-        if ids_path.suffix.lower() == ".npy":
-            raw = _load_npy(ids_path, "subject ID file")
-            if raw.ndim != 1:
-                raise AdapterError(f"subject IDs must be a 1-D array, got shape {raw.shape}", file=ids_path)
-        else:
-            if not ids_path.is_file():
-                raise AdapterError("subject ID file not found", file=ids_path)
-            # one ID per line, no header: the plainest format a script can write
-            raw = [line.strip() for line in ids_path.read_text().splitlines() if line.strip()]
-        return normalize_ids(raw, file=ids_path, column="ids"), str(ids_path)
-    return normalize_ids(ids, column="ids"), "ids"
-
-
 def _from_npy(path: Path, ids) -> tuple[np.ndarray, np.ndarray, str, str]:
-    array = _load_npy(path, "embedding array")
+    array = load_npy(path, "embedding array")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
         raise AdapterError(f"embedding array must be real numbers, got dtype {array.dtype}", file=path)
     if array.ndim not in (2, 3):
         raise AdapterError(f"embedding array must be [N, D] or [N, T, D], got shape {array.shape}", file=path)
-    subject_ids, ids_file = _ids_from(ids, path)
+    subject_ids, ids_file = read_subject_ids(ids, path)
     if len(subject_ids) != array.shape[0]:
         raise AdapterError(
             f"{array.shape[0]} rows but {len(subject_ids)} subject IDs in {ids_file}; they must match one to one",

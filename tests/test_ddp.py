@@ -38,6 +38,9 @@ def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> Non
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save(torch.stack(gathered), result_file)
+    # Both ranks reach here before either tears down the gloo group and its file store; without it a
+    # rank exiting early made the other abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
