@@ -305,7 +305,7 @@ def _load_image(path: Path, *, what: str = "image", subject: str | None = None):
     if not path.is_file():
         raise AdapterError(f"{what} file not found", file=path, subject=subject)
     try:
-        image = nib.load(path)
+        image = _load_gzipped_nifti(path) or nib.load(path)
     except nib.filebasedimages.ImageFileError as err:
         raise AdapterError(_why_not_an_image(path), file=path, subject=subject) from err
     except Exception as err:  # noqa: BLE001 - nibabel surfaces corrupt headers as many types
@@ -319,6 +319,39 @@ def _load_image(path: Path, *, what: str = "image", subject: str | None = None):
             subject=subject,
         )
     return image
+
+
+def _fast_gunzip():
+    """ISA-L's gzip decompression (the optional ``isal`` package, about twice zlib's speed) or None."""
+    try:
+        from isal import igzip
+    except ImportError:
+        return None
+    return igzip.decompress
+
+
+def _load_gzipped_nifti(path: Path):
+    """A ``.nii.gz`` decompressed whole by ISA-L, then parsed by nibabel from the bytes; None when ISA-L is
+    not installed, the file is not a gzipped NIfTI, or it does not decompress (``nib.load`` then reports).
+
+    Decompression is most of the time spent per scan, and one call on the whole buffer also frees the GIL
+    for its duration, so ``n_jobs`` threads scale.
+    """
+    decompress = _fast_gunzip()
+    if decompress is None or not path.name.lower().endswith(".nii.gz"):
+        return None
+    import nibabel as nib
+
+    try:
+        raw = decompress(path.read_bytes())
+        sizeof_hdr = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
+        if 348 in sizeof_hdr:
+            return nib.Nifti1Image.from_bytes(raw)
+        if 540 in sizeof_hdr:
+            return nib.Nifti2Image.from_bytes(raw)
+    except Exception:  # noqa: BLE001 - corrupt, truncated: nib.load below says what is wrong
+        return None
+    return None
 
 
 def _why_not_an_image(path: Path) -> str:
@@ -368,22 +401,32 @@ def _image_kind(shape: tuple[int, ...], path: Path, subject: str | None) -> str:
 
 
 def _gather(data: np.ndarray, index: _RegionIndex) -> np.ndarray:
-    """Labelled voxels of ``data`` (3-D, or 4-D with time last) in region order, float64: ``[V]`` or ``[V, T]``."""
-    flat = data.reshape(-1, *data.shape[3:], order="F")  # a view: nibabel arrays are Fortran-ordered
-    voxels = flat[index.voxels].astype(np.float64)
+    """Labelled voxels of ``data`` in region order, on the last axis: ``[V]`` (3-D) or ``[T, V]`` (4-D)."""
+    if data.ndim == 3:
+        voxels = data.reshape(-1, order="F")[index.voxels]  # a view first: nibabel arrays are Fortran-ordered
+    else:
+        by_time = data.reshape(-1, data.shape[3], order="F").T  # [T, V], each volume contiguous
+        voxels = np.take(by_time, index.voxels, axis=1)  # contiguous reads; ~4x faster than gathering rows
     if np.isinf(voxels).any():
         raise AdapterError("infinite voxel value(s) inside the atlas regions")
     return voxels
 
 
 def _region_sums(values: np.ndarray, index: _RegionIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Per-region sums of the finite entries and their counts, ``[R, ...]`` (0 for regions off the grid)."""
-    finite = ~np.isnan(values)
-    total = np.zeros((len(index.counts), *values.shape[1:]))
-    count = np.zeros_like(total)
-    if index.nonempty.any():
-        total[index.nonempty] = np.add.reduceat(np.where(finite, values, 0.0), index.starts, axis=0)
-        count[index.nonempty] = np.add.reduceat(finite, index.starts, axis=0)
+    """Per-region sums (float64) of the non-NaN entries over the last axis and their counts: ``[..., R]``,
+    0 for regions that are not on this grid."""
+    shape = (*values.shape[:-1], len(index.counts))
+    total, count = np.zeros(shape), np.zeros(shape)
+    rows = index.nonempty
+    if not rows.any():
+        return total, count
+    missing = np.isnan(values)
+    if missing.any():
+        values = np.where(missing, 0.0, values)
+        count[..., rows] = np.add.reduceat(~missing, index.starts, axis=-1)
+    else:
+        count[..., rows] = index.counts[rows]
+    total[..., rows] = np.add.reduceat(values, index.starts, axis=-1, dtype=np.float64)
     return total, count
 
 
@@ -417,7 +460,7 @@ def _statistics(voxels: np.ndarray, index: _RegionIndex, statistics: Sequence[st
 def _timeseries(voxels: np.ndarray, index: _RegionIndex) -> np.ndarray:
     total, count = _region_sums(voxels, index)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (total / count).T
+        return total / count
 
 
 def _image_and_index(image, atlas) -> tuple[np.ndarray, _RegionIndex]:

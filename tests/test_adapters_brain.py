@@ -333,6 +333,27 @@ def test_manifest_problems(tmp_path):
         regions_from_nifti(nopath, atlas, path_column="file", statistics="median")
 
 
+def test_fast_gzip_reader_gives_nibabels_image(tmp_path, mni_2mm, monkeypatch):
+    """ISA-L decompression + nibabel's from_bytes equals nib.load; without isal nib.load itself is used."""
+    from data_adapters import brain
+
+    pytest.importorskip("isal")
+    for path in (STAT_MAP, NIBABEL_DATA / "example4d.nii.gz", NIBABEL_DATA / "example_nifti2.nii.gz"):
+        fast = brain._load_gzipped_nifti(path)
+        assert fast is not None, path
+        reference = nib.load(path)
+        assert type(fast) is type(reference)
+        np.testing.assert_array_equal(fast.affine, reference.affine)
+        np.testing.assert_array_equal(fast.get_fdata(), reference.get_fdata())
+    assert brain._load_gzipped_nifti(NIBABEL_DATA / "anatomical.nii") is None  # not gzipped: nib.load
+    manifest = write_manifest(tmp_path, {"1": STAT_MAP, "2": mni_2mm["gm"]})
+    with_isal = regions_from_nifti(manifest, DK_ATLAS, DK_LABELS, statistics=("mean", "max"))
+    monkeypatch.setattr(brain, "_fast_gunzip", lambda: None)
+    assert brain._load_gzipped_nifti(STAT_MAP) is None
+    without = regions_from_nifti(manifest, DK_ATLAS, DK_LABELS, statistics=("mean", "max"))
+    np.testing.assert_array_equal(with_isal.values, without.values)
+
+
 def test_threads_give_the_same_tokens(tmp_path, mni_2mm):
     manifest = write_manifest(tmp_path, {str(i): [STAT_MAP, mni_2mm["t1"], mni_2mm["gm"]][i % 3] for i in range(7)})
     atlas = read_atlas(DK_ATLAS, DK_LABELS)
