@@ -180,3 +180,14 @@ def test_argument_errors(participants, modalities):
         build_cohort(participants, {}, targets=["target"])
     with pytest.raises(AdapterError, match="modality 'x' is a ndarray, expected a TokenizedModality"):
         build_cohort(participants, {"x": np.zeros((2, 2))}, targets=["target"])
+
+
+def test_empty_modality_is_refused_where_it_is_made_and_where_it_is_joined(tmp_path):
+    with pytest.raises(AdapterError, match=r"modality 'brain': no tokens \(empty modality\)"):
+        TokenizedModality("brain", np.zeros((3, 0, 1)), np.zeros((3, 0), bool), [], ["1", "2", "3"])
+    with pytest.raises(AdapterError, match="no modalities given"):
+        build_cohort(pd.DataFrame({"eid": ["1"], "y": [1.0]}), {}, targets=["y"])
+    table = tmp_path / "behaviour.csv"
+    pd.DataFrame({"eid": ["1", "2"], "y": [0.5, 1.5]}).to_csv(table, index=False)
+    with pytest.raises(AdapterError, match="behaviour.csv: no measure columns left to tokenize"):
+        measures_table(table, exclude=["y"])
