@@ -61,6 +61,7 @@ __all__ = [
     "Atlas",
     "connectivity_matrices",
     "idp_table",
+    "listed_files",
     "read_atlas",
     "region_statistics",
     "region_timeseries",
@@ -534,6 +535,15 @@ def _read_manifest(
         path = Path(str(value).strip()).expanduser()
         paths.append(path if path.is_absolute() else base / path)  # relative to the manifest's folder
     return ids, paths, file
+
+
+def listed_files(
+    manifest: str | os.PathLike | pd.DataFrame, *, id_column: str = DEFAULT_ID_COLUMN, path_column: str = "path"
+) -> list[Path]:
+    """The files a manifest lists (resolved like the readers resolve them) that exist: what a cache of
+    :func:`regions_from_nifti` or :func:`connectivity_matrices` must fingerprint besides the manifest."""
+    _, paths, _ = _read_manifest(manifest, id_column=id_column, path_column=path_column, what="")
+    return [p for p in paths if p.is_file()]
 
 
 def _existing_files(paths: list[Path], ids: np.ndarray, policy: str, manifest_file, *, what: str) -> np.ndarray:

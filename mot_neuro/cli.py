@@ -1,15 +1,20 @@
 """``mot-neuro`` command line.
 
-Subcommands so far:
-
+* ``fit | validate | test | predict``: Lightning's CLI (``mot-neuro fit --config configs/experiments/demo.yaml``,
+  ``--print_config`` to see the resolved config). The DataModule's ``model_inputs`` (tokens and features
+  per modality, target kinds) are linked into the model, never copied by hand between config files.
 * ``describe``: build a MoT backbone and its dense twin for a token layout and print parameter
   counts and training FLOPs per token (measured with torch's FlopCounterMode).
+
+Bad input (a missing file, an unknown modality, a target that is not in participants) ends with one
+line naming what to fix and exit status 2; ``MOT_NEURO_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from mot_neuro.model import PARTS, ModalityLayout, MoTBackbone, MoTConfig, count_parameters, training_flops
@@ -68,7 +73,10 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mot-neuro", description="Mixture-of-Transformers for neuro-omics.")
+    parser = argparse.ArgumentParser(
+        prog="mot-neuro",
+        description="Mixture-of-Transformers for neuro-omics. Training: mot-neuro fit|validate|test|predict --help",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     describe = sub.add_parser("describe", help="parameters and FLOPs of MoT vs dense for a token layout")
     describe.add_argument(
@@ -96,7 +104,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def lightning_cli(args: list[str] | None, run: bool = True):
+    """Lightning's CLI with mot-neuro's model, data, MLflow config saving and data -> model links."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from mot_neuro.data.datamodule import NeuroOmicsDataModule
+    from mot_neuro.lit_module import NeuroOmicsModule
+    from mot_neuro.tracking import MLflowSaveConfig
+
+    class MotNeuroCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # sizes from the data reach the model at instantiation, never copied by hand
+            parser.link_arguments("data.model_inputs", "model.data_spec", apply_on="instantiate")
+
+    return MotNeuroCLI(
+        NeuroOmicsModule,
+        NeuroOmicsDataModule,
+        save_config_callback=MLflowSaveConfig,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        parser_kwargs={"prog": "mot-neuro"},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from_console = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("MOT_NEURO_DEBUG", "") not in ("", "0")
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        from data_adapters.core import AdapterError
+
+        try:
+            lightning_cli(None if from_console else argv)  # None: Lightning reads sys.argv itself
+        except (AdapterError, ValueError, FileNotFoundError, MisconfigurationException) as err:
+            if debug:
+                raise
+            print(f"mot-neuro {argv[0]}: error: {err}", file=sys.stderr)
+            return 2
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

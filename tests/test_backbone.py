@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from op_log import OpLog
 
 from mot_neuro.model import PAD_ID, ModalityLayout, MoTBackbone, MoTConfig, masks_to_ids
 
@@ -194,16 +192,6 @@ def test_bf16_autocast_on_cpu():
     torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
 
 
-class _OpLog(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
-        return func(*args, **(kwargs or {}))
-
-
 INDEXING_OPS = {
     "index",
     "index_put",
@@ -226,7 +214,7 @@ def test_fixed_layout_path_has_no_indexing_and_no_host_sync():
     model = make(qk_norm=True).train()
     x = tokens()
     present = random_present(*x.shape[:2])
-    with _OpLog() as log:
+    with OpLog() as log:
         model(x, LAYOUT, present).square().mean().backward()
     assert log.ops["mm"] > 0  # the log did see the computation
     assert not (set(log.ops) & (INDEXING_OPS | HOST_SYNC_OPS)), sorted(set(log.ops) & (INDEXING_OPS | HOST_SYNC_OPS))
@@ -238,7 +226,7 @@ def test_general_path_groups_once_per_forward():
     model = make(n_layers=n_layers)
     x = tokens()
     ids = LAYOUT.modality_ids(MODALITIES).expand(4, -1)
-    with _OpLog() as log:
+    with OpLog() as log:
         model(x, ids)
     assert log.ops["sort"] == 1
     assert log.ops["index_select"] == 1 + n_layers  # enter the stream, then attention output per layer

@@ -1,0 +1,1 @@
+"""Data side of mot-neuro: saved splits, fold-safe preprocessing and batching."""

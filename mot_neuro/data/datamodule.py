@@ -1,0 +1,292 @@
+"""LightningDataModule over a cached cohort: saved splits, fold-safe preprocessing, batches from memory maps.
+
+Batches are built a whole batch at a time (the sampler yields lists of rows, the dataset slices the
+memory-mapped arrays and preprocesses the block), so preprocessing is vectorised and a worker reads only
+the rows it needs: cohorts larger than RAM work. A batch is::
+
+    {"values": {modality: float32 [B, T, F]}, "missing": {modality: bool [B, T, F]},
+     "present": {modality: bool [B, T]}, "targets": {target: float32 [B]} (NaN = missing), "row": int64 [B]}
+
+Sizes the model needs (tokens and features per modality, target kinds) are in :attr:`model_inputs`,
+available right after construction, so the CLI links them into the model config (no copying by hand).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data_adapters.cache import load_cohort
+from data_adapters.core import AdapterError
+
+from .preprocess import FoldPreprocessor
+from .sources import build_cached_cohort
+from .splits import Splits, load_or_make_splits
+
+log = logging.getLogger(__name__)
+STAGES = ("train", "val", "test")
+
+
+class CohortBatches(Dataset):
+    """Item ``i`` is a whole batch: the rows in ``batches[i]`` of the cohort, preprocessed.
+
+    Holds the cohort folder, not the arrays, so each DataLoader worker opens its own memory maps.
+    """
+
+    def __init__(self, cohort_dir: Path, preprocessor_state: dict, modalities: Sequence[str]):
+        self.cohort_dir = Path(cohort_dir)
+        self.preprocessor_state = preprocessor_state
+        self.modalities = list(modalities)
+        self._cohort = None
+        self._preprocessor = None
+
+    def _open(self):
+        if self._cohort is None:
+            self._cohort = load_cohort(self.cohort_dir, mmap=True)
+            self._preprocessor = FoldPreprocessor.from_state_dict(self.preprocessor_state, cohort=self._cohort)
+        return self._cohort, self._preprocessor
+
+    def __len__(self) -> int:  # unused: the sampler drives the loader
+        return 0
+
+    def __getitem__(self, rows) -> dict:
+        cohort, preprocessor = self._open()
+        rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: sequential reads from the memory maps
+        batch = {"values": {}, "missing": {}, "present": {}}
+        for name in self.modalities:
+            values, missing = preprocessor.transform(name, rows)
+            batch["values"][name] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+            batch["missing"][name] = torch.from_numpy(np.ascontiguousarray(missing))
+            batch["present"][name] = torch.from_numpy(np.ascontiguousarray(cohort.modalities[name].present[rows]))
+        targets = preprocessor.transform_targets(rows)
+        batch["targets"] = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in targets.items()}
+        batch["row"] = torch.from_numpy(rows)
+        return batch
+
+
+class NeuroOmicsDataModule(pl.LightningDataModule):
+    """A cohort from a data config, split once into ``splits_file`` and preprocessed per fold.
+
+    Args:
+        participants: participants table (CSV/TSV/parquet) with the ID, targets and confounds.
+        modalities: modality name -> ``{adapter: <name>, <its arguments>}`` (see ``mot_neuro.data.sources``).
+        targets: target columns of participants; ``target_kinds`` may fix their kind
+            (``regression``, ``binary``, ``multiclass``), otherwise inferred from the training values.
+        confounds: participants columns regressed out of every numeric input feature (training fold fit).
+        drop_modalities: modalities left out of the inputs (leave-one-modality-out) without touching files.
+        splits_file: the saved folds; made on first use (stratified by ``stratify``, grouped by ``group``),
+            then reused by every experiment that points at it.
+        fold: which fold trains (k-fold: ``0 .. n_folds-1``).
+        generate_demo: a folder for the built-in synthetic demo cohort, written there if it does not exist.
+    """
+
+    def __init__(
+        self,
+        participants: str,
+        modalities: Mapping[str, Mapping],
+        targets: Sequence[str] = ("target",),
+        confounds: Sequence[str] = (),
+        target_kinds: Mapping[str, str] | None = None,
+        join: str = "outer",
+        id_column: str = "eid",
+        drop_modalities: Sequence[str] = (),
+        cache_dir: str = "outputs/cache",
+        splits_file: str = "outputs/splits.json",
+        scheme: str = "kfold",
+        n_folds: int = 5,
+        fold: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        stratify: str | None = None,
+        group: str | None = None,
+        split_seed: int = 0,
+        standardize: bool = True,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        generate_demo: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        unknown = sorted(set(drop_modalities) - set(modalities))
+        if unknown:
+            raise AdapterError(f"drop_modalities names unknown modality(ies) {unknown}; known: {sorted(modalities)}")
+        if len(set(drop_modalities)) >= len(modalities):
+            raise AdapterError("drop_modalities would leave no modality to train on")
+        self.modality_names = list(modalities)
+        self.kept = [m for m in modalities if m not in set(drop_modalities)]
+        self._prepared = False
+
+    # ------------------------------------------------------------------ cohort, splits, preprocessing
+    def _prepare(self) -> None:
+        """Build or load the cohort, the splits and this fold's preprocessing (idempotent)."""
+        if self._prepared:
+            return
+        hp = self.hparams
+        if hp.generate_demo:
+            self._write_demo(Path(hp.generate_demo))
+        self.cohort, self.data_fingerprint = build_cached_cohort(
+            participants=hp.participants,
+            modalities=hp.modalities,
+            targets=list(hp.targets),
+            confounds=list(hp.confounds),
+            join=hp.join,
+            id_column=hp.id_column,
+            cache_dir=hp.cache_dir,
+        )
+        self.cohort_dir = Path(hp.cache_dir) / f"cohort-{self.data_fingerprint}"
+        participants = self.cohort.participants
+        stratify = None
+        if hp.stratify is not None:
+            if hp.stratify not in participants.columns:
+                raise AdapterError(f"stratify column {hp.stratify!r} is not a target/confound of the cohort")
+            stratify = participants[hp.stratify].to_numpy()
+        groups = None
+        if hp.group is not None:
+            if hp.group not in participants.columns:
+                raise AdapterError(
+                    f"group column {hp.group!r} is not in the cohort's participants columns"
+                    f" {list(participants.columns)}; list it under confounds or targets"
+                )
+            groups = participants[hp.group].astype(str).to_numpy()
+        self.splits: Splits = load_or_make_splits(
+            hp.splits_file,
+            self.cohort.subject_ids,
+            scheme=hp.scheme,
+            n_folds=hp.n_folds,
+            val_fraction=hp.val_fraction,
+            test_fraction=hp.test_fraction,
+            stratify=stratify,
+            groups=groups,
+            seed=hp.split_seed,
+        )
+        position = {sid: i for i, sid in enumerate(self.cohort.subject_ids)}
+        fold = self.splits.fold(hp.fold)
+        self.rows = {stage: np.sort(np.array([position[s] for s in fold[stage]], dtype=np.int64)) for stage in STAGES}
+        self.preprocessor = FoldPreprocessor(
+            standardize=hp.standardize, confounds=list(hp.confounds), target_kinds=hp.target_kinds
+        ).fit(self.cohort, self.rows["train"])
+        self._prepared = True
+
+    @staticmethod
+    def _write_demo(folder: Path) -> None:
+        from data_adapters.demo import write_demo_cohort
+
+        if not (folder / "ground_truth.json").is_file():
+            log.info("writing the demo cohort into %s", folder)
+            write_demo_cohort(folder)
+
+    @property
+    def model_inputs(self) -> dict:
+        """What the model needs from the data: modality specs (dropped ones with 0 tokens) and targets."""
+        self._prepare()
+        specs = []
+        for name in self.modality_names:
+            modality = self.cohort.modalities[name]
+            kept = name in self.kept
+            categorical = {
+                t: len(modality.categories[token])
+                for t, token in enumerate(modality.token_names)
+                if token in modality.categories
+            }
+            specs.append(
+                {
+                    "name": name,
+                    "n_tokens": modality.n_tokens if kept else 0,
+                    "n_features": modality.n_features,
+                    "feature_mask": modality.feature_mask.tolist() if kept else [],
+                    "categorical": categorical if kept else {},
+                }
+            )
+        fitted = self.preprocessor.state_dict()["targets"]
+        targets = {
+            name: {
+                "kind": self.preprocessor.target_kinds[name],
+                "n_classes": self.preprocessor.n_classes.get(name),
+                # training-fold mean and sd: the model reports regression metrics in the target's units
+                "scale": {"mean": fitted[name].get("mean", 0.0), "sd": fitted[name].get("sd", 1.0)},
+            }
+            for name in self.hparams.targets
+        }
+        return {"modalities": specs, "targets": targets, "fingerprint": self.data_fingerprint}
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        if self.hparams.generate_demo:
+            self._write_demo(Path(self.hparams.generate_demo))
+
+    def setup(self, stage: str | None = None) -> None:
+        self._prepare()
+
+    def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        self._prepare()
+        rows = self.rows[stage]
+        if len(rows) == 0:
+            raise AdapterError(f"the {stage} set of fold {self.hparams.fold} is empty; check the split fractions")
+        dataset = CohortBatches(self.cohort_dir, self.preprocessor.state_dict(), self.kept)
+        return DataLoader(
+            dataset,
+            sampler=RowBatches(rows, self.hparams.batch_size, shuffle=shuffle, seed=self.hparams.split_seed),
+            batch_size=None,  # the dataset returns whole batches
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class RowBatches:
+    """Lists of cohort rows, one list per batch; what the DataLoader's sampler yields.
+
+    Shuffling is a function of ``(seed, epoch)`` only (Lightning calls :meth:`set_epoch` every epoch), so
+    a run resumed from a checkpoint sees the same batches as an uninterrupted one. Under
+    ``torch.distributed`` each rank takes every ``world_size``-th batch, padded so that all ranks step
+    equally often.
+    """
+
+    def __init__(self, rows: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0):
+        self.rows, self.batch_size, self.shuffle, self.seed = rows, int(batch_size), shuffle, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _shard(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _batches(self) -> list[np.ndarray]:
+        order = self.rows
+        if self.shuffle:
+            order = self.rows[np.random.default_rng((self.seed, self.epoch)).permutation(len(self.rows))]
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def __iter__(self):
+        batches = self._batches()
+        rank, world = self._shard()
+        per_rank = math.ceil(len(batches) / world)
+        padded = (batches * world)[: per_rank * world]  # repeats a few batches so every rank steps equally
+        for batch in padded[rank::world]:
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        _, world = self._shard()
+        n_batches = math.ceil(len(self.rows) / self.batch_size)
+        return math.ceil(n_batches / world)

@@ -1,0 +1,479 @@
+"""Preprocessing fitted on the training rows of a fold only: confound regression, standardization,
+imputation of inputs, and target scaling.
+
+Per modality, every *slot* (a token's feature that ``feature_mask`` keeps, of a numeric token) is
+processed on its own, in this order:
+
+1. Confound regression (when ``confounds`` are given): least squares of the slot on a design of an
+   intercept, the numeric confounds z-scored with training statistics, and the categorical confounds
+   one-hot coded and centred by their training shares. The fit uses the training rows where the slot is
+   observed (token present, value not NaN); ``X^T W X`` and ``X^T W y`` are accumulated over blocks of
+   ``block_rows`` rows, so memory-mapped arrays are never read whole. A slot observed in fewer training
+   rows than there are design columns only has its mean removed. The residual is ``value - prediction``.
+2. Standardization: mean and SD of the (residual) values over the observed training values; SD < 1e-12 -> 1.
+3. Imputation: a missing value becomes the training mean (0 once standardized).
+
+A missing or unseen category of a confound gives an all-zero row in its centred one-hot block, i.e. the
+training average, like a missing numeric confound (z = 0). Categorical tokens (names in
+``modality.categories``) pass through as category indices (0 where missing). Regression targets are
+standardized with training mean and SD; binary and multiclass targets pass through. NaN targets stay NaN.
+
+Nothing is computed from rows outside ``train_rows``: the fitted state (:meth:`FoldPreprocessor.state_dict`)
+is identical whatever the other rows hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from data_adapters.cohort import Cohort
+from data_adapters.core import AdapterError
+
+STATE_FORMAT = "mot-neuro-fold-preprocessor"
+STATE_VERSION = 1
+TARGET_KINDS = ("regression", "binary", "multiclass")
+IMPUTE = ("mean",)
+RIDGE = 1e-8
+MIN_SD = 1e-12
+
+log = logging.getLogger(__name__)
+
+
+def _rows(rows, n: int, what: str) -> np.ndarray:
+    """Row positions as int64 (a boolean mask of length ``n`` is accepted); out-of-range positions are errors."""
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise AdapterError(
+                f"{what} is a boolean mask of shape {rows.shape}; it must have one entry per subject ({n})"
+            )
+        return np.flatnonzero(rows)
+    if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+        raise AdapterError(f"{what} must be a 1-D array of integer row positions, got {rows.dtype} {rows.shape}")
+    rows = rows.astype(np.int64)
+    bad = rows[(rows < 0) | (rows >= n)]
+    if len(bad):
+        raise AdapterError(f"{what} holds row {int(bad[0])}, but the cohort has {n} subjects (rows 0..{n - 1})")
+    return rows
+
+
+def _as_float(series: pd.Series) -> np.ndarray:
+    return pd.to_numeric(series, errors="raise").astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+def _blocks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+class FoldPreprocessor:
+    """Fits on a cohort's training rows, then transforms any rows of a modality (see the module docstring).
+
+    ``target_kinds`` declares targets as ``"regression"``, ``"binary"`` or ``"multiclass"``; undeclared ones
+    are inferred from the training values (numeric with exactly the values 0 and 1 -> binary, else
+    regression). Multiclass is never inferred: declare it (labels must be integers 0..K-1).
+    """
+
+    def __init__(
+        self,
+        *,
+        standardize: bool = True,
+        confounds: Sequence[str] = (),
+        impute: str = "mean",
+        block_rows: int = 4096,
+        target_kinds: Mapping[str, str] | None = None,
+    ) -> None:
+        if impute not in IMPUTE:
+            raise AdapterError(f"impute must be one of {IMPUTE}, got {impute!r}")
+        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1:
+            raise AdapterError(f"block_rows must be a positive integer, got {block_rows!r}")
+        confounds = [confounds] if isinstance(confounds, str) else [str(c) for c in confounds]
+        if len(set(confounds)) != len(confounds):
+            raise AdapterError(f"confounds {confounds} list a column twice")
+        declared = dict(target_kinds or {})
+        for name, kind in declared.items():
+            if kind not in TARGET_KINDS:
+                raise AdapterError(f"target kind must be one of {TARGET_KINDS}, got {kind!r}", column=name)
+        self.standardize = bool(standardize)
+        self.confounds = confounds
+        self.impute = impute
+        self.block_rows = int(block_rows)
+        self.declared_kinds = declared
+        self.target_kinds: dict[str, str] = {}
+        self.n_classes: dict[str, int] = {}
+        self._confound_specs: list[dict] = []
+        self._modalities: dict[str, dict] = {}
+        self._targets: dict[str, dict] = {}
+        self._n_train = 0
+        self._cohort: Cohort | None = None
+
+    # ------------------------------------------------------------------------------------------------ fit
+    def fit(self, cohort: Cohort, train_rows: np.ndarray) -> FoldPreprocessor:
+        """Learn every statistic from ``train_rows`` (row positions of ``cohort``) and nothing else."""
+        rows = np.unique(_rows(train_rows, cohort.n_subjects, "train_rows"))
+        if len(rows) == 0:
+            raise AdapterError("train_rows is empty; the preprocessing needs training subjects to fit on")
+        participants = cohort.participants
+        for column in self.confounds:
+            if column not in participants.columns:
+                raise AdapterError(
+                    f"confound not in participants (columns: {list(participants.columns)[:20]})", column=column
+                )
+        self._confound_specs = self._fit_confounds(participants, rows)
+        design = self._design(participants, rows)[0] if self.confounds else None
+        self._modalities = {name: self._fit_modality(m, rows, design) for name, m in cohort.modalities.items()}
+        self._fit_targets(cohort, rows)
+        self._n_train = len(rows)
+        self._cohort = cohort
+        return self
+
+    def _fit_confounds(self, participants: pd.DataFrame, rows: np.ndarray) -> list[dict]:
+        specs = []
+        for column in self.confounds:
+            series = participants[column].iloc[rows]
+            if series.isna().all():
+                raise AdapterError(
+                    "confound has no observed value in the training rows; fill it in or drop it", column=column
+                )
+            if _is_numeric(series):
+                values = _as_float(series)
+                sd = float(np.nanstd(values))
+                specs.append(
+                    {
+                        "name": column,
+                        "kind": "numeric",
+                        "mean": float(np.nanmean(values)),
+                        "sd": sd if sd > MIN_SD else 1.0,
+                    }
+                )
+            else:
+                labels = series.dropna().astype(str)
+                counts = labels.value_counts().sort_index()
+                specs.append(
+                    {
+                        "name": column,
+                        "kind": "categorical",
+                        "categories": counts.index.tolist(),
+                        "shares": (counts.to_numpy() / counts.sum()).tolist(),
+                    }
+                )
+        return specs
+
+    def _design(self, participants: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+        """Design matrix [len(rows), C] (intercept first) and the count of unseen categories per confound."""
+        columns = [np.ones((len(rows), 1))]
+        unseen = {}
+        for spec in self._confound_specs:
+            if spec["name"] not in participants.columns:
+                raise AdapterError("confound not in this cohort's participants", column=spec["name"])
+            series = participants[spec["name"]].iloc[rows]
+            if spec["kind"] == "numeric":
+                z = (_as_float(series) - spec["mean"]) / spec["sd"]
+                columns.append(np.nan_to_num(z, nan=0.0)[:, None])
+                continue
+            position = {label: i for i, label in enumerate(spec["categories"])}
+            observed = series.notna().to_numpy()
+            codes = np.array([position.get(str(v), -1) if ok else -1 for v, ok in zip(series, observed, strict=True)])
+            block = np.zeros((len(rows), len(position)))
+            known = codes >= 0
+            block[known] = -np.asarray(spec["shares"])
+            block[known, codes[known]] += 1.0
+            columns.append(block)
+            unseen[spec["name"]] = int((observed & ~known).sum())
+        return np.hstack(columns), unseen
+
+    @staticmethod
+    def _slots(modality) -> tuple[np.ndarray, np.ndarray]:
+        """Flat [T*F] positions of numeric masked-in slots, and the token of each."""
+        numeric = np.array(modality.feature_mask, dtype=bool)
+        for t, token in enumerate(modality.token_names):
+            if token in modality.categories:
+                numeric[t] = False
+        slots = np.flatnonzero(numeric.ravel())
+        return slots, slots // modality.n_features
+
+    def _read(self, modality, rows: np.ndarray, slots: np.ndarray, tokens: np.ndarray):
+        """Slot values (float64, 0 where unobserved) and the observed mask of ``rows``, read in one fancy index."""
+        raw = np.asarray(modality.values[rows]).reshape(len(rows), -1)[:, slots].astype(np.float64)
+        observed = np.asarray(modality.present[rows])[:, tokens] & ~np.isnan(raw)
+        return np.where(observed, raw, 0.0), observed
+
+    def _fit_modality(self, modality, rows: np.ndarray, design: np.ndarray | None) -> dict:
+        slots, tokens = self._slots(modality)
+        n_slots = len(slots)
+        n_cols = 1 if design is None else design.shape[1]
+        count = np.zeros(n_slots)
+        total = np.zeros(n_slots)
+        upper = np.triu_indices(n_cols)
+        xtwx = np.zeros((n_slots, len(upper[0])))
+        xtwy = np.zeros((n_slots, n_cols))
+        regress = design is not None and n_cols > 1
+        for block in _blocks(len(rows), self.block_rows):
+            y, observed = self._read(modality, rows[block], slots, tokens)
+            weight = observed.astype(np.float64)
+            count += weight.sum(axis=0)
+            total += y.sum(axis=0)
+            if regress:
+                x = design[block]
+                # only the upper triangle of the per-slot X^T W X: a single matmul over the block
+                xtwx += weight.T @ (x[:, upper[0]] * x[:, upper[1]])
+                xtwy += y.T @ x
+        mean = np.divide(total, count, out=np.zeros(n_slots), where=count > 0)
+        beta = None
+        if regress:
+            beta = np.zeros((n_slots, n_cols))
+            beta[:, 0] = mean
+            solvable = count >= n_cols
+            if solvable.any():
+                gram = np.zeros((int(solvable.sum()), n_cols, n_cols))
+                gram[:, upper[0], upper[1]] = xtwx[solvable]
+                gram[:, upper[1], upper[0]] = xtwx[solvable]
+                ridge = RIDGE * np.trace(gram, axis1=1, axis2=2)
+                gram += ridge[:, None, None] * np.eye(n_cols)
+                beta[solvable] = np.linalg.solve(gram, xtwy[solvable][..., None])[..., 0]
+
+        # second pass: moments of what standardization sees (residuals, or raw values around their mean)
+        offset = np.zeros(n_slots) if regress else mean
+        first = np.zeros(n_slots)
+        second = np.zeros(n_slots)
+        for block in _blocks(len(rows), self.block_rows):
+            y, observed = self._read(modality, rows[block], slots, tokens)
+            base = design[block] @ beta.T if regress else mean
+            deviation = np.where(observed, y - base, 0.0)
+            first += deviation.sum(axis=0)
+            second += (deviation * deviation).sum(axis=0)
+        safe = np.maximum(count, 1)
+        shift = np.where(count > 0, first / safe, 0.0)
+        center = offset + shift
+        sd = np.sqrt(np.maximum(second / safe - shift * shift, 0.0))
+        scale = np.where((count > 0) & (sd >= MIN_SD), sd, 1.0)
+        unobserved = int((count == 0).sum())
+        if unobserved:
+            log.warning(
+                "modality %r: %d of %d slot(s) have no observed training value; they are imputed as 0",
+                modality.name,
+                unobserved,
+                n_slots,
+            )
+        return {
+            "token_names": list(modality.token_names),
+            "n_features": int(modality.n_features),
+            "slots": slots.tolist(),
+            "count": count.astype(np.int64).tolist(),
+            "mean": mean.tolist(),
+            "beta": None if beta is None else beta.tolist(),
+            "center": center.tolist(),
+            "scale": scale.tolist(),
+        }
+
+    def _fit_targets(self, cohort: Cohort, rows: np.ndarray) -> None:
+        unknown = sorted(set(self.declared_kinds) - set(cohort.targets))
+        if unknown:
+            raise AdapterError(
+                f"target_kinds names column(s) that are not targets of the cohort (targets: {cohort.targets})",
+                column=unknown[0],
+            )
+        self._targets, self.target_kinds, self.n_classes = {}, {}, {}
+        for name in cohort.targets:
+            series = cohort.participants[name].iloc[rows]
+            if not _is_numeric(series):
+                raise AdapterError(
+                    "target holds text; encode classes as integers 0..K-1 and declare"
+                    f" target_kinds={{{name!r}: 'multiclass'}} (or 'binary' for 0/1)",
+                    column=name,
+                )
+            values = _as_float(series)
+            values = values[~np.isnan(values)]
+            if len(values) == 0:
+                raise AdapterError("target has no observed value in the training rows", column=name)
+            distinct = np.unique(values)
+            integer = bool(np.all(distinct == np.round(distinct)))
+            kind = self.declared_kinds.get(name)
+            if kind is None:
+                kind = "binary" if len(distinct) == 2 and set(distinct.tolist()) == {0.0, 1.0} else "regression"
+                if kind == "regression" and integer and 3 <= len(distinct) <= 20:
+                    log.info(
+                        "target %r has %d integer values and is treated as regression; declare"
+                        " target_kinds={%r: 'multiclass'} for classes",
+                        name,
+                        len(distinct),
+                        name,
+                    )
+            spec = {"kind": kind}
+            if kind == "binary" and not set(distinct.tolist()) <= {0.0, 1.0}:
+                raise AdapterError("binary target must hold only 0 and 1 in the training rows", column=name)
+            if kind == "multiclass":
+                if not integer or distinct.min() < 0:
+                    raise AdapterError(
+                        "multiclass target must hold integer class labels 0..K-1 in the training rows", column=name
+                    )
+                spec["n_classes"] = int(distinct.max()) + 1
+                if spec["n_classes"] < 2:
+                    raise AdapterError("multiclass target has a single class in the training rows", column=name)
+                self.n_classes[name] = spec["n_classes"]
+            if kind == "regression":
+                sd = float(values.std())
+                spec["mean"] = float(values.mean())
+                spec["sd"] = sd if sd >= MIN_SD else 1.0
+            self._targets[name] = spec
+            self.target_kinds[name] = kind
+
+    # ------------------------------------------------------------------------------------------------ transform
+    def _bound(self, cohort: Cohort | None) -> Cohort:
+        if not self._modalities and not self._targets:
+            raise RuntimeError("FoldPreprocessor is not fitted; call fit(cohort, train_rows) first")
+        cohort = cohort if cohort is not None else self._cohort
+        if cohort is None:
+            raise AdapterError("no cohort to transform: pass cohort=..., or from_state_dict(state, cohort)")
+        return cohort
+
+    def transform(self, modality_name: str, rows, *, cohort: Cohort | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(values, missing)`` for ``rows`` of a modality (of ``cohort``, else of the cohort fitted on).
+
+        ``values`` float32 ``[len(rows), T, F]`` without NaN; ``missing`` bool, True where the raw value was
+        NaN or the token absent (only where ``feature_mask`` is True).
+        """
+        cohort = self._bound(cohort)
+        if modality_name not in self._modalities:
+            raise AdapterError(f"modality {modality_name!r} was not fitted; fitted: {sorted(self._modalities)}")
+        stats = self._modalities[modality_name]
+        modality = cohort.modalities.get(modality_name)
+        if modality is None or list(modality.token_names) != stats["token_names"]:
+            raise AdapterError(f"modality {modality_name!r} of this cohort does not have the tokens it was fitted with")
+        if modality.n_features != stats["n_features"]:
+            raise AdapterError(
+                f"modality {modality_name!r} has {modality.n_features} features per token, fitted with"
+                f" {stats['n_features']}"
+            )
+        rows = _rows(rows, cohort.n_subjects, "rows")
+        n_tokens, n_features = modality.n_tokens, modality.n_features
+        slots = np.asarray(stats["slots"], dtype=np.int64)
+        center = np.asarray(stats["center"])
+        scale = np.asarray(stats["scale"])
+        beta = None if stats["beta"] is None else np.asarray(stats["beta"])
+        design = None
+        if beta is not None:
+            design, unseen = self._design(cohort.participants, rows)
+            for name, count in unseen.items():
+                if count:
+                    warnings.warn(
+                        f"confound {name!r}: {count} row(s) hold a category not seen in the training rows;"
+                        " they get the training average (an all-zero one-hot row)",
+                        stacklevel=2,
+                    )
+        feature_mask = np.asarray(modality.feature_mask, dtype=bool)
+        values = np.zeros((len(rows), n_tokens, n_features), dtype=np.float32)
+        missing = np.zeros((len(rows), n_tokens, n_features), dtype=bool)
+        fill = 0.0 if self.standardize else center
+        for block in _blocks(len(rows), self.block_rows):
+            raw = np.asarray(modality.values[rows[block]], dtype=np.float32)
+            absent = ~np.asarray(modality.present[rows[block]], dtype=bool)
+            miss = (np.isnan(raw) | absent[:, :, None]) & feature_mask
+            # categorical tokens pass through; missing and unused slots become 0
+            out = np.where(miss | ~feature_mask, np.float32(0), raw)
+            if len(slots):
+                flat = raw.reshape(len(raw), -1)[:, slots].astype(np.float64)
+                observed = ~miss.reshape(len(raw), -1)[:, slots]
+                if beta is not None:
+                    flat = flat - design[block] @ beta.T
+                if self.standardize:
+                    flat = (flat - center) / scale
+                flat = np.where(observed, flat, fill)
+                out.reshape(len(raw), -1)[:, slots] = flat.astype(np.float32)
+            values[block] = out
+            missing[block] = miss
+        return values, missing
+
+    def transform_targets(self, rows, *, cohort: Cohort | None = None) -> dict[str, np.ndarray]:
+        """float32 targets of ``rows``: regression standardized with the training mean/SD; NaN stays NaN."""
+        cohort = self._bound(cohort)
+        rows = _rows(rows, cohort.n_subjects, "rows")
+        out = {}
+        for name, spec in self._targets.items():
+            if name not in cohort.participants.columns:
+                raise AdapterError("target column not in this cohort's participants", column=name)
+            values = _as_float(cohort.participants[name].iloc[rows])
+            observed = values[~np.isnan(values)]
+            if spec["kind"] == "regression":
+                values = (values - spec["mean"]) / spec["sd"]
+            elif spec["kind"] == "binary" and not np.isin(observed, (0.0, 1.0)).all():
+                raise AdapterError("binary target holds values other than 0/1 in these rows", column=name)
+            elif spec["kind"] == "multiclass":
+                valid = (observed == np.round(observed)) & (observed >= 0) & (observed < spec["n_classes"])
+                if not valid.all():
+                    raise AdapterError(
+                        f"multiclass target holds labels outside 0..{spec['n_classes'] - 1} (the classes of the"
+                        " training rows) in these rows",
+                        column=name,
+                    )
+            out[name] = values.astype(np.float32)
+        return out
+
+    def inverse_target(self, name: str, values) -> np.ndarray:
+        """Undo the standardization of a regression target (e.g. predictions, for MAE in original units)."""
+        if name not in self._targets:
+            raise AdapterError(f"not a fitted target (fitted: {sorted(self._targets)})", column=name)
+        values = np.asarray(values, dtype=np.float64)
+        spec = self._targets[name]
+        if spec["kind"] != "regression":
+            return values.copy()
+        return values * spec["sd"] + spec["mean"]
+
+    # ------------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to transform again, as JSON-able data (for checkpoints)."""
+        if not self._modalities and not self._targets:
+            raise RuntimeError("FoldPreprocessor is not fitted; call fit(cohort, train_rows) first")
+        return {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "settings": {
+                "standardize": self.standardize,
+                "confounds": list(self.confounds),
+                "impute": self.impute,
+                "block_rows": self.block_rows,
+                "target_kinds": dict(self.declared_kinds),
+            },
+            "n_train": self._n_train,
+            "confounds": [dict(spec) for spec in self._confound_specs],
+            "modalities": {name: dict(stats) for name, stats in self._modalities.items()},
+            "targets": {name: dict(spec) for name, spec in self._targets.items()},
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping, cohort: Cohort | None = None) -> FoldPreprocessor:
+        """A fitted preprocessor from :meth:`state_dict`; ``cohort`` (optional) is the one to transform."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise AdapterError(f"not a FoldPreprocessor state (no 'format': {STATE_FORMAT!r})")
+        if state.get("version") != STATE_VERSION:
+            raise AdapterError(
+                f"FoldPreprocessor state version {state.get('version')!r}; this code reads version {STATE_VERSION}"
+            )
+        try:
+            settings = state["settings"]
+            pre = cls(
+                standardize=settings["standardize"],
+                confounds=settings["confounds"],
+                impute=settings["impute"],
+                block_rows=settings["block_rows"],
+                target_kinds=settings["target_kinds"],
+            )
+            pre._n_train = int(state["n_train"])
+            pre._confound_specs = [dict(spec) for spec in state["confounds"]]
+            pre._modalities = {name: dict(stats) for name, stats in state["modalities"].items()}
+            pre._targets = {name: dict(spec) for name, spec in state["targets"].items()}
+        except (KeyError, TypeError, AttributeError) as err:
+            raise AdapterError(f"FoldPreprocessor state is incomplete ({err!r})") from err
+        pre.target_kinds = {name: spec["kind"] for name, spec in pre._targets.items()}
+        pre.n_classes = {name: spec["n_classes"] for name, spec in pre._targets.items() if "n_classes" in spec}
+        pre._cohort = cohort
+        return pre

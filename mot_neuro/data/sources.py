@@ -1,0 +1,139 @@
+"""A cohort described in a config (participants + one adapter call per modality), built once and cached.
+
+A data config names, for every modality, an adapter of ``data_adapters`` and its arguments::
+
+    modalities:
+      gene:      {adapter: plink, path: demo_cohort/genotypes, grouping: chromosome}
+      brain:     {adapter: regions_from_nifti, manifest: demo_cohort/brain_manifest.csv,
+                  atlas: demo_cohort/atlas.nii.gz, labels: demo_cohort/atlas_labels.csv}
+      behaviour: {adapter: measures_table, path_or_df: demo_cohort/behaviour.csv, categorical: [handedness]}
+
+The arguments are the adapter function's own keyword arguments (``help(data_adapters.gene.plink)``);
+the modality's name is passed as ``name``. The aligned cohort is saved under ``cache_dir`` in a folder
+keyed by a fingerprint of every input file (manifests *and* the files they list) and of the settings, and
+loaded memory-mapped from there: NIfTI and PLINK parsing run once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from data_adapters import behaviour, brain, embeddings, gene
+from data_adapters.cache import fingerprint, load_cohort, save_cohort
+from data_adapters.cohort import Cohort, build_cohort
+from data_adapters.core import DEFAULT_ID_COLUMN, AdapterError
+
+log = logging.getLogger(__name__)
+
+ADAPTERS: dict[str, Callable] = {
+    "feature_table": gene.feature_table,
+    "plink": gene.plink,
+    "vcf": gene.vcf,
+    "regions_from_nifti": brain.regions_from_nifti,
+    "idp_table": brain.idp_table,
+    "connectivity_matrices": brain.connectivity_matrices,
+    "measures_table": behaviour.measures_table,
+    "embeddings": embeddings.load_embeddings,
+}
+MANIFEST_ADAPTERS = {"regions_from_nifti": "manifest", "connectivity_matrices": "source"}
+
+
+def _resolve(value, base: Path):
+    """Relative file paths in a config are relative to ``base`` (the working directory by default)."""
+    if isinstance(value, str) and value and not Path(value).is_absolute():
+        candidate = base / value
+        if candidate.exists() or candidate.with_name(candidate.name + ".bed").exists():
+            return str(candidate)
+    return value
+
+
+def _adapter_call(modality: str, spec: Mapping, base: Path) -> tuple[Callable, dict]:
+    if not isinstance(spec, Mapping) or "adapter" not in spec:
+        raise AdapterError(
+            f"modality {modality!r}: give a mapping with 'adapter' (one of {sorted(ADAPTERS)}) and its arguments"
+        )
+    name = spec["adapter"]
+    if name not in ADAPTERS:
+        raise AdapterError(f"modality {modality!r}: unknown adapter {name!r}; choose one of {sorted(ADAPTERS)}")
+    function = ADAPTERS[name]
+    kwargs = {k: _resolve(v, base) for k, v in spec.items() if k != "adapter"}
+    accepted = set(inspect.signature(function).parameters) - {"name"}
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise AdapterError(
+            f"modality {modality!r}: adapter {name!r} has no argument(s) {unknown};"
+            f" its arguments are {sorted(accepted)}"
+        )
+    return function, kwargs
+
+
+def _input_files(adapter: str, kwargs: Mapping) -> list[str]:
+    """Every file an adapter call reads, for the cache fingerprint."""
+    files = []
+    for value in kwargs.values():
+        if not isinstance(value, str):
+            continue
+        path = Path(value)
+        if path.is_file():
+            files.append(str(path))
+        elif path.with_name(path.name + ".bed").is_file():  # a PLINK prefix
+            files += [str(path.with_name(path.name + ext)) for ext in (".bed", ".bim", ".fam")]
+    key = MANIFEST_ADAPTERS.get(adapter)
+    if key and isinstance(kwargs.get(key), str) and Path(kwargs[key]).suffix.lower() != ".npy":
+        listed = brain.listed_files(
+            kwargs[key],
+            id_column=kwargs.get("id_column", DEFAULT_ID_COLUMN),
+            path_column=kwargs.get("path_column", "path"),
+        )
+        files += [str(p) for p in listed]
+    return files
+
+
+def build_cached_cohort(
+    *,
+    participants: str,
+    modalities: Mapping[str, Mapping],
+    targets: list[str],
+    confounds: list[str],
+    join: str = "outer",
+    id_column: str = DEFAULT_ID_COLUMN,
+    cache_dir: str | os.PathLike = "outputs/cache",
+    base_dir: str | os.PathLike | None = None,
+) -> tuple[Cohort, str]:
+    """The aligned cohort (memory-mapped from the cache) and its fingerprint."""
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    participants = _resolve(participants, base)
+    if not Path(participants).is_file():
+        raise AdapterError("participants table not found", file=participants)
+    if not modalities:
+        raise AdapterError("data config lists no modalities")
+    calls = {m: _adapter_call(m, spec, base) for m, spec in modalities.items()}
+    inputs = [participants]
+    for modality, spec in modalities.items():
+        inputs += _input_files(spec["adapter"], calls[modality][1])
+    settings = {
+        "modalities": {m: {"adapter": spec["adapter"], **calls[m][1]} for m, spec in modalities.items()},
+        "targets": list(targets),
+        "confounds": list(confounds),
+        "join": join,
+        "id_column": id_column,
+    }
+    key = fingerprint(inputs, settings)
+    folder = Path(cache_dir) / f"cohort-{key}"
+    try:
+        return load_cohort(folder, mmap=True), key
+    except AdapterError:
+        if folder.exists():
+            log.warning("cache %s is not usable; rebuilding it", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+    log.info("building the cohort into %s", folder)
+    built = {m: function(**kwargs, name=m) for m, (function, kwargs) in calls.items()}
+    cohort = build_cohort(participants, built, targets=targets, confounds=confounds, join=join, id_column=id_column)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    save_cohort(cohort, folder)
+    return load_cohort(folder, mmap=True), key

@@ -1,0 +1,422 @@
+"""Train/validation/test splits made once, saved as JSON, and reused by every experiment.
+
+Two schemes:
+
+* ``kfold``: the test sets of the ``n_folds`` folds partition the subjects; in each fold a validation set of
+  about ``val_fraction`` of all subjects is carved out of the remaining subjects, the rest is train.
+* ``holdout``: one fold with a test set of about ``test_fraction`` and a validation set of about
+  ``val_fraction`` of all subjects.
+
+``groups`` (site, family) keep the subjects of one group inside one of train/val/test. ``stratify`` keeps
+the distribution of a target about equal across sets: a continuous target is cut into ``n_bins`` quantile
+bins, a missing value is a stratum of its own, and strata too small to spread over the sets are merged with
+the next smallest one (so scikit-learn never has to warn about them).
+
+The file records the scheme, the settings and a fingerprint; IDs are stored as strings, sorted. The same
+inputs and seed give the same splits with the same scikit-learn version; saving them is what makes them
+the same for every experiment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import (
+    KFold,
+    ShuffleSplit,
+    StratifiedGroupKFold,
+    StratifiedKFold,
+    StratifiedShuffleSplit,
+)
+
+from data_adapters.core import AdapterError
+
+SPLITS_FORMAT = "mot-neuro-splits"
+SPLITS_VERSION = 1
+SCHEMES = ("kfold", "holdout")
+PARTS = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Splits:
+    """Subject IDs of train/val/test for each fold (see the module docstring)."""
+
+    scheme: str
+    folds: list[dict[str, list[str]]]
+    settings: dict
+
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+    def fold(self, k: int) -> dict[str, np.ndarray]:
+        """``{"train", "val", "test"}`` -> subject IDs (str arrays) of fold ``k``."""
+        n = self.n_folds()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
+            raise AdapterError(f"fold {k!r} does not exist: these {self.scheme} splits have {n} fold(s), 0..{n - 1}")
+        return {part: np.asarray(self.folds[k][part], dtype=str) for part in PARTS}
+
+    def subject_ids(self) -> set[str]:
+        return {sid for fold in self.folds for part in PARTS for sid in fold[part]}
+
+    def fingerprint(self) -> str:
+        """A hash of scheme, folds and settings: equal fingerprints, equal splits."""
+        text = json.dumps(
+            {"scheme": self.scheme, "folds": self.folds, "settings": self.settings},
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the splits as JSON, atomically (a temporary file beside ``path``, then a rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format": SPLITS_FORMAT,
+            "version": SPLITS_VERSION,
+            "fingerprint": self.fingerprint(),
+            "scheme": self.scheme,
+            "settings": self.settings,
+            "folds": self.folds,
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(data, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Splits:
+        """Splits saved by :meth:`save`; an :class:`AdapterError` says what is wrong with a bad file."""
+        path = Path(path)
+        fix = "delete it to make new splits, or point to another splits file"
+        if not path.is_file():
+            raise AdapterError("splits file not found; make one with make_splits or load_or_make_splits", file=path)
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise AdapterError(f"splits file is not valid JSON ({err}); it may be truncated: {fix}", file=path) from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise AdapterError(f"cannot read splits file ({err})", file=path) from err
+        if not isinstance(data, dict) or data.get("format") != SPLITS_FORMAT:
+            raise AdapterError(f"not a mot-neuro splits file (no 'format': {SPLITS_FORMAT!r}); {fix}", file=path)
+        if data.get("version") != SPLITS_VERSION:
+            raise AdapterError(
+                f"splits file version {data.get('version')!r}; this code reads version {SPLITS_VERSION}: {fix}",
+                file=path,
+            )
+        splits = cls(scheme=data.get("scheme"), folds=data.get("folds"), settings=data.get("settings"))
+        problem = _structure_problem(splits)
+        if problem:
+            raise AdapterError(f"invalid splits file: {problem}; {fix}", file=path)
+        recorded = data.get("fingerprint")
+        if recorded is not None and recorded != splits.fingerprint():
+            raise AdapterError(
+                "splits file content does not match its recorded fingerprint (edited or corrupt);"
+                f" {fix} (remove the 'fingerprint' field if the edit was intended)",
+                file=path,
+            )
+        return splits
+
+
+def _structure_problem(splits: Splits) -> str | None:
+    """What is wrong with loaded splits, or None. Never names a subject: only fold numbers and counts."""
+    if splits.scheme not in SCHEMES:
+        return f"scheme {splits.scheme!r} is not one of {SCHEMES}"
+    if not isinstance(splits.settings, dict):
+        return "'settings' is not an object"
+    if not isinstance(splits.folds, list) or not splits.folds:
+        return "'folds' is not a non-empty list"
+    everyone = None
+    for k, fold in enumerate(splits.folds):
+        if not isinstance(fold, dict) or set(fold) != set(PARTS):
+            return f"fold {k} does not have exactly the parts {PARTS}"
+        for part in PARTS:
+            ids = fold[part]
+            if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
+                return f"fold {k} {part} is not a list of ID strings"
+            fold[part] = sorted(ids)
+        sizes = sum(len(fold[part]) for part in PARTS)
+        members = set().union(*(fold[part] for part in PARTS))
+        if len(members) != sizes:
+            return f"fold {k}: {sizes - len(members)} ID(s) appear twice (in one part or in two parts)"
+        if everyone is None:
+            everyone = members
+        elif members != everyone:
+            return f"fold {k} holds other subjects than fold 0"
+    if splits.scheme == "kfold":
+        tests = [set(fold["test"]) for fold in splits.folds]
+        if sum(map(len, tests)) != len(everyone) or set().union(*tests) != everyone:
+            return "the test sets of the folds do not partition the subjects"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- making splits
+def _check_ids(subject_ids) -> np.ndarray:
+    ids = np.asarray([str(s) for s in subject_ids], dtype=str)
+    if len(ids) == 0:
+        raise AdapterError("no subject IDs given")
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        dup = unique[counts > 1]
+        raise AdapterError(
+            f"{len(dup)} subject ID(s) appear more than once; make IDs unique first", subject=str(dup[0])
+        )
+    return ids
+
+
+def _aligned(values, ids: np.ndarray, what: str) -> pd.Series:
+    """``values`` as a Series in the order of ``ids``: a Series indexed by these IDs is aligned by ID,
+    anything else by position."""
+    if isinstance(values, pd.Series) and not isinstance(values.index, pd.RangeIndex):
+        index = values.index.astype(str)
+        if index.is_unique and set(index) == set(ids):
+            return values.set_axis(index).reindex(ids).reset_index(drop=True)
+    array = values.to_numpy() if isinstance(values, pd.Series) else np.asarray(values)
+    if array.ndim != 1 or len(array) != len(ids):
+        raise AdapterError(
+            f"{what} has shape {array.shape} for {len(ids)} subject IDs; pass one value per subject, in the order"
+            " of subject_ids"
+        )
+    return pd.Series(array)
+
+
+def _strata(stratify: pd.Series, n_bins: int) -> np.ndarray:
+    """Integer stratum per subject: quantile bins for a continuous target, classes otherwise, NaN its own."""
+    missing = stratify.isna().to_numpy()
+    observed = stratify[~missing]
+    codes = np.full(len(stratify), -1, dtype=np.int64)
+    numeric = pd.api.types.is_numeric_dtype(observed) and not pd.api.types.is_bool_dtype(observed)
+    if numeric and observed.nunique() > n_bins:
+        codes[~missing] = pd.qcut(observed.astype(float), n_bins, labels=False, duplicates="drop")
+    else:
+        codes[~missing] = pd.factorize(observed.astype(str), sort=True)[0]
+    codes[missing] = codes.max() + 1
+    return codes
+
+
+def _coarsen(strata: np.ndarray | None, min_count: int, max_strata: int | None = None) -> np.ndarray | None:
+    """Strata where each has at least ``min_count`` members (and at most ``max_strata`` strata), made by
+    merging the smallest stratum into the next smallest; None when one stratum is left."""
+    if strata is None:
+        return None
+    labels, codes = np.unique(strata, return_inverse=True)
+    counts = np.bincount(codes).astype(np.int64)
+    alive = list(range(len(labels)))
+    while len(alive) > 1:
+        order = sorted(alive, key=lambda s: (counts[s], s))
+        too_many = max_strata is not None and len(alive) > max_strata
+        if counts[order[0]] >= min_count and not too_many:
+            break
+        small, into = order[0], order[1]
+        codes[codes == small] = into
+        counts[into] += counts[small]
+        alive.remove(small)
+    if len(alive) == 1:
+        return None
+    return np.unique(codes, return_inverse=True)[1]
+
+
+def _random_state(seed: int, *key: int) -> int:
+    return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])
+
+
+def _carve(
+    n: int, n_take: int, strata: np.ndarray | None, groups: np.ndarray | None, random_state: int, what: str
+) -> np.ndarray:
+    """Positions of a set of about ``n_take`` of ``n`` subjects, stratified by ``strata``, whole ``groups``."""
+    dummy = np.zeros(n)
+    if groups is None:
+        y = _coarsen(strata, min_count=2, max_strata=min(n_take, n - n_take))
+        if y is None:
+            splitter = ShuffleSplit(n_splits=1, test_size=n_take, random_state=random_state)
+        else:
+            splitter = StratifiedShuffleSplit(n_splits=1, test_size=n_take, random_state=random_state)
+        return next(splitter.split(dummy, y))[1]
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise AdapterError(
+            f"only {n_groups} group left when carving out the {what} set; groups must not be split, so use more"
+            " groups (or fewer folds), or no groups"
+        )
+    # a k-fold over groups, first fold taken: sets of whole groups of about n/k subjects, balanced by stratum
+    n_splits = int(min(max(round(n / n_take), 2), n_groups))
+    y = _coarsen(strata, min_count=n_splits)
+    y = np.zeros(n, dtype=np.int64) if y is None else y
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    return next(splitter.split(dummy, y, groups))[1]
+
+
+def _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, seed, n_bins) -> dict:
+    def name(values):
+        if values is None:
+            return None
+        return str(values.name) if isinstance(values, pd.Series) and values.name is not None else "array"
+
+    return {
+        "seed": int(seed),
+        "n_folds": int(n_folds) if scheme == "kfold" else 1,
+        "val_fraction": float(val_fraction),
+        "test_fraction": float(test_fraction) if scheme == "holdout" else None,
+        "stratify": name(stratify),
+        "groups": name(groups),
+        "n_bins": int(n_bins),
+    }
+
+
+def _check_arguments(scheme, n_folds, val_fraction, test_fraction, seed, n_bins) -> None:
+    if scheme not in SCHEMES:
+        raise AdapterError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme == "kfold" and (isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2):
+        raise AdapterError(f"n_folds must be an integer >= 2 for k-fold splits, got {n_folds!r}")
+    for label, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not isinstance(value, (int, float, np.floating)) or not 0 < value < 1:
+            raise AdapterError(f"{label} must be between 0 and 1 (exclusive), got {value!r}")
+    held_out = val_fraction + (1 / n_folds if scheme == "kfold" else test_fraction)
+    if held_out >= 1:
+        test = f"1/n_folds = {1 / n_folds:.3g}" if scheme == "kfold" else f"test_fraction = {test_fraction}"
+        raise AdapterError(
+            f"val_fraction ({val_fraction}) + {test} leaves no training subjects; lower val_fraction or the test size"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise AdapterError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
+        raise AdapterError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+
+
+def make_splits(
+    subject_ids: Sequence,
+    *,
+    scheme: str = "kfold",
+    n_folds: int = 5,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    stratify=None,
+    groups=None,
+    seed: int = 0,
+    n_bins: int = 5,
+) -> Splits:
+    """Seeded, grouped, stratified splits of ``subject_ids`` (see the module docstring).
+
+    ``stratify`` and ``groups`` hold one value per subject, in the order of ``subject_ids`` (a Series
+    indexed by these IDs is aligned by ID); a Series' name is recorded in the settings.
+    """
+    ids = _check_ids(subject_ids)
+    _check_arguments(scheme, n_folds, val_fraction, test_fraction, seed, n_bins)
+    n = len(ids)
+    strata = None if stratify is None else _strata(_aligned(stratify, ids, "stratify"), n_bins)
+    group_codes = None
+    if groups is not None:
+        group_series = _aligned(groups, ids, "groups")
+        if group_series.isna().any():
+            raise AdapterError(
+                f"groups has {int(group_series.isna().sum())} missing value(s); give every subject a group"
+                " (e.g. its own ID when it has no family or site)"
+            )
+        group_codes = pd.factorize(group_series.astype(str), sort=True)[0]
+    n_groups = n if group_codes is None else len(np.unique(group_codes))
+    needed = n_folds + 1 if scheme == "kfold" else 3
+    if n_groups < needed:
+        unit, more = ("groups", "more groups (a finer grouping)") if group_codes is not None else ("subjects", "more")
+        raise AdapterError(
+            f"{n_groups} {unit} cannot make {scheme} splits with train, val and test sets (need at least {needed});"
+            f" {'lower n_folds or ' if scheme == 'kfold' else ''}use {more}"
+        )
+    n_val = max(1, round(val_fraction * n))
+
+    def pick(positions: np.ndarray, n_take: int, random_state: int, what: str) -> np.ndarray:
+        if group_codes is None and n_take >= len(positions):
+            raise AdapterError(
+                f"{len(positions)} subjects left cannot give a {what} set of {n_take}; lower val_fraction/test_fraction"
+                " or n_folds, or use more subjects"
+            )
+        sub_strata = None if strata is None else strata[positions]
+        sub_groups = None if group_codes is None else group_codes[positions]
+        return positions[_carve(len(positions), n_take, sub_strata, sub_groups, random_state, what)]
+
+    everyone = np.arange(n)
+    if scheme == "kfold":
+        dummy = np.zeros(n)
+        if group_codes is None:
+            y = _coarsen(strata, min_count=n_folds)
+            splitter = (KFold if y is None else StratifiedKFold)(n_splits=n_folds, shuffle=True, random_state=seed)
+            outer = [test for _, test in splitter.split(dummy, y)]
+        else:
+            y = _coarsen(strata, min_count=n_folds)
+            y = np.zeros(n, dtype=np.int64) if y is None else y
+            splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+            outer = [test for _, test in splitter.split(dummy, y, group_codes)]
+    else:
+        outer = [pick(everyone, max(1, round(test_fraction * n)), _random_state(seed), "test")]
+
+    folds = []
+    for k, test in enumerate(outer):
+        rest = np.setdiff1d(everyone, test)
+        val = pick(rest, n_val, _random_state(seed, k + 1), "validation")
+        train = np.setdiff1d(rest, val)
+        for part, members in (("train", train), ("val", val), ("test", test)):
+            if len(members) == 0:
+                raise AdapterError(
+                    f"fold {k} has an empty {part} set ({n} subjects, {n_groups} groups); use fewer folds, other"
+                    " fractions or more subjects"
+                )
+        folds.append(
+            {part: sorted(ids[members].tolist()) for part, members in zip(PARTS, (train, val, test), strict=True)}
+        )
+    settings = _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, seed, n_bins)
+    return Splits(scheme=scheme, folds=folds, settings=settings)
+
+
+def load_or_make_splits(path: str | os.PathLike, subject_ids: Sequence, **make_kwargs) -> Splits:
+    """The splits saved at ``path`` when it exists (they must hold exactly ``subject_ids``), else new splits
+    from :func:`make_splits` (``make_kwargs``), saved there. A saved file always wins over ``make_kwargs``:
+    a difference in settings is logged, not acted on."""
+    path = Path(path)
+    ids = _check_ids(subject_ids)
+    if not path.exists():
+        splits = make_splits(ids, **make_kwargs)
+        splits.save(path)
+        log.info("splits: made %s with %d fold(s), saved to %s", splits.scheme, splits.n_folds(), path)
+        return splits
+    splits = Splits.load(path)
+    saved, wanted = splits.subject_ids(), set(ids.tolist())
+    if saved != wanted:
+        raise AdapterError(
+            f"the splits file holds other subjects than the cohort: {len(saved - wanted)} subject(s) only in the"
+            f" file, {len(wanted - saved)} only in the cohort. Delete the file to make new splits for this cohort,"
+            " or point to another splits path",
+            file=path,
+        )
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(make_splits).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(make_kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(f"load_or_make_splits got unexpected keyword argument(s) {unknown}")
+    asked = {**defaults, **make_kwargs}
+    _check_arguments(*(asked[key] for key in ("scheme", "n_folds", "val_fraction", "test_fraction", "seed", "n_bins")))
+    expected = {"scheme": asked["scheme"], **_settings(**asked)}
+    saved_settings = {"scheme": splits.scheme, **splits.settings}
+    differing = [key for key, value in expected.items() if key in saved_settings and saved_settings[key] != value]
+    if differing:
+        log.warning("splits: using the saved file %s; its settings %s differ from the ones asked for", path, differing)
+    return splits

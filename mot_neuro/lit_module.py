@@ -1,0 +1,319 @@
+"""LightningModule: per-modality tokenizers -> MoT (or dense) backbone -> supervised heads and/or masked
+token reconstruction. Glue only: the network is ``mot_neuro.model.encoder`` (pure torch).
+
+Objectives (``objective``): ``supervised`` (a head per target), ``masked`` (mask a fraction of present
+tokens, and with ``modality_mask_prob`` a whole modality of a subject, and reconstruct their values per
+modality), or ``both`` (weighted by ``supervised_weight`` and ``masked_weight``). ``modality_dropout``
+hides a whole modality of a subject during training (present -> False).
+
+Logged per stage: ``<stage>/loss``; ``<stage>/<target>/<metric>`` (classification: auroc, auprc, brier,
+ece; regression: r2, mae in the target's units, pearson); ``<stage>/recon/<modality>`` for masked modelling.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from mot_neuro.model import count_parameters
+from mot_neuro.model.encoder import EncoderConfig, NeuroOmicsEncoder
+from mot_neuro.model.tokenizers import ModalityDecoder, ModalitySpec
+
+OBJECTIVES = ("supervised", "masked", "both")
+
+
+def _metrics(kind: str, n_classes: int | None) -> torchmetrics.MetricCollection:
+    if kind == "binary":
+        return torchmetrics.MetricCollection(
+            {
+                "auroc": torchmetrics.classification.BinaryAUROC(),
+                "auprc": torchmetrics.classification.BinaryAveragePrecision(),
+                "brier": torchmetrics.MeanSquaredError(),  # on probabilities: the Brier score
+                "ece": torchmetrics.classification.BinaryCalibrationError(n_bins=10),
+            }
+        )
+    if kind == "multiclass":
+        return torchmetrics.MetricCollection(
+            {
+                "auroc": torchmetrics.classification.MulticlassAUROC(num_classes=n_classes),
+                "auprc": torchmetrics.classification.MulticlassAveragePrecision(num_classes=n_classes),
+                "accuracy": torchmetrics.classification.MulticlassAccuracy(num_classes=n_classes),
+                "ece": torchmetrics.classification.MulticlassCalibrationError(num_classes=n_classes, n_bins=10),
+            }
+        )
+    return torchmetrics.MetricCollection(
+        {
+            "r2": torchmetrics.R2Score(),
+            "mae": torchmetrics.MeanAbsoluteError(),
+            "pearson": torchmetrics.PearsonCorrCoef(),
+        }
+    )
+
+
+class NeuroOmicsModule(pl.LightningModule):
+    """The model of a mot-neuro experiment. ``data_spec`` comes from the DataModule (linked by the CLI).
+
+    Architecture: ``dim``, ``n_layers``, ``n_heads``, ``untie`` (``[]`` = the dense twin), ``towers``,
+    ``norm_placement``, ``qk_norm``, ``dropout``, ``projection`` (``per_token`` or ``shared`` value
+    projections), ``n_summary_tokens``, ``pooling`` (``summary`` or ``mean``).
+    Optimisation: AdamW (``lr``, ``weight_decay``), linear warm-up over ``warmup_steps`` then cosine
+    decay to ``min_lr_ratio * lr`` at the trainer's last step.
+    """
+
+    def __init__(
+        self,
+        data_spec: Mapping | None = None,
+        dim: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        untie: Sequence[str] = ("attention", "ffn", "norm"),
+        towers: Mapping[str, str] | None = None,
+        norm_placement: str = "pre",
+        qk_norm: bool = False,
+        dropout: float = 0.1,
+        projection: str = "per_token",
+        n_summary_tokens: int = 1,
+        pooling: str = "summary",
+        objective: str = "supervised",
+        supervised_weight: float = 1.0,
+        masked_weight: float = 1.0,
+        mask_fraction: float = 0.15,
+        modality_mask_prob: float = 0.1,
+        modality_dropout: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 50,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if data_spec is None:
+            raise ValueError(
+                "data_spec is missing: it comes from the DataModule's model_inputs (the CLI links it); in Python"
+                " pass NeuroOmicsModule(data_spec=datamodule.model_inputs, ...)"
+            )
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}: choose one of {OBJECTIVES}")
+        self.save_hyperparameters()
+        specs = [
+            ModalitySpec(
+                name=m["name"],
+                n_tokens=int(m["n_tokens"]),
+                n_features=int(m["n_features"]),
+                feature_mask=tuple(tuple(bool(v) for v in row) for row in m["feature_mask"]) or None,
+                categorical={int(k): int(v) for k, v in dict(m.get("categorical") or {}).items()},
+            )
+            for m in data_spec["modalities"]
+        ]
+        self.specs = {s.name: s for s in specs}
+        self.active = [s.name for s in specs if s.n_tokens > 0]
+        self.encoder_config = EncoderConfig(
+            modalities=specs,
+            dim=dim,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            untie=tuple(untie),
+            towers=dict(towers) if towers else None,
+            norm_placement=norm_placement,
+            qk_norm=qk_norm,
+            dropout=dropout,
+            projection=projection,
+            n_summary_tokens=n_summary_tokens,
+            pooling=pooling,
+        )
+        self.encoder = NeuroOmicsEncoder(self.encoder_config)
+        self.targets = dict(data_spec.get("targets") or {})
+        supervised = objective in ("supervised", "both")
+        if supervised and not self.targets:
+            raise ValueError("objective needs targets, but the data config lists none; use objective: masked")
+        self.heads = nn.ModuleDict()
+        if supervised:
+            for name, target in self.targets.items():
+                width = int(target["n_classes"]) if target["kind"] == "multiclass" else 1
+                self.heads[name] = nn.Linear(dim, width)
+        self.decoders = nn.ModuleDict()
+        if objective in ("masked", "both"):
+            for name in self.active:
+                self.decoders[name] = ModalityDecoder(self.specs[name], dim, projection=projection)
+        self.metrics = nn.ModuleDict()
+        if supervised:
+            for stage in ("train", "val", "test"):
+                for name, target in self.targets.items():
+                    self.metrics[f"{stage}__{name}"] = _metrics(target["kind"], target.get("n_classes"))
+
+    # ------------------------------------------------------------------ accounting
+    def describe(self) -> dict:
+        """Parameter counts of the whole model and of the backbone (what MLflow gets as params)."""
+        backbone = count_parameters(self.encoder.backbone)
+        return {
+            "params_total": sum(p.numel() for p in self.parameters()),
+            "params_backbone": backbone["total"],
+            "params_backbone_per_token": backbone["per_modality"],
+            "variant": "dense" if not self.hparams.untie else "mot",
+        }
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Mapping, masked: Mapping | None = None):
+        return self.encoder(batch, masked=masked)
+
+    def _inputs(self, batch: Mapping, train: bool) -> Mapping:
+        if not (train and self.hparams.modality_dropout > 0):
+            return batch
+        present = {}
+        for name, mask in batch["present"].items():
+            keep = torch.rand(mask.shape[0], 1, device=mask.device) >= self.hparams.modality_dropout
+            present[name] = mask & keep
+        return {**batch, "present": present}
+
+    def _mask(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        masked = {}
+        for name in self.active:
+            present = batch["present"][name]
+            tokens = torch.rand(present.shape, device=present.device) < self.hparams.mask_fraction
+            whole = torch.rand(present.shape[0], 1, device=present.device) < self.hparams.modality_mask_prob
+            masked[name] = (tokens | whole) & present
+        return masked
+
+    def _step(self, batch: Mapping, stage: str) -> torch.Tensor:
+        train = stage == "train"
+        inputs = self._inputs(batch, train)
+        objective = self.hparams.objective
+        masked = self._mask(inputs) if objective in ("masked", "both") else None
+        out = self.encoder(inputs, masked=masked)
+        batch_size = next(iter(batch["row"].shape))
+        loss = torch.zeros((), device=out.pooled.device)
+        if masked is not None:
+            recon = torch.zeros((), device=out.pooled.device)
+            for name in self.active:
+                part = self.decoders[name].loss(
+                    out.tokens[name], inputs["values"][name], inputs["missing"][name], masked[name]
+                )
+                self.log(f"{stage}/recon/{name}", part, batch_size=batch_size, on_step=False, on_epoch=True)
+                recon = recon + part
+            loss = loss + self.hparams.masked_weight * recon
+            self.log(f"{stage}/recon", recon, batch_size=batch_size, on_step=False, on_epoch=True)
+        if objective in ("supervised", "both"):
+            supervised = torch.zeros((), device=out.pooled.device)
+            for name, head in self.heads.items():
+                supervised = supervised + self._supervised(name, head(out.pooled), batch["targets"][name], stage)
+            loss = loss + self.hparams.supervised_weight * supervised
+        self.log(f"{stage}/loss", loss, batch_size=batch_size, prog_bar=True, on_step=train, on_epoch=True)
+        return loss
+
+    def _supervised(self, name: str, logits: torch.Tensor, target: torch.Tensor, stage: str) -> torch.Tensor:
+        kind = self.targets[name]["kind"]
+        observed = ~torch.isnan(target)
+        weight = observed.float()
+        count = weight.sum().clamp(min=1.0)
+        safe = torch.where(observed, target, torch.zeros_like(target))
+        if kind == "binary":
+            logit = logits.squeeze(-1)
+            loss = (F.binary_cross_entropy_with_logits(logit, safe, reduction="none") * weight).sum() / count
+            prediction, truth = torch.sigmoid(logit), safe.long()
+        elif kind == "multiclass":
+            loss = (F.cross_entropy(logits, safe.long(), reduction="none") * weight).sum() / count
+            prediction, truth = logits.softmax(-1), safe.long()
+        else:
+            value = logits.squeeze(-1)
+            loss = (((value - safe) ** 2) * weight).sum() / count
+            # metrics in the target's own units (targets are standardised for training)
+            prediction, truth = self._unscale(name, value), self._unscale(name, safe)
+        metrics = self.metrics[f"{stage}__{name}"]
+        keep = observed.nonzero().squeeze(-1)  # one index op per target and step; metrics need the subset
+        if keep.numel() > 1:
+            if kind == "binary":
+                metrics["brier"].update(prediction[keep], truth[keep].float())
+                for key in ("auroc", "auprc", "ece"):
+                    metrics[key].update(prediction[keep], truth[keep])
+            else:
+                metrics.update(prediction[keep], truth[keep])
+        return loss
+
+    def _unscale(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        scale = self.targets[name].get("scale") or {}
+        return value * float(scale.get("sd", 1.0)) + float(scale.get("mean", 0.0))
+
+    def _log_metrics(self, stage: str) -> None:
+        for name in self.heads:
+            metrics = self.metrics[f"{stage}__{name}"]
+            try:
+                values = metrics.compute()
+            except (ValueError, RuntimeError):  # e.g. nothing observed this epoch
+                metrics.reset()
+                continue
+            for key, value in values.items():
+                self.log(f"{stage}/{name}/{key}", value, sync_dist=False)
+            metrics.reset()
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        return self._step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def predict_step(self, batch, batch_idx):
+        out = self.encoder(batch)
+        result = {"row": batch["row"], "pooled": out.pooled, "per_modality": out.per_modality}
+        for name, head in self.heads.items():
+            result[name] = head(out.pooled)
+        return result
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint trained on another token layout, saying what differs."""
+        saved = (checkpoint.get("hyper_parameters") or {}).get("data_spec") or {}
+
+        def shape(spec) -> dict:
+            return {m["name"]: (int(m["n_tokens"]), int(m["n_features"])) for m in spec.get("modalities", [])}
+
+        before, now = shape(saved), shape(self.hparams.data_spec)
+        if before and before != now:
+            differs = sorted(
+                f"{name}: (tokens, features) {before.get(name)} in the checkpoint, {now.get(name)} now"
+                for name in set(before) | set(now)
+                if before.get(name) != now.get(name)
+            )
+            raise ValueError(
+                f"checkpoint was trained on another token layout: {'; '.join(differs)}. Use the data config"
+                " (and drop_modalities) it was trained with, or train a new model"
+            )
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            # norms, biases and embeddings are not weight-decayed
+            (no_decay if parameter.ndim < 2 or "embedding" in name else decay).append(parameter)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.hparams.warmup_steps, max(total - 1, 0))
+        floor = self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / max(warmup, 1)
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

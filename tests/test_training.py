@@ -1,0 +1,247 @@
+"""Training through the CLI on the demo cohort: every config, MLflow read-back, resume, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+DEMO_EXPERIMENTS = sorted(p for p in (CONFIGS / "experiments").glob("*.yaml") if "template" not in p.name)
+DEBUG = str(CONFIGS / "trainer" / "debug.yaml")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Each test runs in its own folder: outputs/, the demo cohort and mlflow.db land there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def run_cli(*args: str):
+    import warnings
+
+    from mot_neuro.cli import lightning_cli
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # pytest's own argv
+
+    return lightning_cli([str(a) for a in args])
+
+
+def mlflow_runs(workdir: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mot-neuro")
+    return client, client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_configs_are_enumerated():
+    names = {p.name for p in DEMO_EXPERIMENTS}
+    assert {"demo.yaml", "demo_dense.yaml", "demo_pretrain.yaml"} <= names
+
+
+@pytest.mark.parametrize("experiment", DEMO_EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_demo_experiment_runs_every_subcommand(workdir, experiment):
+    for command in ("fit", "validate", "test", "predict"):
+        cli = run_cli(command, "--config", experiment, "--trainer", DEBUG)
+        assert cli.trainer.state.finished, command
+    assert (workdir / "outputs" / "demo_cohort" / "ground_truth.json").is_file()  # generated on first use
+    assert (workdir / "outputs" / "demo_splits.json").is_file()
+
+
+@pytest.mark.parametrize("trainer", sorted((CONFIGS / "trainer").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_trainer_config_parses(workdir, trainer, capsys):
+    from mot_neuro.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(
+            ["fit", "--config", str(CONFIGS / "experiments" / "demo.yaml"), "--trainer", str(trainer), "--print_config"]
+        )
+    assert done.value.code == 0
+    assert "trainer:" in capsys.readouterr().out
+
+
+def test_template_experiment_runs_on_files_a_user_points_it_at(workdir):
+    """The UK Biobank-style template, copied and pointed at files in its formats (written here)."""
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    rng = np.random.default_rng(0)
+    n = 60
+    eids = [str(1_000_000 + i) for i in range(n)]
+    site = rng.choice(["11025", "11026", "11027"], n)
+    pd.DataFrame(
+        {
+            "eid": eids,
+            "age": rng.uniform(45, 80, n),
+            "sex": rng.choice(["F", "M"], n),
+            "site": site,
+            "fluid_intelligence": rng.normal(6, 2, n),
+        }
+    ).to_csv("participants.csv", index=False)
+    pd.DataFrame({"eid": eids, **{f"prs_{k}": rng.normal(size=n) for k in range(5)}}).to_parquet("prs.parquet")
+    idps = {"eid": eids, "eTIV": rng.normal(1.5e6, 1e5, n)}
+    for hemi in ("lh", "rh"):
+        for region in ("superiorfrontal", "insula"):
+            for measure in ("thickness", "area", "volume"):
+                idps[f"{hemi}_{region}_{measure}"] = rng.normal(size=n)
+    pd.DataFrame(idps).to_csv("idps.csv", index=False)
+    Path("conn").mkdir()
+    rows = []
+    for eid in eids[:50]:  # 10 subjects without a scan
+        np.save(f"conn/{eid}.npy", np.corrcoef(rng.normal(size=(6, 40))))
+        rows.append((eid, f"conn/{eid}.npy"))
+    pd.DataFrame(rows, columns=["eid", "path"]).to_csv("conn_manifest.csv", index=False)
+    pd.DataFrame(
+        {"eid": eids, "pairs_matching": rng.integers(0, 10, n), "reaction_time": rng.normal(500, 50, n)}
+    ).to_csv("behaviour.csv", index=False)
+    config = yaml.safe_load((CONFIGS / "data" / "ukb_template.yaml").read_text())
+    config["participants"] = "participants.csv"
+    config["modalities"]["genetics"]["path_or_df"] = "prs.parquet"
+    config["modalities"]["structure"]["path_or_df"] = "idps.csv"
+    config["modalities"]["connectivity"]["source"] = "conn_manifest.csv"
+    config["modalities"]["behaviour"]["path_or_df"] = "behaviour.csv"
+    config["num_workers"] = 0
+    config["batch_size"] = 16
+    Path("my_cohort.yaml").write_text(yaml.safe_dump(config))
+    cli = run_cli(
+        "fit", "--config", CONFIGS / "experiments" / "ukb_template.yaml", "--data", "my_cohort.yaml", "--trainer", DEBUG
+    )
+    assert cli.trainer.state.finished
+    specs = {m["name"]: m for m in cli.datamodule.model_inputs["modalities"]}
+    assert specs["structure"]["n_tokens"] == 4 and specs["structure"]["n_features"] == 3
+    assert specs["connectivity"]["n_tokens"] == 6
+
+
+def test_mlflow_run_records_params_metrics_and_artifacts(workdir):
+    run_cli("fit", "--config", CONFIGS / "experiments" / "demo.yaml", "--trainer.max_epochs", "2")
+    client, runs = mlflow_runs(workdir)
+    assert len(runs) == 1
+    run = runs[0]
+    params, metrics = run.data.params, run.data.metrics
+    for key in (
+        "dim",
+        "n_layers",
+        "untie",
+        "params_total",
+        "params_backbone",
+        "train_flops_per_token",
+        "data_fingerprint",
+        "splits_fingerprint",
+        "fold",
+        "tokens_per_modality",
+    ):
+        assert key in params, key
+    assert params["tokens_per_modality"] == "gene=4,brain=20,behaviour=5"
+    for key in ("train/loss_epoch", "val/loss", "val/target/r2", "val/target/mae", "val/target/pearson"):
+        assert key in metrics, key
+    history = client.get_metric_history(run.info.run_id, "val/loss")
+    assert len(history) == 2  # one value per epoch
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "demo_splits.json"} <= artifacts
+    assert "git_commit" in run.data.tags
+    # no subject ID in any param or metric name or value
+    splits = json.loads((workdir / "outputs" / "demo_splits.json").read_text())
+    ids = {sid for fold in splits["folds"] for part in fold.values() for sid in part}
+    text = json.dumps([params, list(metrics)])
+    assert not any(sid in text for sid in ids)
+    assert (workdir / "outputs" / "checkpoints" / "last.ckpt").is_file()
+
+
+class StopAfterFirstEpoch(Callback):
+    """Ends fit after epoch 0 as an interruption would (last.ckpt is written at the epoch's end)."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+def test_resuming_from_last_checkpoint_gives_the_uninterrupted_metrics(workdir, monkeypatch):
+    common = ["--config", CONFIGS / "experiments" / "demo.yaml", "--model.dropout", "0.0"]
+    for folder in ("full", "resumed"):  # each with its own outputs/checkpoints
+        (workdir / folder).mkdir()
+    monkeypatch.chdir(workdir / "full")
+    full = run_cli("fit", *common, "--trainer.max_epochs", "3")
+    full_metrics = {k: float(v) for k, v in full.trainer.callback_metrics.items()}
+    monkeypatch.chdir(workdir / "resumed")
+    # the same run, interrupted after its first epoch (same config, so the same LR schedule)
+    stopped = run_cli(
+        "fit", *common, "--trainer.max_epochs", "3", "--trainer.callbacks+=test_training.StopAfterFirstEpoch"
+    )
+    assert stopped.trainer.current_epoch == 1
+    resumed = run_cli("fit", *common, "--trainer.max_epochs", "3", "--ckpt_path", "last")
+    resumed_metrics = {k: float(v) for k, v in resumed.trainer.callback_metrics.items()}
+    assert resumed.trainer.current_epoch == full.trainer.current_epoch == 3
+    assert resumed_metrics["val/loss"] == pytest.approx(full_metrics["val/loss"], rel=1e-5)
+    assert resumed_metrics["val/target/r2"] == pytest.approx(full_metrics["val/target/r2"], rel=1e-4, abs=1e-6)
+
+
+def test_checkpoint_from_another_layout_is_refused(workdir):
+    experiment = CONFIGS / "experiments" / "demo.yaml"
+    run_cli(
+        "fit",
+        "--config",
+        experiment,
+        "--trainer",
+        DEBUG,
+        "--trainer.fast_dev_run",
+        "false",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.callbacks",
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath",
+        "ckpt",
+        "--trainer.callbacks.save_last",
+        "true",
+    )
+    with pytest.raises(ValueError, match=r"checkpoint .*layout.*brain"):
+        run_cli(
+            "validate",
+            "--config",
+            experiment,
+            "--trainer",
+            DEBUG,
+            "--data.drop_modalities",
+            "[brain]",
+            "--ckpt_path",
+            "ckpt/last.ckpt",
+        )
+
+
+def cli_subprocess(workdir, *args):
+    env = {**os.environ, "MOT_NEURO_DEBUG": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(
+        [sys.executable, "-m", "mot_neuro.cli", *map(str, args)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--data.drop_modalities", "[imaging]"], "drop_modalities names unknown modality(ies) ['imaging']"),
+        (["--data.targets", "[iq]"], "column 'iq': target column not in participants"),
+        (["--model.dimm", "8"], "dimm"),
+        (["--model.objective", "supervize"], "supervize"),
+    ],
+    ids=["unknown-modality", "missing-target", "typo-key", "typo-value"],
+)
+def test_bad_configs_exit_with_a_clear_message(workdir, extra, message):
+    done = cli_subprocess(workdir, "fit", "--config", CONFIGS / "experiments" / "demo.yaml", "--trainer", DEBUG, *extra)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
