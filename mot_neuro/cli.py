@@ -120,6 +120,31 @@ def lightning_cli(args: list[str] | None, run: bool = True):
             # sizes from the data reach the model at instantiation, never copied by hand
             parser.link_arguments("data.model_inputs", "model.data_spec", apply_on="instantiate")
 
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            commands = LightningCLI.subcommands()
+            return commands
+
+        def _add_subcommands(self, parser, **kwargs) -> None:
+            super()._add_subcommands(parser, **kwargs)
+            fit = parser._subcommands_action._name_parser_map["fit"]
+            fit.add_argument(
+                "--test_after_fit",
+                type=bool,
+                default=True,
+                help="after fit, evaluate the best checkpoint (else the last weights) on the test set",
+            )
+
+        def after_fit(self) -> None:
+            if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
+                return
+            if self.trainer.fast_dev_run:
+                self.trainer.test(self.model, datamodule=self.datamodule)
+                return
+            checkpoint = self.trainer.checkpoint_callback
+            best = checkpoint.best_model_path if checkpoint is not None else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
     return MotNeuroCLI(
         NeuroOmicsModule,
         NeuroOmicsDataModule,

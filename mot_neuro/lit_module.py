@@ -202,7 +202,16 @@ class NeuroOmicsModule(pl.LightningModule):
             for name, head in self.heads.items():
                 supervised = supervised + self._supervised(name, head(out.pooled), batch["targets"][name], stage)
             loss = loss + self.hparams.supervised_weight * supervised
-        self.log(f"{stage}/loss", loss, batch_size=batch_size, prog_bar=True, on_step=train, on_epoch=True)
+        # evaluation losses averaged over ranks (one all-reduce per epoch); training steps stay sync-free
+        self.log(
+            f"{stage}/loss",
+            loss,
+            batch_size=batch_size,
+            prog_bar=True,
+            on_step=train,
+            on_epoch=True,
+            sync_dist=not train,
+        )
         return loss
 
     def _supervised(self, name: str, logits: torch.Tensor, target: torch.Tensor, stage: str) -> torch.Tensor:

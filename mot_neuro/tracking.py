@@ -148,7 +148,7 @@ class RunSummary(Callback):
         lines = [f"mot-neuro {stage} finished"]
         for logger in mlflow_loggers(trainer):
             uri = logger._tracking_uri
-            lines.append(f"  MLflow run      {logger.run_id} (experiment {logger.name}) in {uri}")
+            lines.append(f"  MLflow run      {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}")
             if uri.startswith("sqlite:///"):
                 lines.append(f"  browse it with  mlflow ui --backend-store-uri {uri}")
         checkpoint = trainer.checkpoint_callback

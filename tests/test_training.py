@@ -142,7 +142,15 @@ def test_mlflow_run_records_params_metrics_and_artifacts(workdir):
     ):
         assert key in params, key
     assert params["tokens_per_modality"] == "gene=4,brain=20,behaviour=5"
-    for key in ("train/loss_epoch", "val/loss", "val/target/r2", "val/target/mae", "val/target/pearson"):
+    for key in (
+        "train/loss_epoch",
+        "val/loss",
+        "val/target/r2",
+        "val/target/mae",
+        "val/target/pearson",
+        "test/loss",
+        "test/target/r2",
+    ):  # fit evaluates the best checkpoint on the test fold after
         assert key in metrics, key
     history = client.get_metric_history(run.info.run_id, "val/loss")
     assert len(history) == 2  # one value per epoch
@@ -165,7 +173,8 @@ class StopAfterFirstEpoch(Callback):
 
 
 def test_resuming_from_last_checkpoint_gives_the_uninterrupted_metrics(workdir, monkeypatch):
-    common = ["--config", CONFIGS / "experiments" / "demo.yaml", "--model.dropout", "0.0"]
+    # compares the last epoch's validation metrics, so no test run after fit
+    common = ["--config", CONFIGS / "experiments" / "demo.yaml", "--model.dropout", "0.0", "--test_after_fit", "false"]
     for folder in ("full", "resumed"):  # each with its own outputs/checkpoints
         (workdir / folder).mkdir()
     monkeypatch.chdir(workdir / "full")
@@ -245,3 +254,28 @@ def test_bad_configs_exit_with_a_clear_message(workdir, extra, message):
     assert done.returncode != 0
     assert message in done.stderr, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
+
+
+def test_two_process_ddp_on_cpu_trains_and_logs_once(workdir):
+    """configs/trainer/ddp.yaml with 2 CPU processes (gloo): one MLflow run, one summary, trained weights."""
+    done = cli_subprocess(
+        workdir,
+        "fit",
+        "--config",
+        CONFIGS / "experiments" / "demo.yaml",
+        "--trainer",
+        CONFIGS / "trainer" / "ddp.yaml",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "2",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("mot-neuro fit finished") == 1  # rank 0 only
+    client, runs = mlflow_runs(workdir)
+    assert len(runs) == 1
+    history = client.get_metric_history(runs[0].info.run_id, "val/loss")
+    assert len(history) == 2  # once per epoch, not once per rank
+    assert (workdir / "outputs" / "checkpoints" / "last.ckpt").is_file()
