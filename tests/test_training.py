@@ -279,3 +279,85 @@ def test_two_process_ddp_on_cpu_trains_and_logs_once(workdir):
     history = client.get_metric_history(runs[0].info.run_id, "val/loss")
     assert len(history) == 2  # once per epoch, not once per rank
     assert (workdir / "outputs" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_binary_and_multiclass_targets_with_bf16_and_modality_dropout(workdir):
+    """Three target kinds at once: each gets its head, loss and metrics; bf16 autocast on CPU works."""
+    import numpy as np
+    import pandas as pd
+
+    from data_adapters.demo import write_demo_cohort
+
+    write_demo_cohort(workdir / "outputs" / "demo_cohort", n_subjects=120)
+    participants = pd.read_csv("outputs/demo_cohort/participants.csv", dtype={"eid": str})
+    participants["tertile"] = pd.qcut(participants["target"], 3, labels=False)  # classes 0, 1, 2
+    participants.to_csv("participants3.csv", index=False)
+    cli = run_cli(
+        "fit",
+        "--config",
+        CONFIGS / "experiments" / "demo.yaml",
+        "--trainer",
+        DEBUG,
+        "--data.participants",
+        "participants3.csv",
+        "--data.targets",
+        "[target, diagnosis, tertile]",
+        "--data.target_kinds",
+        "{tertile: multiclass}",
+        "--data.stratify",
+        "null",
+        "--data.batch_size",
+        "64",
+        "--data.splits_file",
+        "outputs/splits3.json",
+        "--model.modality_dropout",
+        "0.3",
+        "--trainer.precision",
+        "bf16-mixed",
+    )
+    targets = cli.model.targets
+    assert {k: v["kind"] for k, v in targets.items()} == {
+        "target": "regression",
+        "diagnosis": "binary",
+        "tertile": "multiclass",
+    }
+    assert targets["tertile"]["n_classes"] == 3 and cli.model.heads["tertile"].out_features == 3
+    metrics = cli.trainer.callback_metrics  # fast_dev_run: the test run after fit
+    for key in (
+        "test/diagnosis/auroc",
+        "test/diagnosis/auprc",
+        "test/diagnosis/brier",
+        "test/diagnosis/ece",
+        "test/tertile/auroc",
+        "test/tertile/accuracy",
+        "test/target/r2",
+    ):
+        assert key in metrics and np.isfinite(float(metrics[key])), key
+
+
+def test_worker_processes_read_the_same_batches(workdir):
+    """Batches come from memory maps opened in each worker; with workers they equal the in-process ones."""
+    import torch
+
+    cli = run_cli(
+        "fit",
+        "--config",
+        CONFIGS / "experiments" / "demo.yaml",
+        "--trainer",
+        DEBUG,
+        "--test_after_fit",
+        "false",
+        "--data.batch_size",
+        "16",
+    )
+    data = cli.datamodule
+    serial = list(data.val_dataloader())
+    data.hparams.num_workers = 2
+    parallel = list(data.val_dataloader())
+    assert len(serial) == len(parallel) > 1
+    for a, b in zip(serial, parallel, strict=True):
+        torch.testing.assert_close(a["row"], b["row"])
+        for name in a["values"]:
+            torch.testing.assert_close(a["values"][name], b["values"][name])
+            assert torch.equal(a["present"][name], b["present"][name])
+        assert not any(torch.isnan(v).any() for v in a["values"].values())  # imputed
