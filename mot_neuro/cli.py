@@ -3,6 +3,7 @@
 * ``fit | validate | test | predict``: Lightning's CLI (``mot-neuro fit --config configs/experiments/demo.yaml``,
   ``--print_config`` to see the resolved config). The DataModule's ``model_inputs`` (tokens and features
   per modality, target kinds) are linked into the model, never copied by hand between config files.
+* ``ablate``: dense vs MoT variants and leave-one-modality-out over seeds and folds (``mot_neuro.ablate``).
 * ``describe``: build a MoT backbone and its dense twin for a token layout and print parameter
   counts and training FLOPs per token (measured with torch's FlopCounterMode).
 
@@ -120,11 +121,6 @@ def lightning_cli(args: list[str] | None, run: bool = True):
             # sizes from the data reach the model at instantiation, never copied by hand
             parser.link_arguments("data.model_inputs", "model.data_spec", apply_on="instantiate")
 
-        @staticmethod
-        def subcommands() -> dict[str, set[str]]:
-            commands = LightningCLI.subcommands()
-            return commands
-
         def _add_subcommands(self, parser, **kwargs) -> None:
             super()._add_subcommands(parser, **kwargs)
             fit = parser._subcommands_action._name_parser_map["fit"]
@@ -134,6 +130,18 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                 default=True,
                 help="after fit, evaluate the best checkpoint (else the last weights) on the test set",
             )
+            fit.add_argument(
+                "--checkpoint_dir",
+                type=str | None,
+                default=None,
+                help="folder for this run's checkpoints instead of the trainer config's (one per ablation cell)",
+            )
+
+        def before_fit(self) -> None:
+            folder = self.config[self.subcommand].get("checkpoint_dir")
+            checkpoint = self.trainer.checkpoint_callback
+            if folder and checkpoint is not None:
+                checkpoint.dirpath = folder
 
         def after_fit(self) -> None:
             if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
@@ -160,6 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("MOT_NEURO_DEBUG", "") not in ("", "0")
+    if argv and argv[0] == "ablate":
+        from data_adapters.core import AdapterError
+        from mot_neuro.ablate import main as ablate
+
+        try:
+            return ablate(argv[1:])
+        except (AdapterError, ValueError, FileNotFoundError) as err:
+            if debug:
+                raise
+            print(f"mot-neuro ablate: error: {err}", file=sys.stderr)
+            return 2
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from lightning.fabric.utilities.exceptions import MisconfigurationException
 

@@ -1,0 +1,282 @@
+"""``mot-neuro ablate``: dense vs MoT (and partial untying) and leave-one-modality-out, over seeds and folds.
+
+Every cell of the grid is one ``mot-neuro fit`` of the experiment config with a few overrides (``untie``,
+``drop_modalities``, ``seed_everything``, ``fold``), all on the experiment's saved splits. Each cell is an
+MLflow run, a child of one parent run named after the ablation (tags ``mot_neuro.ablation`` on the parent,
+``mot_neuro.cell`` and ``mlflow.parentRunId`` on the children).
+
+Resumable: a cell whose child run FINISHED is skipped; a child run left RUNNING or FAILED (an interrupted
+or crashed cell) is marked KILLED and the cell runs again. ``--print-commands`` prints every unfinished
+cell as a standalone ``mot-neuro fit`` command (for a SLURM array, say); ``--summarize`` then only
+collects the finished cells. The summary (tidy results, paired tests against the full model with FDR
+correction, per-modality contributions, steps to the dense model's validation loss, a PNG) is written to
+the output folder and logged to the parent run.
+
+Default grid: every variant with no modality dropped, plus the full MoT with each modality left out, for
+one seed and every fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "dense": (),
+    "mot_ffn": ("ffn",),
+    "mot_ffn_attention": ("ffn", "attention"),
+    "mot": ("attention", "ffn", "norm"),
+}
+FULL = ("mot", "none")
+ABLATION_TAG, CELL_TAG, PARENT_TAG = "mot_neuro.ablation", "mot_neuro.cell", "mlflow.parentRunId"
+OVERRIDES_TAG = "mot_neuro.cell_overrides"
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: str
+    dropped: str
+    seed: int
+    fold: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant}__drop-{self.dropped}__seed{self.seed}__fold{self.fold}"
+
+    def overrides(self) -> list[str]:
+        dropped = [] if self.dropped == "none" else [self.dropped]
+        return [
+            "--model.untie",
+            json.dumps(list(VARIANTS[self.variant])),
+            "--data.drop_modalities",
+            json.dumps(dropped),
+            "--seed_everything",
+            str(self.seed),
+            "--data.fold",
+            str(self.fold),
+        ]
+
+
+def build_grid(
+    variants: list[str], drops: list[str], seeds: list[int], folds: list[int], modalities: list[str]
+) -> list[Cell]:
+    """Variants with nothing dropped, plus the full variant with each modality in ``drops`` left out."""
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    bad = sorted(set(drops) - {"none", *modalities})
+    if bad:
+        raise ValueError(f"--drop names unknown modality(ies) {bad}; the config's modalities are {modalities}")
+    full = "mot" if "mot" in variants else variants[-1]
+    combos = [(v, "none") for v in variants if "none" in drops]
+    combos += [(full, d) for d in drops if d != "none"]
+    return [Cell(v, d, s, f) for v, d in combos for s in seeds for f in folds]
+
+
+def _cell_args(config: str, cell: Cell, parent_id: str, name: str, out_dir: Path, extra: list[str]) -> list[str]:
+    tags = {PARENT_TAG: parent_id, CELL_TAG: cell.id, ABLATION_TAG + ".member": name}
+    return [
+        "fit",
+        "--config",
+        config,
+        *cell.overrides(),
+        *extra,
+        "--trainer.logger.init_args.tags",
+        json.dumps(tags),
+        "--trainer.logger.init_args.run_name",
+        cell.id,
+        "--checkpoint_dir",
+        str(out_dir / "cells" / cell.id / "checkpoints"),
+    ]
+
+
+class Ablation:
+    """The grid of one experiment config and its MLflow parent run."""
+
+    def __init__(self, config: str, name: str, out_dir: Path, extra: list[str]):
+        from mlflow.tracking import MlflowClient
+
+        from mot_neuro.cli import lightning_cli
+
+        self.config, self.name, self.out_dir, self.extra = config, name, out_dir, extra
+        # Parse the experiment once (no run) for its modalities, folds and MLflow settings.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = lightning_cli(["--config", config, *extra], run=False)
+        self.modalities = list(probe.datamodule.modality_names)
+        self.n_folds = int(probe.datamodule.hparams.n_folds)
+        logger = probe.trainer.logger
+        self.client = MlflowClient(tracking_uri=logger._tracking_uri)
+        experiment = self.client.get_experiment_by_name(logger._experiment_name)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(logger._experiment_name)
+        else:
+            self.experiment_id = experiment.experiment_id
+        self.tracking_uri = logger._tracking_uri
+
+    def parent_run(self) -> str:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ABLATION_TAG}` = '{self.name}'", max_results=1
+        )
+        overrides = json.dumps(self.extra)
+        if runs:
+            recorded = runs[0].data.tags.get(OVERRIDES_TAG, overrides)
+            if recorded != overrides:
+                raise ValueError(
+                    f"ablation {self.name!r} already ran its cells with --set {json.loads(recorded)}, not"
+                    f" {self.extra}; finished cells would mix settings. Use another --name for new settings"
+                )
+            return runs[0].info.run_id
+        tags = {ABLATION_TAG: self.name, "mot_neuro.config": self.config, OVERRIDES_TAG: overrides}
+        return self.client.create_run(self.experiment_id, run_name=self.name, tags=tags).info.run_id
+
+    def children(self, parent_id: str) -> dict[str, list]:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'")
+        by_cell: dict[str, list] = {}
+        for run in runs:
+            by_cell.setdefault(run.data.tags.get(CELL_TAG, ""), []).append(run)
+        return by_cell
+
+    def finished(self, parent_id: str) -> dict[str, object]:
+        done = {}
+        for cell_id, runs in self.children(parent_id).items():
+            ok = [r for r in runs if r.info.status == "FINISHED"]
+            if ok:
+                done[cell_id] = max(ok, key=lambda r: r.info.end_time or 0)
+        return done
+
+    def run_cell(self, cell: Cell, parent_id: str) -> None:
+        from mot_neuro.cli import lightning_cli
+
+        for stale in self.children(parent_id).get(cell.id, []):
+            if stale.info.status in ("RUNNING", "FAILED", "SCHEDULED"):
+                self.client.set_terminated(stale.info.run_id, "KILLED")  # an interrupted attempt: redo the cell
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            lightning_cli(_cell_args(self.config, cell, parent_id, self.name, self.out_dir, self.extra))
+
+    def command(self, cell: Cell, parent_id: str) -> str:
+        return shlex.join(["mot-neuro", *_cell_args(self.config, cell, parent_id, self.name, self.out_dir, self.extra)])
+
+    def summarize(self, parent_id: str, cells: list[Cell], metric: str | None) -> dict:
+        from mot_neuro import analysis
+
+        done = self.finished(parent_id)
+        records, curves = [], []
+        for cell in cells:
+            run = done.get(cell.id)
+            if run is None:
+                continue
+            base = {"variant": cell.variant, "dropped": cell.dropped, "seed": cell.seed, "fold": cell.fold}
+            for key, value in run.data.metrics.items():
+                if key.startswith("test/"):
+                    records.append({**base, "metric": key, "value": value})
+            for point in self.client.get_metric_history(run.info.run_id, "val/loss"):
+                curves.append({**base, "step": point.step, "value": point.value})
+        if not records:
+            raise ValueError(f"no finished cell of ablation {self.name!r} has test metrics yet")
+        results = analysis.tidy_results(records)
+        metric = metric or _primary_metric(results)
+        summary = analysis.summarize(results, reference=FULL)
+        paths = analysis.write_report(results, summary, self.out_dir, metric=metric)
+        import pandas as pd
+
+        steps = None
+        if curves and {"dense", "mot"} <= {c["variant"] for c in curves}:
+            per_cell, per_variant = analysis.steps_to_reference_quality(pd.DataFrame(curves))
+            steps = per_variant
+            for frame, file in ((per_cell, "steps_to_dense.csv"), (per_variant, "steps_to_dense_summary.csv")):
+                frame.to_csv(self.out_dir / file, index=False)
+                paths[file] = self.out_dir / file
+        for path in paths.values():
+            self.client.log_artifact(parent_id, str(path))
+        self.client.set_tag(parent_id, "mot_neuro.primary_metric", metric)
+        return {"results": results, "summary": summary, "steps": steps, "paths": paths, "metric": metric}
+
+
+def _primary_metric(results) -> str:
+    names = sorted(set(results["metric"]))
+    for suffix in ("/r2", "/auroc", "/loss"):
+        for name in names:
+            if name.endswith(suffix):
+                return name
+    return names[0]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="mot-neuro ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--config", required=True, help="the experiment config every cell fits")
+    p.add_argument("--name", default=None, help="ablation name (default: the config's file name + '-ablation')")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"from {list(VARIANTS)}")
+    p.add_argument("--drop", nargs="+", default=None, help="'none' and modalities to leave out (default: all)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--folds", nargs="+", type=int, default=None, help="default: every fold of the splits")
+    p.add_argument("--out", default=None, help="output folder (default: outputs/ablation/<name>)")
+    p.add_argument("--metric", default=None, help="primary metric for the plot (default: first test/*/r2)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--print-commands", action="store_true", help="print unfinished cells as fit commands")
+    mode.add_argument("--summarize", action="store_true", help="only collect finished cells")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    name = args.name or Path(args.config).stem + "-ablation"
+    out_dir = Path(args.out or Path("outputs") / "ablation" / name)
+    extra = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. trainer.max_epochs=10), got {item!r}")
+        extra += [f"--{key.lstrip('-')}", value]
+    ablation = Ablation(args.config, name, out_dir, extra)
+    folds = args.folds if args.folds is not None else list(range(ablation.n_folds))
+    drops = args.drop if args.drop is not None else ["none", *ablation.modalities]
+    cells = build_grid(args.variants, drops, args.seeds, folds, ablation.modalities)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parent = ablation.parent_run()
+    done = ablation.finished(parent)
+    todo = [c for c in cells if c.id not in done]
+    if args.print_commands:
+        for cell in todo:
+            print(ablation.command(cell, parent))
+        print(
+            f"# {len(todo)} of {len(cells)} cells to run; then: mot-neuro ablate --config {args.config} --summarize"
+            f" --name {name}",
+            file=sys.stderr,
+        )
+        return 0
+    if not args.summarize:
+        print(f"ablation {name!r}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run")
+        for number, cell in enumerate(todo, start=1):
+            print(f"[{number}/{len(todo)}] {cell.id}", flush=True)
+            ablation.run_cell(cell, parent)
+        ablation.client.set_terminated(parent, "FINISHED")
+    report = ablation.summarize(parent, cells, args.metric)
+    _print_report(report, ablation, parent, name)
+    return 0
+
+
+def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> None:
+    summary, metric = report["summary"], report["metric"]
+    shown = summary[summary["metric"] == metric]
+    columns = [c for c in ("variant", "dropped", "n", "mean", "sd", "mean_diff", "p_value", "q_value") if c in shown]
+    print(f"\nablation {name!r}: {metric}")
+    print(shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if report["steps"] is not None:
+        print("\nsteps to the dense model's final val/loss (ratio of steps; the MoT paper: 0.35-0.56 at 7B)")
+        print(report["steps"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nMLflow parent run {parent} in {ablation.tracking_uri}")
+    for key, path in report["paths"].items():
+        print(f"  {key:<26} {path}")
