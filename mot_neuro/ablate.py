@@ -234,12 +234,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     name = args.name or Path(args.config).stem + "-ablation"
     out_dir = Path(args.out or Path("outputs") / "ablation" / name)
-    extra = []
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE (e.g. trainer.max_epochs=10), got {item!r}")
-        extra += [f"--{key.lstrip('-')}", value]
+    from mot_neuro.cli import set_overrides
+
+    extra = set_overrides(args.set)
     ablation = Ablation(args.config, name, out_dir, extra)
     folds = args.folds if args.folds is not None else list(range(ablation.n_folds))
     drops = args.drop if args.drop is not None else ["none", *ablation.modalities]

@@ -4,6 +4,8 @@
   ``--print_config`` to see the resolved config). The DataModule's ``model_inputs`` (tokens and features
   per modality, target kinds) are linked into the model, never copied by hand between config files.
 * ``ablate``: dense vs MoT variants and leave-one-modality-out over seeds and folds (``mot_neuro.ablate``).
+* ``embed``: per-subject embeddings of a checkpoint to parquet, streamed and merged by subject ID.
+* ``probe``: scikit-learn probes on subject embeddings vs early fusion of raw features (``mot_neuro.probe``).
 * ``describe``: build a MoT backbone and its dense twin for a token layout and print parameter
   counts and training FLOPs per token (measured with torch's FlopCounterMode).
 
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from mot_neuro.model import PARTS, ModalityLayout, MoTBackbone, MoTConfig, count_parameters, training_flops
 
@@ -106,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# commands with their own argument parser: name -> module with main(argv) -> exit status
+TOOL_COMMANDS = {
+    "ablate": "mot_neuro.ablate:main",
+    "probe": "mot_neuro.probe:main",
+    "embed": "mot_neuro.cli:embed_main",
+}
 
 
 def lightning_cli(args: list[str] | None, run: bool = True):
@@ -164,20 +173,60 @@ def lightning_cli(args: list[str] | None, run: bool = True):
     )
 
 
+def set_overrides(items: list[str]) -> list[str]:
+    """``["trainer.max_epochs=5"]`` -> ``["--trainer.max_epochs", "5"]`` (the ``--set`` option of the tools)."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE (e.g. trainer.max_epochs=10), got {item!r}")
+        out += [f"--{key.strip().lstrip('-')}", value]
+    return out
+
+
+def embed_main(argv: list[str]) -> int:
+    """``mot-neuro embed``: per-subject embeddings of a checkpoint to parquet (see ``mot_neuro.embed``)."""
+    parser = argparse.ArgumentParser(
+        prog="mot-neuro embed",
+        description="Write one parquet row per subject: eid, split, fold, the pooled embedding and one per modality.",
+    )
+    parser.add_argument("--config", required=True, help="the experiment config the checkpoint was trained with")
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint to embed with")
+    parser.add_argument("--output", default="outputs/embeddings.parquet")
+    parser.add_argument("--layer", type=int, default=None, help="encoder block (0-based, -1 = last); default: output")
+    parser.add_argument("--split", choices=["all", "train", "val", "test"], default="all", help="subjects to embed")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    if not Path(args.ckpt_path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.ckpt_path}")
+    from mot_neuro.embed import EmbeddingWriter
+
+    overrides = [*set_overrides(args.set), "--data.predict_split", args.split, "--trainer.logger", "false"]
+    cli = lightning_cli(["--config", args.config, *overrides], run=False)
+    writer = EmbeddingWriter(args.output, layer=args.layer, metadata={"config": args.config})
+    cli.trainer.callbacks.append(writer)
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, return_predictions=False)
+    if cli.trainer.global_rank == 0:
+        print(f"embeddings of {writer.rows_written} subjects (rank 0) written to {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("MOT_NEURO_DEBUG", "") not in ("", "0")
-    if argv and argv[0] == "ablate":
-        from data_adapters.core import AdapterError
-        from mot_neuro.ablate import main as ablate
+    if argv and argv[0] in TOOL_COMMANDS:
+        import importlib
 
+        from data_adapters.core import AdapterError
+
+        module, _, function = TOOL_COMMANDS[argv[0]].partition(":")
         try:
-            return ablate(argv[1:])
+            return getattr(importlib.import_module(module), function)(argv[1:])
         except (AdapterError, ValueError, FileNotFoundError) as err:
             if debug:
                 raise
-            print(f"mot-neuro ablate: error: {err}", file=sys.stderr)
+            print(f"mot-neuro {argv[0]}: error: {err}", file=sys.stderr)
             return 2
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from lightning.fabric.utilities.exceptions import MisconfigurationException

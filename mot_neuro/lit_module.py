@@ -278,10 +278,15 @@ class NeuroOmicsModule(pl.LightningModule):
         self._log_metrics("test")
 
     def predict_step(self, batch, batch_idx):
-        out = self.encoder(batch)
+        # embed_layer (set by mot_neuro.embed.EmbeddingWriter; None = final output) picks the encoder layer
+        layer = getattr(self, "embed_layer", None)
+        out = self.encoder(batch, layer=layer)
         result = {"row": batch["row"], "pooled": out.pooled, "per_modality": out.per_modality}
-        for name, head in self.heads.items():
-            result[name] = head(out.pooled)
+        if "split" in batch:
+            result["split"] = batch["split"]
+        if layer is None:  # the heads were trained on the final output only
+            for name, head in self.heads.items():
+                result[name] = head(out.pooled)
         return result
 
     # ------------------------------------------------------------------ checkpoints

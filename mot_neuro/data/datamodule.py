@@ -5,7 +5,8 @@ memory-mapped arrays and preprocesses the block), so preprocessing is vectorised
 the rows it needs: cohorts larger than RAM work. A batch is::
 
     {"values": {modality: float32 [B, T, F]}, "missing": {modality: bool [B, T, F]},
-     "present": {modality: bool [B, T]}, "targets": {target: float32 [B]} (NaN = missing), "row": int64 [B]}
+     "present": {modality: bool [B, T]}, "targets": {target: float32 [B]} (NaN = missing), "row": int64 [B],
+     "split": int8 [B] (:data:`SPLIT_CODES`: 0 train, 1 val, 2 test; -1 a row outside the fold)}
 
 Sizes the model needs (tokens and features per modality, target kinds) are in :attr:`model_inputs`,
 available right after construction, so the CLI links them into the model config (no copying by hand).
@@ -32,6 +33,9 @@ from .splits import Splits, load_or_make_splits
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+"""Code of each split in ``batch["split"]`` (int8); -1 marks a row in none of the fold's splits."""
+PREDICT_SPLITS = ("all", *STAGES)
 
 
 class CohortBatches(Dataset):
@@ -40,10 +44,17 @@ class CohortBatches(Dataset):
     Holds the cohort folder, not the arrays, so each DataLoader worker opens its own memory maps.
     """
 
-    def __init__(self, cohort_dir: Path, preprocessor_state: dict, modalities: Sequence[str]):
+    def __init__(
+        self,
+        cohort_dir: Path,
+        preprocessor_state: dict,
+        modalities: Sequence[str],
+        split_of_row: np.ndarray | None = None,
+    ):
         self.cohort_dir = Path(cohort_dir)
         self.preprocessor_state = preprocessor_state
         self.modalities = list(modalities)
+        self.split_of_row = split_of_row  # int8 per cohort row (SPLIT_CODES), or None: every row -1
         self._cohort = None
         self._preprocessor = None
 
@@ -68,6 +79,8 @@ class CohortBatches(Dataset):
         targets = preprocessor.transform_targets(rows)
         batch["targets"] = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in targets.items()}
         batch["row"] = torch.from_numpy(rows)
+        split = self.split_of_row[rows] if self.split_of_row is not None else np.full(len(rows), -1)
+        batch["split"] = torch.from_numpy(np.asarray(split, dtype=np.int8))
         return batch
 
 
@@ -84,6 +97,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         splits_file: the saved folds; made on first use (stratified by ``stratify``, grouped by ``group``),
             then reused by every experiment that points at it.
         fold: which fold trains (k-fold: ``0 .. n_folds-1``).
+        predict_split: the rows ``predict_dataloader`` serves: ``all`` (train + val + test of the fold, in cohort
+            order), ``train``, ``val`` or ``test``.
         generate_demo: a folder for the built-in synthetic demo cohort, written there if it does not exist.
     """
 
@@ -111,9 +126,11 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         generate_demo: str | None = None,
+        predict_split: str = "all",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._check_predict_split(predict_split)
         unknown = sorted(set(drop_modalities) - set(modalities))
         if unknown:
             raise AdapterError(f"drop_modalities names unknown modality(ies) {unknown}; known: {sorted(modalities)}")
@@ -169,6 +186,10 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         position = {sid: i for i, sid in enumerate(self.cohort.subject_ids)}
         fold = self.splits.fold(hp.fold)
         self.rows = {stage: np.sort(np.array([position[s] for s in fold[stage]], dtype=np.int64)) for stage in STAGES}
+        # one byte per cohort row, so every batch can say which split each of its rows belongs to
+        self.split_of_row = np.full(len(position), -1, dtype=np.int8)
+        for stage, code in SPLIT_CODES.items():
+            self.split_of_row[self.rows[stage]] = code
         self.preprocessor = FoldPreprocessor(
             standardize=hp.standardize, confounds=list(hp.confounds), target_kinds=hp.target_kinds
         ).fit(self.cohort, self.rows["train"])
@@ -224,12 +245,20 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._prepare()
 
+    @staticmethod
+    def _check_predict_split(split: str) -> None:
+        if split not in PREDICT_SPLITS:
+            raise AdapterError(f"predict_split must be one of {list(PREDICT_SPLITS)}, got {split!r}")
+
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
         self._prepare()
-        rows = self.rows[stage]
+        if stage == "all":
+            rows = np.sort(np.concatenate([self.rows[s] for s in STAGES]))
+        else:
+            rows = self.rows[stage]
         if len(rows) == 0:
             raise AdapterError(f"the {stage} set of fold {self.hparams.fold} is empty; check the split fractions")
-        dataset = CohortBatches(self.cohort_dir, self.preprocessor.state_dict(), self.kept)
+        dataset = CohortBatches(self.cohort_dir, self.preprocessor.state_dict(), self.kept, self.split_of_row)
         return DataLoader(
             dataset,
             sampler=RowBatches(rows, self.hparams.batch_size, shuffle=shuffle, seed=self.hparams.split_seed),
@@ -248,7 +277,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        self._check_predict_split(self.hparams.predict_split)  # hparams may be changed after construction
+        return self._loader(self.hparams.predict_split, shuffle=False)
 
 
 class RowBatches:

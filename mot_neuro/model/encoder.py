@@ -144,10 +144,12 @@ def masked_mean(hidden: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 class NeuroOmicsEncoder(nn.Module):
     """Tokenizers + MoT backbone over the fixed layout of :class:`EncoderConfig`.
 
-    ``forward(batch, masked=None)`` with ``batch = {"values": {mod: [B, T, F]}, "missing": {mod: [B, T, F]},
-    "present": {mod: [B, T]}}``; ``missing`` and ``present`` may leave a modality out (nothing missing, all
-    present). ``masked`` (``{mod: [B, T] bool}``) hides those tokens' content behind the mask embedding.
+    ``forward(batch, masked=None, layer=None)`` with ``batch = {"values": {mod: [B, T, F]}, "missing":
+    {mod: [B, T, F]}, "present": {mod: [B, T]}}``; ``missing`` and ``present`` may leave a modality out (nothing
+    missing, all present). ``masked`` (``{mod: [B, T] bool}``) hides those tokens' content behind the mask embedding.
     A modality with ``n_tokens=0`` needs no data and ignores any it is given; keys not in the config are ignored.
+    ``layer`` picks the hidden states every output is computed from: ``None`` (or the last block) = the backbone's
+    output; ``k`` = the output of block ``k`` (0-based, negative counts from the end), without the final norm.
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -210,7 +212,9 @@ class NeuroOmicsEncoder(nn.Module):
         self,
         batch: Mapping[str, Mapping[str, torch.Tensor]],
         masked: Mapping[str, torch.Tensor] | None = None,
+        layer: int | None = None,
     ) -> EncoderOutput:
+        block = self._block_index(layer)
         if "values" not in batch:
             raise ValueError(f"batch needs a 'values' dict (modality -> [B, T, F]); got keys {sorted(batch)}")
         masked = masked or {}
@@ -228,7 +232,7 @@ class NeuroOmicsEncoder(nn.Module):
             presence.append(present)
         x = torch.cat(embeddings, dim=1)
         present = torch.cat(presence, dim=1)
-        hidden = self.backbone(x, self.layout, present)
+        hidden = self.backbone(x, self.layout, present) if block is None else self._block_output(x, present, block)
 
         data_hidden, data_present = hidden[:, n_summary:], present[:, n_summary:]
         counts = [spec.n_tokens for spec in self.cfg.modalities]
@@ -240,3 +244,43 @@ class NeuroOmicsEncoder(nn.Module):
         else:
             pooled = masked_mean(data_hidden, data_present)
         return EncoderOutput(hidden=hidden, pooled=pooled, per_modality=per_modality, tokens=tokens, present=present)
+
+    def _block_index(self, layer: int | None) -> int | None:
+        """Index of the block to stop after, or ``None`` for the backbone's full output (final norm included)."""
+        if layer is None:
+            return None
+        n = len(self.backbone.blocks)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+            raise ValueError(f"layer must be an integer in [{-n}, {n - 1}] ({n} blocks), got {layer!r}")
+        index = layer % n
+        return None if index == n - 1 else index
+
+    def _block_output(self, x: torch.Tensor, present: torch.Tensor, index: int) -> torch.Tensor:
+        """Hidden states after block ``index``: a forward hook catches them and stops the backbone there.
+
+        A hook keeps the backbone's routing (private to ``mot.py``) in one place; raising from it skips the blocks
+        above, which would be wasted work.
+        """
+
+        def stop(module: nn.Module, args, output: torch.Tensor) -> None:
+            raise _BlockReached(output)
+
+        handle = self.backbone.blocks[index].register_forward_hook(stop)
+        try:
+            self.backbone(x, self.layout, present)
+        except _BlockReached as reached:
+            hidden = reached.output
+        else:
+            raise RuntimeError(f"backbone block {index} did not run")
+        finally:
+            handle.remove()
+        # as the backbone does for its output: absent tokens come out equal to their input
+        return torch.where(present[..., None], hidden, x)
+
+
+class _BlockReached(Exception):
+    """Carries a block's output out of the backbone (see ``NeuroOmicsEncoder._block_output``)."""
+
+    def __init__(self, output: torch.Tensor) -> None:
+        super().__init__("block output reached")
+        self.output = output

@@ -1,0 +1,672 @@
+"""Downstream probes: how much of each target a simple linear model reads off a set of subject features.
+
+``mot-neuro probe`` compares feature sets on the folds the models were trained on:
+
+* ``<variant>``: the pooled subject embedding of an embeddings file (``mot_neuro.embed``),
+* ``<variant>_late_fusion``: the per-modality embeddings of that file side by side,
+* ``early_fusion``: the raw input features of the experiment's cohort, preprocessed by the fold's
+  ``FoldPreprocessor`` (fitted on the training rows only).
+
+Each (feature set, target) gets one scikit-learn pipeline (mean imputation -> standardization -> ridge or
+logistic regression), fitted on the train + val subjects that have the target; the penalty is tuned inside that
+set (ridge: efficient leave-one-out over ``alphas``; logistic: stratified ``inner_folds``-fold CV on log loss).
+The test subjects are never seen by the fit. Test metrics carry percentile bootstrap 95% CIs over test subjects
+resampled with replacement; a resample where a metric is undefined (e.g. one class only) is skipped and counted.
+Every (feature set, target) draws the same resamples when they have the same test subjects, so CIs of feature
+sets are comparable resample by resample.
+
+Metrics (the names training logs): regression ``r2``, ``mae`` (target units), ``pearson``; binary ``auroc``,
+``auprc``, ``brier``, ``ece`` (10 equal-width bins); multiclass ``auroc`` and ``auprc`` (one-vs-rest, macro),
+``accuracy``, ``ece`` (top-label confidence). All are computed from per-subject weights (a bootstrap resample is
+a vector of counts), in blocks of resamples, without a Python loop over resamples.
+
+No torch or Lightning at import: only :func:`early_fusion_features` (which builds the experiment's DataModule)
+imports them, when called.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+KINDS = ("regression", "binary", "multiclass")
+METRICS = {
+    "regression": ("r2", "mae", "pearson"),
+    "binary": ("auroc", "auprc", "brier", "ece"),
+    "multiclass": ("auroc", "auprc", "accuracy", "ece"),
+}
+COLUMNS = (
+    "feature_set",
+    "target",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_train",
+    "n_test",
+    "n_bootstrap_used",
+    "note",
+)
+RIDGE_ALPHAS = np.logspace(-3, 3, 13)
+LOGISTIC_CS = 10
+LOGISTIC_MAX_ITER = 2000
+ECE_BINS = 10
+MISSING_TEST_WARN_FRACTION = 0.1
+"""A feature set lacking more than this share of the test subjects is warned about (counts only)."""
+EARLY_FUSION = "early_fusion"
+LATE_FUSION_SUFFIX = "_late_fusion"
+_BLOCK_CELLS = 2_000_000  # resamples x subjects held at once while bootstrapping
+_SPLIT_PARTS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def _levels(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending order of ``scores`` and where each run of tied scores starts in that order."""
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    return order, starts
+
+
+def _ranking_metrics(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted AUROC and average precision per row of ``counts`` (NaN where one class has no weight).
+
+    Ties are grouped into one threshold, as sklearn's ``roc_auc_score`` (ties count 1/2) and
+    ``average_precision_score`` (one precision-recall point per distinct score) do.
+    """
+    order, starts = _levels(scores)
+    ordered = counts[:, order]
+    pos = np.add.reduceat(ordered * positive[order], starts, axis=1)  # weight of positives per score level
+    neg = np.add.reduceat(ordered * (1.0 - positive[order]), starts, axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    defined = (n_pos > 0) & (n_neg > 0)
+    below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+        tp = np.cumsum(pos[:, ::-1], axis=1)  # thresholds from the highest score down
+        fp = np.cumsum(neg[:, ::-1], axis=1)
+        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+        auprc = (pos[:, ::-1] * precision).sum(axis=1) / n_pos
+    return np.where(defined, auroc, np.nan), np.where(defined, auprc, np.nan)
+
+
+def _calibration_error(counts: np.ndarray, confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Expected calibration error, 10 equal-width confidence bins: sum over bins |accuracy - confidence| * share."""
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, ECE_BINS - 1)
+    onehot = np.zeros((len(confidence), ECE_BINS))
+    onehot[np.arange(len(confidence)), bins] = 1.0
+    gap = counts @ (onehot * (correct - confidence)[:, None])
+    return np.abs(gap).sum(axis=1) / counts.sum(axis=1)
+
+
+def _metric_values(kind: str, counts: np.ndarray, y: np.ndarray, pred: np.ndarray, classes=None) -> dict:
+    """Every metric of ``kind`` for each row of ``counts`` (``[resamples, subjects]`` weights); NaN = undefined.
+
+    ``pred``: regression predictions; binary P(class 1); multiclass probabilities ``[subjects, classes]`` in the
+    order of ``classes``.
+    """
+    total = counts.sum(axis=1)
+    if kind == "regression":
+        # centred on the full test means first: the weighted moments below then lose no precision
+        yc, pc_ = y - y.mean(), pred - pred.mean()
+        mean_y, mean_p = counts @ yc / total, counts @ pc_ / total
+        var_y = counts @ (yc * yc) / total - mean_y**2
+        var_p = counts @ (pc_ * pc_) / total - mean_p**2
+        cov = counts @ (yc * pc_) / total - mean_y * mean_p
+        tiny_y = 1e-12 * max(float(np.var(y)), np.finfo(float).tiny)
+        tiny_p = 1e-12 * max(float(np.var(pred)), np.finfo(float).tiny)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r2 = 1.0 - (counts @ (y - pred) ** 2 / total) / var_y
+            pearson = cov / np.sqrt(var_y * var_p)
+        return {
+            "r2": np.where(var_y > tiny_y, r2, np.nan),
+            "mae": counts @ np.abs(y - pred) / total,
+            "pearson": np.where((var_y > tiny_y) & (var_p > tiny_p), np.clip(pearson, -1.0, 1.0), np.nan),
+        }
+    if kind == "binary":
+        auroc, auprc = _ranking_metrics(counts, y, pred)
+        return {
+            "auroc": auroc,
+            "auprc": auprc,
+            "brier": counts @ (pred - y) ** 2 / total,
+            "ece": _calibration_error(counts, pred, y),
+        }
+    classes = np.asarray(classes)
+    per_class = [_ranking_metrics(counts, (y == c).astype(float), pred[:, k]) for k, c in enumerate(classes)]
+    auroc = np.mean([a for a, _ in per_class], axis=0)  # NaN as soon as one class is undefined: macro needs all
+    auprc = np.mean([p for _, p in per_class], axis=0)
+    if not np.isin(y, classes).all():  # a test label the probe never saw: one-vs-rest over its classes is undefined
+        auroc = auprc = np.full(len(counts), np.nan)
+    correct = (classes[pred.argmax(axis=1)] == y).astype(float)
+    return {
+        "auroc": auroc,
+        "auprc": auprc,
+        "accuracy": counts @ correct / total,
+        "ece": _calibration_error(counts, pred.max(axis=1), correct),
+    }
+
+
+def _bootstrap(kind, y, pred, classes, n_bootstrap: int, seed: int) -> dict[str, tuple[float, float, float, int]]:
+    """metric -> (value, ci_low, ci_high, resamples used)."""
+    n = len(y)
+    point = _metric_values(kind, np.ones((1, n)), y, pred, classes)
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in point}
+    block = max(1, _BLOCK_CELLS // max(n, 1))
+    for start in range(0, n_bootstrap, block):
+        size = min(block, n_bootstrap - start)
+        picks = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+        for name, values in _metric_values(kind, counts, y, pred, classes).items():
+            draws[name].append(values)
+    out = {}
+    for name, value in point.items():
+        values = np.concatenate(draws[name]) if draws[name] else np.empty(0)
+        values = values[np.isfinite(values)]
+        low, high = np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan, np.nan)
+        out[name] = (float(value[0]), float(low), float(high), int(len(values)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- probe
+def _pipeline(kind: str, n_folds: int, seed: int) -> Pipeline:
+    if kind == "regression":
+        model = RidgeCV(alphas=RIDGE_ALPHAS)  # efficient leave-one-out over the alphas
+    else:
+        # binary and multiclass alike: lbfgs fits the multinomial loss when there are more than 2 classes
+        model = LogisticRegressionCV(
+            Cs=LOGISTIC_CS,
+            l1_ratios=(0.0,),
+            cv=StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed),
+            scoring="neg_log_loss",  # a proper score: picks the C with the best probabilities, not just labels
+            max_iter=LOGISTIC_MAX_ITER,
+            use_legacy_attributes=False,
+        )
+    return Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler()), ("model", model)])
+
+
+def _ids(values) -> np.ndarray:
+    return np.asarray([str(v) for v in np.asarray(values, dtype=object).ravel()], dtype=object)
+
+
+def _check_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise ValueError(f"{what} must be a pandas DataFrame indexed by subject ID, got {type(frame).__name__}")
+    frame = frame.set_axis(_ids(frame.index), axis=0)
+    if not frame.index.is_unique:
+        raise ValueError(f"{what} has {int(frame.index.duplicated().sum())} repeated subject ID(s) in its index")
+    return frame
+
+
+def _empty_rows(name, target, kind, n_train, n_test, note) -> list[dict]:
+    return [
+        dict(
+            feature_set=name,
+            target=target,
+            metric=metric,
+            value=np.nan,
+            ci_low=np.nan,
+            ci_high=np.nan,
+            n_train=n_train,
+            n_test=n_test,
+            n_bootstrap_used=0,
+            note=note,
+        )
+        for metric in METRICS[kind]
+    ]
+
+
+def _probe_one(name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, inner_folds) -> list[dict]:
+    fit_ids = fit_ids[np.isfinite(y.reindex(fit_ids).to_numpy(np.float64))]  # subjects with an observed target
+    test_ids = test_ids[np.isfinite(y.reindex(test_ids).to_numpy(np.float64))]
+    y_fit, y_test = y.reindex(fit_ids).to_numpy(np.float64), y.reindex(test_ids).to_numpy(np.float64)
+    n_train, n_test = len(fit_ids), len(test_ids)
+    n_folds = inner_folds
+    if kind != "regression":
+        labels = (y_fit, y_test)
+        if not all(np.array_equal(v, np.round(v)) and (v >= 0).all() for v in labels):
+            raise ValueError(f"target {target!r} is {kind} but holds values that are not class labels 0, 1, ...")
+        if kind == "binary" and not all(np.isin(v, (0.0, 1.0)).all() for v in labels):
+            raise ValueError(f"target {target!r} is binary but holds values other than 0 and 1")
+        _, per_class = np.unique(y_fit, return_counts=True)
+        # the inner CV is stratified: a rare class limits how many folds it can have
+        n_folds = min(inner_folds, int(per_class.min())) if len(per_class) else 0
+        if len(per_class) < 2 or n_folds < 2:
+            note = "cannot fit: the training subjects need at least 2 classes with 2 or more subjects each"
+            warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
+            return _empty_rows(name, target, kind, n_train, n_test, note)
+    elif n_train < 3:
+        note = f"cannot fit: {n_train} training subject(s) with an observed target"
+        warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
+        return _empty_rows(name, target, kind, n_train, n_test, note)
+    if n_test == 0:
+        return _empty_rows(name, target, kind, n_train, n_test, "no test subject with features and target")
+
+    model = _pipeline(kind, n_folds, seed).fit(x.loc[fit_ids].to_numpy(np.float64), y_fit)
+    x_test = x.loc[test_ids].to_numpy(np.float64)
+    classes = None
+    if kind == "regression":
+        pred = model.predict(x_test)
+    elif kind == "binary":
+        pred = model.predict_proba(x_test)[:, 1]
+    else:
+        pred, classes = model.predict_proba(x_test), model.classes_
+    rows = []
+    for metric, (value, low, high, used) in _bootstrap(kind, y_test, pred, classes, n_bootstrap, seed).items():
+        if not np.isfinite(value):
+            note = "undefined on the test set (e.g. a class missing)"
+        elif used < n_bootstrap:
+            note = f"{n_bootstrap - used} of {n_bootstrap} resamples undefined and skipped"
+        else:
+            note = ""
+        rows.append(
+            dict(
+                feature_set=name,
+                target=target,
+                metric=metric,
+                value=value,
+                ci_low=low,
+                ci_high=high,
+                n_train=n_train,
+                n_test=n_test,
+                n_bootstrap_used=used,
+                note=note,
+            )
+        )
+    return rows
+
+
+def probe(
+    feature_sets: Mapping[str, pd.DataFrame],
+    targets: pd.DataFrame,
+    splits: Mapping[str, np.ndarray],
+    *,
+    kinds: Mapping[str, str],
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    inner_folds: int = 5,
+) -> pd.DataFrame:
+    """Fit a linear probe per (feature set, target) on train + val subjects and score it on the test subjects.
+
+    Args:
+        feature_sets: name -> numeric DataFrame indexed by subject ID (NaN allowed: mean-imputed on the fit set).
+        targets: DataFrame indexed by subject ID, one column per target (NaN = not observed).
+        splits: ``{"train": ids, "val": ids, "test": ids}``; train and val are fitted on, test is held out.
+        kinds: target -> ``"regression"``, ``"binary"`` (0/1) or ``"multiclass"`` (labels 0..K-1).
+        n_bootstrap: test-set resamples for the 95% percentile CIs (0: no CIs).
+        seed: seeds the resamples and the inner CV folds.
+        inner_folds: folds of the logistic probes' inner CV (fewer when a class is rarer than that).
+
+    Returns:
+        A tidy DataFrame with the columns :data:`COLUMNS`, one row per feature set, target and metric.
+        ``n_bootstrap_used`` counts the resamples where the metric was defined; ``note`` says why a value is NaN
+        or resamples were skipped. A set's subjects are its index intersected with the split IDs.
+    """
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
+    if isinstance(inner_folds, bool) or not isinstance(inner_folds, (int, np.integer)) or inner_folds < 2:
+        raise ValueError(f"inner_folds must be an integer >= 2, got {inner_folds!r}")
+    unknown = sorted(set(splits) - set(_SPLIT_PARTS))
+    if unknown or "train" not in splits or "test" not in splits:
+        raise ValueError(f"splits must have the keys 'train' and 'test' (and 'val'), got {sorted(splits)}")
+    part = {key: _ids(splits.get(key, ())) for key in _SPLIT_PARTS}
+    fit_pool = np.union1d(part["train"], part["val"]).astype(object)
+    test_pool = np.unique(part["test"]).astype(object)
+    overlap = np.intersect1d(fit_pool, test_pool)
+    if len(overlap):
+        raise ValueError(f"{len(overlap)} subject(s) are both in test and in train/val; the splits must not overlap")
+    targets = _check_frame(targets, "targets")
+    missing_kinds = [t for t in targets.columns if t not in kinds]
+    if missing_kinds:
+        raise ValueError(f"no kind given for target(s) {missing_kinds}; pass kinds={{target: one of {KINDS}}}")
+    bad = {t: kinds[t] for t in targets.columns if kinds[t] not in KINDS}
+    if bad:
+        raise ValueError(f"target kinds must be one of {KINDS}, got {bad}")
+    if not feature_sets:
+        raise ValueError("no feature sets to probe")
+
+    rows = []
+    for name, frame in feature_sets.items():
+        x = _check_frame(frame, f"feature set {name!r}")
+        non_numeric = [str(c) for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
+        if non_numeric:
+            raise ValueError(f"feature set {name!r} has non-numeric column(s) {non_numeric[:5]}")
+        if x.shape[1] == 0:
+            raise ValueError(f"feature set {name!r} has no columns")
+        fit_ids = np.intersect1d(fit_pool, x.index.to_numpy(object))
+        test_ids = np.intersect1d(test_pool, x.index.to_numpy(object))  # sorted: paired resamples across sets
+        lacking = len(test_pool) - len(test_ids)
+        if len(test_pool) and lacking > MISSING_TEST_WARN_FRACTION * len(test_pool):
+            warnings.warn(
+                f"feature set {name!r} lacks {lacking} of {len(test_pool)} test subjects (and"
+                f" {len(fit_pool) - len(fit_ids)} of {len(fit_pool)} train/val subjects); its metrics are on fewer"
+                " subjects than the other sets'",
+                stacklevel=2,
+            )
+        for target in targets.columns:
+            y = pd.to_numeric(targets[target], errors="raise").astype(np.float64).reindex(x.index)
+            rows += _probe_one(
+                name, target, kinds[target], x, y, fit_ids, test_ids, int(n_bootstrap), seed, inner_folds
+            )
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+_JSON_METADATA = ("format_version", "layer", "n_layers", "modalities", "embedding_dim")  # as EmbeddingWriter
+
+
+def _decode(key: str, text: str):
+    if key not in _JSON_METADATA:
+        return text  # plain strings (variant, checkpoint, ...) are stored as they are
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _list_matrix(column: pa.ChunkedArray, name: str, path: Path) -> np.ndarray:
+    """A list<float> column as a ``[rows, dim]`` float32 matrix, without a Python loop over rows."""
+    array = column.combine_chunks()
+    if array.null_count:
+        raise ValueError(f"{path.name}: column {name!r} has {array.null_count} empty row(s)")
+    lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths != lengths[0]).any():
+        raise ValueError(f"{path.name}: column {name!r} holds vectors of different lengths {sorted(set(lengths))[:5]}")
+    dim = int(lengths[0]) if len(lengths) else 0
+    return array.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(array), dim)
+
+
+def _read_embeddings(path) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray], dict]:
+    """(eid/split/fold table, pooled matrix, modality -> matrix in modality order, metadata) of one file.
+
+    Read with pyarrow directly rather than ``mot_neuro.embed.read_embeddings``: that module imports Lightning,
+    and turning list columns into per-row arrays is slow for large cohorts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embeddings file not found: {path}")
+    table = pq.read_table(path)
+    metadata = {
+        k.decode(): _decode(k.decode(), v.decode())
+        for k, v in (table.schema.metadata or {}).items()
+        if not k.startswith(b"ARROW:") and k != b"pandas"
+    }
+    missing = [c for c in ("eid", "split", "fold", "embedding") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path.name} is not an embeddings file: no column(s) {missing} (has {table.column_names})")
+    info = pd.DataFrame(
+        {
+            "eid": _ids(table.column("eid").to_pylist()),
+            "split": [str(s) for s in table.column("split").to_pylist()],
+            "fold": table.column("fold").to_numpy(),
+        }
+    )
+    if not info["eid"].is_unique:
+        raise ValueError(f"{path.name}: {int(info['eid'].duplicated().sum())} subject ID(s) occur more than once")
+    pooled = _list_matrix(table.column("embedding"), "embedding", path)
+    present = [c[len("embedding_") :] for c in table.column_names if c.startswith("embedding_")]
+    listed = metadata.get("modalities")
+    listed = [str(m) for m in listed] if isinstance(listed, list) else []
+    order = [m for m in listed if m in present] + [m for m in present if m not in listed]
+    per_modality = {m: _list_matrix(table.column(f"embedding_{m}"), f"embedding_{m}", path) for m in order}
+    return info, pooled, per_modality, metadata
+
+
+def _embedding_sets(info: pd.DataFrame, pooled: np.ndarray, per_modality: dict, name: str) -> dict:
+    index = pd.Index(info["eid"].to_numpy(object), name="eid")
+    sets = {name: pd.DataFrame(pooled, index=index, columns=[f"emb_{i}" for i in range(pooled.shape[1])])}
+    if per_modality:
+        blocks = [
+            pd.DataFrame(values, index=index, columns=[f"{m}:emb_{i}" for i in range(values.shape[1])])
+            for m, values in per_modality.items()
+        ]
+        sets[name + LATE_FUSION_SUFFIX] = pd.concat(blocks, axis=1)
+    return sets
+
+
+def embedding_features(path) -> dict[str, pd.DataFrame]:
+    """Feature sets of one embeddings parquet, indexed by ``eid``.
+
+    ``{"<variant>": pooled embedding (columns emb_0 ..), "<variant>_late_fusion": the per-modality embeddings
+    concatenated in the file's modality order (columns <modality>:emb_0 ..)}``; the late fusion set is left out
+    when the file has no per-modality columns. The variant comes from the file's metadata (else the file stem).
+    """
+    info, pooled, per_modality, metadata = _read_embeddings(path)
+    return _embedding_sets(info, pooled, per_modality, str(metadata.get("variant") or Path(path).stem))
+
+
+# ---------------------------------------------------------------------------------------------- early fusion
+def _fold_datamodule(config: str, overrides: Sequence[str]):
+    """The experiment's DataModule, prepared (cohort, splits, FoldPreprocessor fitted on the fold's train rows)."""
+    from mot_neuro.cli import lightning_cli
+
+    # no logger: building the DataModule must not create an MLflow store or run
+    cli = lightning_cli(["--config", str(config), "--trainer.logger", "false", *overrides], run=False)
+    datamodule = cli.datamodule
+    datamodule.setup("fit")
+    return datamodule
+
+
+def _fold_labels(datamodule) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, str]]:
+    fold = datamodule.splits.fold(datamodule.hparams.fold)
+    splits = {part: np.asarray(sorted(fold[part]), dtype=object) for part in _SPLIT_PARTS}
+    names = list(datamodule.hparams.targets)
+    targets = datamodule.cohort.participants[names].copy()
+    targets.index = pd.Index(_ids(targets.index), name="eid")
+    kinds = {name: datamodule.preprocessor.target_kinds[name] for name in names}
+    return targets, splits, kinds
+
+
+def _modality_columns(name: str, modality, values: np.ndarray, missing: np.ndarray) -> pd.DataFrame:
+    """Real slots (``feature_mask``) of one modality as columns ``<modality>:<token>:<feature>``.
+
+    A categorical token holds a category index; it becomes one 0/1 column per category
+    (``<modality>:<token>:<feature>=<label>``, all 0 where missing), since a linear probe must not read an
+    order into category codes.
+    """
+    mask = np.asarray(modality.feature_mask, dtype=bool)
+    columns, names = [], []
+    for t, token in enumerate(modality.token_names):
+        for f in np.flatnonzero(mask[t]):
+            if token in modality.categories:
+                codes = values[:, t, f]
+                for c, label in enumerate(modality.categories[token]):
+                    columns.append(((codes == c) & ~missing[:, t, f]).astype(np.float32))
+                    names.append(f"{name}:{token}:{f}={label}")
+            else:
+                columns.append(values[:, t, f])
+                names.append(f"{name}:{token}:{f}")
+    return pd.DataFrame(np.column_stack(columns) if columns else np.empty((len(values), 0)), columns=names)
+
+
+def _early_fusion_matrix(datamodule) -> pd.DataFrame:
+    rows = np.sort(np.concatenate([datamodule.rows[part] for part in _SPLIT_PARTS]))
+    cohort = datamodule.cohort
+    blocks = []
+    for name in datamodule.kept:
+        values, missing = datamodule.preprocessor.transform(name, rows, cohort=cohort)
+        blocks.append(_modality_columns(name, cohort.modalities[name], values, missing))
+    features = pd.concat(blocks, axis=1)
+    features.index = pd.Index(cohort.subject_ids[rows].astype(object), name="eid")
+    return features
+
+
+def early_fusion_features(
+    config: str, overrides: Sequence[str] = ()
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray], dict[str, str]]:
+    """Raw features of an experiment's cohort, preprocessed fold-safely, with its targets, splits and kinds.
+
+    Builds the experiment's DataModule (``lightning_cli(["--config", config, *overrides], run=False)``), whose
+    FoldPreprocessor is fitted on the fold's training rows only, and transforms every row of the fold with it.
+
+    Returns:
+        ``(features, targets, splits, kinds)``: features indexed by ``eid`` (columns
+        ``<modality>:<token>:<feature index>``, categorical tokens one-hot; no NaN: missing values are the
+        training mean), the raw targets (original units) indexed by ``eid``, ``{"train", "val", "test"} -> IDs``
+        of the fold from the splits file, and ``{target: kind}``.
+    """
+    datamodule = _fold_datamodule(config, overrides)
+    targets, splits, kinds = _fold_labels(datamodule)
+    return _early_fusion_matrix(datamodule), targets, splits, kinds
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _check_embeddings_fold(path: Path, info: pd.DataFrame, fold: int, splits: Mapping[str, np.ndarray]) -> None:
+    """The file must hold embeddings of the config's fold, with the splits file's label for every subject."""
+    folds = sorted({int(f) for f in info["fold"]})
+    if folds != [fold]:
+        raise ValueError(
+            f"{path} holds embeddings of fold {', '.join(map(str, folds)) or '(none)'}, but the config trains fold"
+            f" {fold}; probe with the embeddings of fold {fold} (or set data.fold to match)"
+        )
+    expected = {sid: part for part in _SPLIT_PARTS for sid in splits[part]}
+    labels = info["eid"].map(expected)
+    outside = int(labels.isna().sum())
+    differ = int((labels.notna() & (labels != info["split"])).sum())
+    if outside or differ:
+        raise ValueError(
+            f"{path} does not match fold {fold} of the splits file: {differ} subject(s) have another split label"
+            f" there and {outside} subject(s) are not in that fold; embed with the same splits file and fold"
+        )
+
+
+def _feature_set_names(paths: Sequence[Path], variants: Sequence[str]) -> list[str]:
+    """Each file's variant; files sharing a variant are named by their stem (made unique if stems repeat)."""
+    names = []
+    for path, variant in zip(paths, variants, strict=True):
+        name = variant if variants.count(variant) == 1 else path.stem
+        base, k = name, 2
+        while name in names or name == EARLY_FUSION:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _overrides(pairs: Sequence[str]) -> list[str]:
+    from mot_neuro.cli import set_overrides  # lazily: the CLI module imports torch
+
+    return set_overrides(list(pairs))
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="") as fh:
+            table.to_csv(fh, index=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # readers see the old file or the complete new one
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def format_table(results: pd.DataFrame, digits: int = 3) -> str:
+    """``feature_set x target/metric`` with ``value [ci_low, ci_high]`` cells, as text."""
+
+    def cell(row) -> str:
+        if not np.isfinite(row["value"]):
+            return "nan"
+        if not np.isfinite(row["ci_low"]):
+            return f"{row['value']:.{digits}f}"
+        return f"{row['value']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
+
+    if results.empty:
+        return "(no results)"
+    shown = results.assign(
+        cell=results.apply(cell, axis=1),
+        column=results["target"].astype(str) + "/" + results["metric"].astype(str),
+    )
+    sets = list(dict.fromkeys(shown["feature_set"]))
+    columns = list(dict.fromkeys(shown["column"]))
+    wide = shown.pivot(index="feature_set", columns="column", values="cell").reindex(index=sets, columns=columns)
+    wide.index.name, wide.columns.name = "feature_set", None
+    return wide.fillna("").to_string()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mot-neuro probe",
+        description="Linear probes of the experiment's targets on subject embeddings and on the raw features"
+        " (early fusion), on the experiment's folds; bootstrap 95%% CIs on the test subjects.",
+    )
+    parser.add_argument("--config", required=True, help="the experiment config the embeddings' models were fit with")
+    parser.add_argument("--embeddings", nargs="*", default=[], metavar="PARQUET", help="embeddings files to probe")
+    parser.add_argument(
+        "--no-early-fusion", dest="early_fusion", action="store_false", help="leave out the raw features"
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="test-set resamples for the CIs (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the resamples and inner CV folds (default 0)")
+    parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds of logistic probes (default 5)")
+    parser.add_argument("--out", default=None, help="output folder (default outputs/probes/<config name>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set data.fold=1 (repeatable)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mot-neuro probe``: writes ``<out>/probes.csv`` and prints a table; see :func:`build_parser`."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    paths = [Path(p) for p in args.embeddings]
+    if not paths and not args.early_fusion:
+        raise ValueError("nothing to probe: give --embeddings files, or leave early fusion on")
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"embeddings file not found: {path}")
+    datamodule = _fold_datamodule(args.config, _overrides(args.overrides))
+    targets, splits, kinds = _fold_labels(datamodule)
+    fold = int(datamodule.hparams.fold)
+
+    files = []
+    for path in paths:
+        info, pooled, per_modality, metadata = _read_embeddings(path)
+        _check_embeddings_fold(path, info, fold, splits)
+        files.append((info, pooled, per_modality, str(metadata.get("variant") or path.stem)))
+    feature_sets: dict[str, pd.DataFrame] = {}
+    names = _feature_set_names(paths, [variant for *_, variant in files])
+    for (info, pooled, per_modality, _), name in zip(files, names, strict=True):
+        feature_sets.update(_embedding_sets(info, pooled, per_modality, name))
+    if args.early_fusion:
+        feature_sets[EARLY_FUSION] = _early_fusion_matrix(datamodule)
+
+    results = probe(
+        feature_sets,
+        targets,
+        splits,
+        kinds=kinds,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        inner_folds=args.inner_folds,
+    )
+    out = Path(args.out) if args.out else Path("outputs") / "probes" / Path(args.config).stem
+    _write_csv(results, out / "probes.csv")
+    print(f"mot-neuro probe: fold {fold}, {len(targets.columns)} target(s), {args.bootstrap} bootstrap resamples")
+    print(format_table(results))
+    print(f"results: {out / 'probes.csv'}")
+    return 0
+
+
+__all__ = ["COLUMNS", "METRICS", "build_parser", "early_fusion_features", "embedding_features", "main", "probe"]
