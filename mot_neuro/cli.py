@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from mot_neuro.model import PARTS, ModalityLayout, MoTBackbone, MoTConfig, count_parameters, training_flops
@@ -162,15 +163,18 @@ def lightning_cli(args: list[str] | None, run: bool = True):
             best = checkpoint.best_model_path if checkpoint is not None else ""
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
-    return MotNeuroCLI(
-        NeuroOmicsModule,
-        NeuroOmicsDataModule,
-        save_config_callback=MLflowSaveConfig,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-        parser_kwargs={"prog": "mot-neuro"},
-    )
+    with warnings.catch_warnings():
+        # our tools (ablate, embed, probe) pass their own args while sys.argv holds the tool's: intended
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return MotNeuroCLI(
+            NeuroOmicsModule,
+            NeuroOmicsDataModule,
+            save_config_callback=MLflowSaveConfig,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+            parser_kwargs={"prog": "mot-neuro"},
+        )
 
 
 def set_overrides(items: list[str]) -> list[str]:
@@ -205,7 +209,10 @@ def embed_main(argv: list[str]) -> int:
     cli = lightning_cli(["--config", args.config, *overrides], run=False)
     writer = EmbeddingWriter(args.output, layer=args.layer, metadata={"config": args.config})
     cli.trainer.callbacks.append(writer)
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, return_predictions=False)
+    with warnings.catch_warnings():
+        # whole batches come from the dataset (batch_size=None), so Lightning cannot list indices: not needed
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, return_predictions=False)
     if cli.trainer.global_rank == 0:
         print(f"embeddings of {writer.rows_written} subjects (rank 0) written to {args.output}")
     return 0
