@@ -112,6 +112,7 @@ class FoldPreprocessor:
         self.n_classes: dict[str, int] = {}
         self._confound_specs: list[dict] = []
         self._modalities: dict[str, dict] = {}
+        self._array_cache: dict[str, tuple] = {}  # emptied by fit
         self._targets: dict[str, dict] = {}
         self._n_train = 0
         self._cohort: Cohort | None = None
@@ -130,6 +131,7 @@ class FoldPreprocessor:
                 )
         self._confound_specs = self._fit_confounds(participants, rows)
         design = self._design(participants, rows)[0] if self.confounds else None
+        self._array_cache = {}
         self._modalities = {name: self._fit_modality(m, rows, design) for name, m in cohort.modalities.items()}
         self._fit_targets(cohort, rows)
         self._n_train = len(rows)
@@ -336,6 +338,21 @@ class FoldPreprocessor:
             raise AdapterError("no cohort to transform: pass cohort=..., or from_state_dict(state, cohort)")
         return cohort
 
+    def _fitted_arrays(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """The fitted statistics of a modality as arrays, converted once: the state keeps JSON-able lists, and
+        converting them on every batch costs tens of ms for a connectivity modality (160k slots x confounds)."""
+        stats = self._modalities[name]
+        key = name
+        if key not in self._array_cache:
+            beta = None if stats["beta"] is None else np.asarray(stats["beta"])
+            self._array_cache[key] = (
+                np.asarray(stats["slots"], dtype=np.int64),
+                np.asarray(stats["center"]),
+                np.asarray(stats["scale"]),
+                beta,
+            )
+        return self._array_cache[key]
+
     def transform(self, modality_name: str, rows, *, cohort: Cohort | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(values, missing)`` for ``rows`` of a modality (of ``cohort``, else of the cohort fitted on).
 
@@ -356,10 +373,7 @@ class FoldPreprocessor:
             )
         rows = _rows(rows, cohort.n_subjects, "rows")
         n_tokens, n_features = modality.n_tokens, modality.n_features
-        slots = np.asarray(stats["slots"], dtype=np.int64)
-        center = np.asarray(stats["center"])
-        scale = np.asarray(stats["scale"])
-        beta = None if stats["beta"] is None else np.asarray(stats["beta"])
+        slots, center, scale, beta = self._fitted_arrays(modality_name)
         design = None
         if beta is not None:
             design, unseen = self._design(cohort.participants, rows)
