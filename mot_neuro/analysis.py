@@ -299,8 +299,14 @@ def steps_to_reference_quality(
     reference_variant: str = "dense",
     metric: str = "val/loss",
     flops_per_step: Mapping[str, float] | None = None,
+    target: str = "final",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Steps each variant needs to reach the reference variant's final quality, as a fraction of its steps.
+
+    ``target="final"`` (the paper's setting: long runs whose validation loss still falls) takes the
+    reference's last value; ``target="best"`` takes its best value and the first step it got there, which is
+    what a small cohort needs: once a model overfits, its final loss is worse than its early ones and every
+    variant "reaches" it within an epoch. ``reference_final_step`` is then the step of that best value.
 
     ``curves`` has columns ``variant, dropped, seed, fold, step, value`` (and optionally ``metric``, then only
     rows of ``metric`` are used): a validation curve per cell. Only ``dropped == "none"`` cells take part. For
@@ -336,8 +342,16 @@ def steps_to_reference_quality(
         if unknown:
             raise ValueError(f"flops_per_step lacks variant(s) {unknown}")
 
-    # The reference's final point per (seed, fold): the target value and the step count it took.
-    ref_final = df.loc[df["variant"] == reference_variant].groupby(["seed", "fold"]).last()
+    if target not in ("final", "best"):
+        raise ValueError(f"target={target!r}: choose 'final' or 'best'")
+    # The reference's point per (seed, fold): its last one, or the first one with its best value.
+    reference = df.loc[df["variant"] == reference_variant]
+    if target == "final":
+        ref_final = reference.groupby(["seed", "fold"]).last()
+    else:
+        signed = reference["value"] * (-1.0 if higher else 1.0)  # lower is better after this
+        first_best = signed.groupby([reference["seed"], reference["fold"]]).idxmin()  # first occurrence
+        ref_final = reference.loc[first_best.to_numpy()].set_index(["seed", "fold"])
 
     rows = []
     for (variant, seed, fold), curve in df.groupby(["variant", "seed", "fold"], sort=True):

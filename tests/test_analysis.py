@@ -282,3 +282,21 @@ def test_write_report_writes_four_files(results, summary, tmp_path):
     assert len(back) == len(summary) and list(back.columns) == list(summary.columns)
     assert list(pd.read_csv(paths["contributions"]).modality) == ["brain", "gene", "behaviour"]
     assert paths["ablation"].read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_steps_to_the_reference_best_value_when_curves_overfit():
+    """Overfitting curves: dense is best (0.5) at step 30 and ends at 0.9; mot gets to 0.5 at step 15."""
+    rows = []
+    dense = {10: 0.8, 20: 0.6, 30: 0.5, 40: 0.7, 50: 0.9}
+    mot = {10: 0.7, 15: 0.5, 20: 0.45, 30: 0.6, 50: 1.0}
+    for variant, curve in (("dense", dense), ("mot", mot)):
+        for step, value in curve.items():
+            rows.append({"variant": variant, "dropped": "none", "seed": 0, "fold": 0, "step": step, "value": value})
+    curves = pd.DataFrame(rows)
+    per_cell, _ = steps_to_reference_quality(curves, target="best")
+    mot_row = per_cell.set_index("variant").loc["mot"]
+    assert mot_row["target"] == 0.5 and mot_row["reference_final_step"] == 30 and mot_row["ratio"] == 0.5
+    final, _ = steps_to_reference_quality(curves)  # the final value 0.9 is reached at once: degenerate here
+    assert final.set_index("variant").loc["mot", "ratio"] == 10 / 50
+    with pytest.raises(ValueError, match="target='last'"):
+        steps_to_reference_quality(curves, target="last")
