@@ -40,6 +40,19 @@ ABLATION_TAG, CELL_TAG, PARENT_TAG = "mot_neuro.ablation", "mot_neuro.cell", "ml
 OVERRIDES_TAG = "mot_neuro.cell_overrides"
 
 
+MERGE_PREFIX = "mot_merge_"  # mot_merge_brain+behaviour: MoT with those modalities sharing one tower
+AT_TEST = "@test"  # dropped="brain@test": the full model's checkpoint tested with the brain tokens hidden
+
+
+def variant_overrides(variant: str, modalities: list[str]) -> list[str]:
+    """Model overrides of a variant: its untied parts, and for a merge variant the tower of every modality."""
+    if variant.startswith(MERGE_PREFIX):
+        merged = variant[len(MERGE_PREFIX) :].split("+")
+        towers = {m: ("_".join(merged) if m in merged else m) for m in modalities}
+        return ["--model.untie", json.dumps(list(VARIANTS["mot"])), "--model.towers", json.dumps(towers)]
+    return ["--model.untie", json.dumps(list(VARIANTS[variant]))]
+
+
 @dataclass(frozen=True)
 class Cell:
     variant: str
@@ -51,11 +64,19 @@ class Cell:
     def id(self) -> str:
         return f"{self.variant}__drop-{self.dropped}__seed{self.seed}__fold{self.fold}"
 
-    def overrides(self) -> list[str]:
-        dropped = [] if self.dropped == "none" else [self.dropped]
+    @property
+    def masked_at_test(self) -> str | None:
+        return self.dropped[: -len(AT_TEST)] if self.dropped.endswith(AT_TEST) else None
+
+    @property
+    def trained_by(self) -> Cell:
+        """The cell whose fit this cell needs: itself, or for a test-time mask the full model it tests."""
+        return Cell(self.variant, "none", self.seed, self.fold) if self.masked_at_test else self
+
+    def overrides(self, modalities: list[str]) -> list[str]:
+        dropped = [] if self.dropped == "none" or self.masked_at_test else [self.dropped]
         return [
-            "--model.untie",
-            json.dumps(list(VARIANTS[self.variant])),
+            *variant_overrides(self.variant, modalities),
             "--data.drop_modalities",
             json.dumps(dropped),
             "--seed_everything",
@@ -66,35 +87,74 @@ class Cell:
 
 
 def build_grid(
-    variants: list[str], drops: list[str], seeds: list[int], folds: list[int], modalities: list[str]
+    variants: list[str],
+    drops: list[str],
+    seeds: list[int],
+    folds: list[int],
+    modalities: list[str],
+    *,
+    towers: str = "separate",
+    eval_masking: bool = False,
 ) -> list[Cell]:
-    """Variants with nothing dropped, plus the full variant with each modality in ``drops`` left out."""
+    """Variants with nothing dropped, plus the full variant with each modality in ``drops`` left out.
+
+    ``towers="pairs"`` adds MoT with every pair of modalities merged into one tower (the paper's separation
+    analysis); ``eval_masking`` adds, for each modality in ``drops``, the full model tested with that
+    modality's tokens hidden (no retraining), reported beside leaving it out.
+    """
+    from itertools import combinations
+
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     bad = sorted(set(drops) - {"none", *modalities})
     if bad:
         raise ValueError(f"--drop names unknown modality(ies) {bad}; the config's modalities are {modalities}")
+    if towers not in ("separate", "pairs"):
+        raise ValueError(f"--towers {towers!r}: choose 'separate' or 'pairs'")
     full = "mot" if "mot" in variants else variants[-1]
+    if towers == "pairs":
+        variants = [*variants, *(f"{MERGE_PREFIX}{a}+{b}" for a, b in combinations(modalities, 2))]
     combos = [(v, "none") for v in variants if "none" in drops]
     combos += [(full, d) for d in drops if d != "none"]
+    if eval_masking:
+        combos += [(full, d + AT_TEST) for d in drops if d != "none"]
     return [Cell(v, d, s, f) for v, d in combos for s in seeds for f in folds]
 
 
-def _cell_args(config: str, cell: Cell, parent_id: str, name: str, out_dir: Path, extra: list[str]) -> list[str]:
+def _checkpoints(out_dir: Path, cell: Cell) -> Path:
+    return out_dir / "cells" / cell.trained_by.id / "checkpoints"
+
+
+def _cell_args(
+    config: str, cell: Cell, parent_id: str, name: str, out_dir: Path, extra: list[str], modalities: list[str]
+) -> list[str]:
     tags = {PARENT_TAG: parent_id, CELL_TAG: cell.id, ABLATION_TAG + ".member": name}
+    logging_args = ["--trainer.logger.init_args.tags", json.dumps(tags), "--trainer.logger.init_args.run_name", cell.id]
+    if cell.masked_at_test:
+        best = sorted(_checkpoints(out_dir, cell).glob("best-*.ckpt"))
+        checkpoint = str(best[-1]) if best else str(_checkpoints(out_dir, cell) / "best-*.ckpt")
+        return [
+            "test",
+            "--config",
+            config,
+            *cell.overrides(modalities),
+            *extra,
+            *logging_args,
+            "--ckpt_path",
+            checkpoint,
+            "--mask_at_test",
+            json.dumps([cell.masked_at_test]),
+        ]
     return [
         "fit",
         "--config",
         config,
-        *cell.overrides(),
+        *cell.overrides(modalities),
         *extra,
-        "--trainer.logger.init_args.tags",
-        json.dumps(tags),
-        "--trainer.logger.init_args.run_name",
-        cell.id,
+        *logging_args,
         "--checkpoint_dir",
-        str(out_dir / "cells" / cell.id / "checkpoints"),
+        str(_checkpoints(out_dir, cell)),
     ]
 
 
@@ -161,10 +221,13 @@ class Ablation:
                 self.client.set_terminated(stale.info.run_id, "KILLED")  # an interrupted attempt: redo the cell
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            lightning_cli(_cell_args(self.config, cell, parent_id, self.name, self.out_dir, self.extra))
+            lightning_cli(self.cell_args(cell, parent_id))
 
     def command(self, cell: Cell, parent_id: str) -> str:
-        return shlex.join(["mot-neuro", *_cell_args(self.config, cell, parent_id, self.name, self.out_dir, self.extra)])
+        return shlex.join(["mot-neuro", *self.cell_args(cell, parent_id)])
+
+    def cell_args(self, cell: Cell, parent_id: str) -> list[str]:
+        return _cell_args(self.config, cell, parent_id, self.name, self.out_dir, self.extra, self.modalities)
 
     def summarize(self, parent_id: str, cells: list[Cell], metric: str | None) -> dict:
         from mot_neuro import analysis
@@ -231,6 +294,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (default: outputs/ablation/<name>)")
     p.add_argument("--metric", default=None, help="primary metric for the plot (default: first test/*/r2)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")
+    p.add_argument(
+        "--towers",
+        choices=["separate", "pairs"],
+        default="separate",
+        help="pairs: also MoT with every pair of modalities sharing one tower",
+    )
+    p.add_argument(
+        "--eval-masking",
+        action="store_true",
+        help="also test the full model with each modality hidden (no retraining), beside leaving it out",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true", help="print unfinished cells as fit commands")
     mode.add_argument("--summarize", action="store_true", help="only collect finished cells")
@@ -247,28 +321,49 @@ def main(argv: list[str]) -> int:
     ablation = Ablation(args.config, name, out_dir, extra)
     folds = args.folds if args.folds is not None else list(range(ablation.n_folds))
     drops = args.drop if args.drop is not None else ["none", *ablation.modalities]
-    cells = build_grid(args.variants, drops, args.seeds, folds, ablation.modalities)
+    cells = build_grid(
+        args.variants, drops, args.seeds, folds, ablation.modalities, towers=args.towers, eval_masking=args.eval_masking
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     parent = ablation.parent_run()
     done = ablation.finished(parent)
     todo = [c for c in cells if c.id not in done]
+    todo.sort(key=lambda c: c.masked_at_test is not None)  # fits first: a test-time mask needs its model
     if args.print_commands:
-        for cell in todo:
+        # a test-time mask needs its full model's checkpoint: printed once that fit has finished
+        ready = [c for c in todo if not c.masked_at_test or c.trained_by.id in done]
+        for cell in ready:
             print(ablation.command(cell, parent))
+        waiting = len(todo) - len(ready)
+        note = f" ({waiting} test-time masks wait for their model: print again once the fits finish)" if waiting else ""
         print(
-            f"# {len(todo)} of {len(cells)} cells to run; then: mot-neuro ablate --config {args.config} --summarize"
-            f" --name {name}",
+            f"# {len(ready)} of {len(cells)} cells to run{note};"
+            f" then: mot-neuro ablate --config {args.config} --summarize --name {name}",
             file=sys.stderr,
         )
         return 0
+    failed = []
     if not args.summarize:
         print(f"ablation {name!r}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run")
         for number, cell in enumerate(todo, start=1):
             print(f"[{number}/{len(todo)}] {cell.id}", flush=True)
-            ablation.run_cell(cell, parent)
-        ablation.client.set_terminated(parent, "FINISHED")
+            if cell.masked_at_test and cell.trained_by.id in failed:
+                failed.append(cell.id)
+                continue
+            try:
+                ablation.run_cell(cell, parent)
+            except Exception as err:  # noqa: BLE001 - one broken cell must not cost the rest of the grid
+                failed.append(cell.id)
+                print(f"cell {cell.id} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        ablation.client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     report = ablation.summarize(parent, cells, args.metric)
     _print_report(report, ablation, parent, name)
+    if failed:
+        print(
+            f"\n{len(failed)} cell(s) failed ({', '.join(failed[:5])}); re-run the same command to retry them",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

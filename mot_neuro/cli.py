@@ -140,12 +140,22 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                 default=True,
                 help="after fit, evaluate the best checkpoint (else the last weights) on the test set",
             )
+            test = parser._subcommands_action._name_parser_map["test"]
+            test.add_argument(
+                "--mask_at_test",
+                type=list[str],
+                default=[],
+                help="modalities whose tokens are hidden at test time (a cheap complement to leave-one-out)",
+            )
             fit.add_argument(
                 "--checkpoint_dir",
                 type=str | None,
                 default=None,
                 help="folder for this run's checkpoints instead of the trainer config's (one per ablation cell)",
             )
+
+        def before_test(self) -> None:
+            self.model.mask_at_test = self.config[self.subcommand].get("mask_at_test") or ()
 
         def before_fit(self) -> None:
             folder = self.config[self.subcommand].get("checkpoint_dir")

@@ -12,6 +12,7 @@ ece; regression: r2, mae in the target's units, pearson); ``<stage>/recon/<modal
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -64,6 +65,10 @@ class NeuroOmicsModule(pl.LightningModule):
     projections), ``n_summary_tokens``, ``pooling`` (``summary`` or ``mean``).
     Optimisation: AdamW (``lr``, ``weight_decay``), linear warm-up over ``warmup_steps`` then cosine
     decay to ``min_lr_ratio * lr`` at the trainer's last step.
+    Fine-tuning: ``warm_start_from`` a checkpoint (e.g. of the dense twin: every tower starts as its shared
+    set, so step 0 reproduces it), ``reinit_towers`` and ``freeze_towers`` (tower names; a tower's backbone
+    parameters and its modalities' tokenizers). :attr:`mask_at_test`: modalities hidden at test time, a
+    cheap complement to leave-one-modality-out retraining.
     """
 
     def __init__(
@@ -90,6 +95,9 @@ class NeuroOmicsModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.1,
+        warm_start_from: str | None = None,
+        freeze_towers: Sequence[str] = (),
+        reinit_towers: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if data_spec is None:
@@ -145,6 +153,90 @@ class NeuroOmicsModule(pl.LightningModule):
             for stage in ("train", "val", "test"):
                 for name, target in self.targets.items():
                     self.metrics[f"{stage}__{name}"] = _metrics(target["kind"], target.get("n_classes"))
+        self._mask_at_test: tuple[str, ...] = ()
+        if warm_start_from:
+            self._warm_start(warm_start_from)
+        for tower in reinit_towers:
+            self._reinit_tower(tower)
+        for tower in freeze_towers:
+            for parameter in self._tower_parameters(tower):
+                parameter.requires_grad_(False)
+
+    @property
+    def mask_at_test(self) -> tuple[str, ...]:
+        """Modalities hidden at test time (``mot-neuro test --mask_at_test``): not a hyperparameter of the model,
+        so a checkpoint's saved settings cannot override it."""
+        return self._mask_at_test
+
+    @mask_at_test.setter
+    def mask_at_test(self, modalities: Sequence[str]) -> None:
+        unknown = sorted(set(modalities) - set(self.active))
+        if unknown:
+            raise ValueError(f"mask_at_test names modality(ies) {unknown}; the model's modalities are {self.active}")
+        self._mask_at_test = tuple(modalities)
+
+    # ------------------------------------------------------------------ fine-tuning controls
+    def _towers(self) -> dict[str, list[str]]:
+        """Tower name -> the modalities it serves (``summary`` included)."""
+        towers: dict[str, list[str]] = {}
+        for modality, tower in self.encoder.backbone.cfg.towers.items():
+            towers.setdefault(tower, []).append(modality)
+        return towers
+
+    def _tower_parameters(self, tower: str) -> list[nn.Parameter]:
+        """The backbone's parameters of ``tower`` and the tokenizers of its modalities."""
+        towers = self._towers()
+        if tower not in towers:
+            raise ValueError(f"unknown tower {tower!r}; this model's towers are {sorted(towers)}")
+        if not self.encoder.backbone.cfg.untie:
+            raise ValueError("the dense model has one shared set: there is no tower to freeze or re-initialise")
+        found = []
+        for name, parameter in self.encoder.backbone.named_parameters():
+            parts = name.split(".")
+            # blocks.<i>.<part>.<tower>.* and final_norm.<tower>.*: the tower is a fixed position in the name
+            position = 3 if parts[0] == "blocks" else 1
+            if len(parts) > position and parts[position] == tower:
+                found.append(parameter)
+        for modality in towers[tower]:
+            if modality in self.encoder.tokenizers:
+                found += list(self.encoder.tokenizers[modality].parameters())
+        return found
+
+    def _reinit_tower(self, tower: str) -> None:
+        """Fresh weights for one tower, drawn by the backbone's own initialisation (depth-scaled)."""
+        from mot_neuro.model import MoTBackbone
+
+        fresh = MoTBackbone(self.encoder.backbone.cfg)
+        targets = {id(p) for p in self._tower_parameters(tower)}
+        with torch.no_grad():
+            for parameter, new in zip(self.encoder.backbone.parameters(), fresh.parameters(), strict=True):
+                if id(parameter) in targets:
+                    parameter.copy_(new)
+        for modality in self._towers()[tower]:
+            if modality in self.encoder.tokenizers:
+                self.encoder.tokenizers[modality].reset_parameters()
+
+    def _warm_start(self, path: str) -> None:
+        """Start from a trained model (typically the dense twin): every tower gets a copy of its parameter set,
+        so at step 0 this model computes what the source computes. Tokenizers, heads and decoders are copied."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        source_hparams = dict(checkpoint.get("hyper_parameters") or {})
+        if "data_spec" not in source_hparams:
+            raise ValueError(f"{path}: not a mot-neuro checkpoint (no data_spec in its hyper_parameters)")
+        self.on_load_checkpoint({"hyper_parameters": source_hparams})  # same token layout, or a clear error
+        accepted = set(inspect.signature(NeuroOmicsModule.__init__).parameters) - {"self"}
+        kwargs = {k: v for k, v in source_hparams.items() if k in accepted}  # drops LightningCLI's own entries
+        kwargs.update(warm_start_from=None, freeze_towers=(), reinit_towers=())
+        source = NeuroOmicsModule(**kwargs)
+        source.load_state_dict(checkpoint["state_dict"])
+        self.encoder.backbone.load_towers_from(source.encoder.backbone)
+        own = self.state_dict()
+        copied = {
+            key: value
+            for key, value in source.state_dict().items()
+            if not key.startswith("encoder.backbone.") and key in own and own[key].shape == value.shape
+        }
+        self.load_state_dict(copied, strict=False)
 
     # ------------------------------------------------------------------ accounting
     def describe(self) -> dict:
@@ -161,7 +253,13 @@ class NeuroOmicsModule(pl.LightningModule):
     def forward(self, batch: Mapping, masked: Mapping | None = None):
         return self.encoder(batch, masked=masked)
 
-    def _inputs(self, batch: Mapping, train: bool) -> Mapping:
+    def _inputs(self, batch: Mapping, train: bool, stage: str = "") -> Mapping:
+        if stage == "test" and self.mask_at_test:
+            # eval-time masking: the modality's tokens are absent, as for a subject without that modality
+            present = dict(batch["present"])
+            for name in self.mask_at_test:
+                present[name] = torch.zeros_like(present[name])
+            return {**batch, "present": present}
         if not (train and self.hparams.modality_dropout > 0):
             return batch
         present = {}
@@ -181,7 +279,7 @@ class NeuroOmicsModule(pl.LightningModule):
 
     def _step(self, batch: Mapping, stage: str) -> torch.Tensor:
         train = stage == "train"
-        inputs = self._inputs(batch, train)
+        inputs = self._inputs(batch, train, stage)
         objective = self.hparams.objective
         masked = self._mask(inputs) if objective in ("masked", "both") else None
         out = self.encoder(inputs, masked=masked)
@@ -313,6 +411,8 @@ class NeuroOmicsModule(pl.LightningModule):
     def configure_optimizers(self):
         decay, no_decay = [], []
         for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:  # frozen towers stay exactly as they are
+                continue
             # norms, biases and embeddings are not weight-decayed
             (no_decay if parameter.ndim < 2 or "embedding" in name else decay).append(parameter)
         optimizer = torch.optim.AdamW(

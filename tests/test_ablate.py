@@ -109,3 +109,35 @@ def test_printed_cell_commands_then_summarize(workdir, capsys):
     assert set(summary["variant"]) == {"dense", "mot"}
     steps = pd.read_csv(out / "steps_to_dense_summary.csv")
     assert "mot" in set(steps["variant"])
+
+
+def test_tower_pairs_and_test_time_masking_beside_leave_one_out(workdir):
+    code = ablate(
+        "--variants",
+        "mot",
+        "--drop",
+        "none",
+        "brain",
+        "--folds",
+        "0",
+        "--towers",
+        "pairs",
+        "--eval-masking",
+        "--set",
+        "trainer.max_epochs=2",
+        "--name",
+        "towers",
+    )
+    assert code == 0
+    cells = {r.data.tags["mot_neuro.cell"]: r for r in child_runs(workdir)}
+    merged = "mot_merge_brain+behaviour__drop-none__seed0__fold0"
+    assert merged in cells
+    for pair in ("gene+brain", "gene+behaviour"):
+        assert f"mot_merge_{pair}__drop-none__seed0__fold0" in cells
+    params = cells[merged].data.params  # MLflow flattens the towers mapping
+    assert params["towers/brain"] == params["towers/behaviour"] == "brain_behaviour" != params["towers/gene"]
+    masked = cells["mot__drop-brain@test__seed0__fold0"]
+    assert "test/target/r2" in masked.data.metrics and "train/loss_epoch" not in masked.data.metrics  # tested only
+    summary = pd.read_csv(workdir / "outputs" / "ablation" / "towers" / "summary.csv")
+    rows = set(zip(summary["variant"], summary["dropped"], strict=True))
+    assert {("mot", "brain"), ("mot", "brain@test"), ("mot_merge_brain+behaviour", "none")} <= rows

@@ -1,0 +1,107 @@
+"""Fine-tuning controls and tower grouping from config/CLI on the demo cohort (issue 6, items 1, 4, 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "experiments" / "demo.yaml")
+DENSE = str(ROOT / "configs" / "experiments" / "demo_dense.yaml")
+DEBUG = str(ROOT / "configs" / "trainer" / "debug.yaml")
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def cli(*args, run=True):
+    from mot_neuro.cli import lightning_cli
+
+    return lightning_cli([str(a) for a in args], run=run)
+
+
+def one_batch(c):
+    c.datamodule.setup("test")
+    return next(iter(c.datamodule.test_dataloader()))
+
+
+def test_tower_grouping_from_config(workdir):
+    towers = '{"gene": "gene", "brain": "brain_behaviour", "behaviour": "brain_behaviour"}'
+    c = cli("fit", "--config", DEMO, "--trainer", DEBUG, "--model.towers", towers)
+    assert c.trainer.state.finished
+    backbone = c.model.encoder.backbone
+    assert sorted(backbone.blocks[0].ffn) == ["brain_behaviour", "gene", "summary"]
+
+
+def test_frozen_towers_are_unchanged_after_training(workdir):
+    args = ["--config", DEMO, "--model.freeze_towers", "[brain]", "--trainer.max_epochs", "2"]
+    before = cli(*args, run=False).model  # the same seed builds the same initial weights
+    frozen = {id(p) for p in before._tower_parameters("brain")}
+    initial = {n: p.detach().clone() for n, p in before.named_parameters() if id(p) in frozen}
+    initial_gene = {n: p.detach().clone() for n, p in before.named_parameters() if id(p) not in frozen}
+    trained = cli("fit", *args, "--test_after_fit", "false").model
+    after = dict(trained.named_parameters())
+    assert initial and all(torch.equal(after[n], v) for n, v in initial.items())
+    assert not after[next(iter(initial))].requires_grad
+    changed = [n for n, v in initial_gene.items() if not torch.equal(after[n], v)]
+    assert any(".gene." in n for n in changed) and any("tokenizers.gene" in n for n in changed)
+
+
+def test_warm_start_from_dense_reproduces_its_outputs_then_reinit_breaks_one_tower(workdir):
+    from mot_neuro.lit_module import NeuroOmicsModule
+
+    dense_run = cli(
+        "fit",
+        "--config",
+        DENSE,
+        "--trainer.max_epochs",
+        "1",
+        "--test_after_fit",
+        "false",
+        "--checkpoint_dir",
+        "ckpt_dense",
+    )
+    checkpoint = "ckpt_dense/last.ckpt"
+    dense = NeuroOmicsModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    warm = cli("--config", DEMO, "--model.warm_start_from", checkpoint, run=False)
+    mot = warm.model.eval()
+    assert mot.encoder.backbone.cfg.untie  # a MoT model ...
+    batch = one_batch(dense_run)
+    with torch.no_grad():
+        expected, got = dense(batch), mot(batch)
+        torch.testing.assert_close(got.pooled, expected.pooled, rtol=1e-5, atol=1e-6)  # ... computing the dense one
+        torch.testing.assert_close(mot.heads["target"](got.pooled), dense.heads["target"](expected.pooled))
+    reinit = cli(
+        "--config", DEMO, "--model.warm_start_from", checkpoint, "--model.reinit_towers", "[brain]", run=False
+    ).model.eval()
+    with torch.no_grad():
+        moved = reinit(batch).pooled
+    assert not torch.allclose(moved, expected.pooled, atol=1e-4)
+    warm_gene = dict(mot.named_parameters())
+    for name, parameter in reinit.named_parameters():
+        if ".ffn.gene." in name:
+            assert torch.equal(parameter, warm_gene[name])  # other towers keep the warm start
+
+
+def test_mask_at_test_hides_a_modality_and_changes_the_metrics(workdir):
+    fit = cli("fit", "--config", DEMO, "--trainer.max_epochs", "3", "--test_after_fit", "false")
+    checkpoint = fit.trainer.checkpoint_callback.best_model_path
+    plain = cli("test", "--config", DEMO, "--ckpt_path", checkpoint).trainer.callback_metrics
+    masked = cli("test", "--config", DEMO, "--ckpt_path", checkpoint, "--mask_at_test", "[brain]")
+    assert float(masked.trainer.callback_metrics["test/loss"]) != float(plain["test/loss"])
+    with pytest.raises(ValueError, match=r"mask_at_test names modality\(ies\) \['imaging'\]"):
+        cli("test", "--config", DEMO, "--ckpt_path", checkpoint, "--mask_at_test", "[imaging]")
+
+
+def test_freezing_errors_are_clear(workdir):
+    with pytest.raises(ValueError, match="unknown tower 'imaging'"):
+        cli("--config", DEMO, "--model.freeze_towers", "[imaging]", run=False)
+    with pytest.raises(ValueError, match="dense model has one shared set"):
+        cli("--config", DENSE, "--model.freeze_towers", "[brain]", run=False)
