@@ -65,6 +65,9 @@ class NeuroOmicsModule(pl.LightningModule):
     projections), ``n_summary_tokens``, ``pooling`` (``summary`` or ``mean``).
     Optimisation: AdamW (``lr``, ``weight_decay``), linear warm-up over ``warmup_steps`` then cosine
     decay to ``min_lr_ratio * lr`` at the trainer's last step.
+    Capacity per tower: ``ffn_hidden_dims`` (tower -> SwiGLU width) and ``moe`` (tower -> ``{n_experts,
+    top_k, hidden_dim, balance_weight}``: that tower's FFN becomes a mixture of experts with a learned top-k
+    router; its load-balancing loss joins the training loss and expert load is logged every step).
     Fine-tuning: ``warm_start_from`` a checkpoint (e.g. of the dense twin: every tower starts as its shared
     set, so step 0 reproduces it), ``reinit_towers`` and ``freeze_towers`` (tower names; a tower's backbone
     parameters and its modalities' tokenizers). :attr:`mask_at_test`: modalities hidden at test time, a
@@ -95,6 +98,8 @@ class NeuroOmicsModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup_steps: int = 50,
         min_lr_ratio: float = 0.1,
+        ffn_hidden_dims: Mapping[str, int] | None = None,
+        moe: Mapping[str, Mapping] | None = None,
         warm_start_from: str | None = None,
         freeze_towers: Sequence[str] = (),
         reinit_towers: Sequence[str] = (),
@@ -133,6 +138,8 @@ class NeuroOmicsModule(pl.LightningModule):
             projection=projection,
             n_summary_tokens=n_summary_tokens,
             pooling=pooling,
+            ffn_hidden_dims=dict(ffn_hidden_dims) if ffn_hidden_dims else None,
+            moe={tower: dict(spec) for tower, spec in moe.items()} if moe else None,
         )
         self.encoder = NeuroOmicsEncoder(self.encoder_config)
         self.targets = dict(data_spec.get("targets") or {})
@@ -245,7 +252,7 @@ class NeuroOmicsModule(pl.LightningModule):
         return {
             "params_total": sum(p.numel() for p in self.parameters()),
             "params_backbone": backbone["total"],
-            "params_backbone_per_token": backbone["per_modality"],
+            "params_backbone_per_token": backbone["per_modality"],  # activated: router + top-k experts for MoE
             "variant": "dense" if not self.hparams.untie else "mot",
         }
 
@@ -300,6 +307,15 @@ class NeuroOmicsModule(pl.LightningModule):
             for name, head in self.heads.items():
                 supervised = supervised + self._supervised(name, head(out.pooled), batch["targets"][name], stage)
             loss = loss + self.hparams.supervised_weight * supervised
+        if self.encoder.backbone.cfg.moe:
+            # load balancing of the MoE towers (0 without MoE); expert load per step, as a share of tokens
+            balance = self.encoder.backbone.aux_loss()
+            loss = loss + balance
+            self.log(f"{stage}/moe_balance", balance, batch_size=batch_size, on_step=train, on_epoch=True)
+            if train:
+                for key, load in self.encoder.backbone.expert_load().items():
+                    for expert, share in enumerate(load):
+                        self.log(f"train/expert_load/{key}/e{expert}", share, batch_size=batch_size, on_step=True)
         # evaluation losses averaged over ranks (one all-reduce per epoch); training steps stay sync-free
         self.log(
             f"{stage}/loss",

@@ -105,3 +105,42 @@ def test_freezing_errors_are_clear(workdir):
         cli("--config", DEMO, "--model.freeze_towers", "[imaging]", run=False)
     with pytest.raises(ValueError, match="dense model has one shared set"):
         cli("--config", DENSE, "--model.freeze_towers", "[brain]", run=False)
+
+
+def test_mot_with_an_moe_tower_and_per_tower_widths_trains_from_the_cli(workdir):
+    """MoT+MoE as configuration: the brain FFN becomes 4 experts (top-2), behaviour gets a narrower FFN."""
+    from mlflow.tracking import MlflowClient
+
+    moe = '{"brain": {"n_experts": 4, "top_k": 2, "balance_weight": 0.01}}'
+    widths = '{"behaviour": 32}'
+    c = cli(
+        "fit",
+        "--config",
+        DEMO,
+        "--trainer.max_epochs",
+        "1",
+        "--test_after_fit",
+        "false",
+        "--model.moe",
+        moe,
+        "--model.ffn_hidden_dims",
+        widths,
+        "--trainer.log_every_n_steps",
+        "1",
+    )
+    assert c.trainer.state.finished
+    backbone = c.model.encoder.backbone
+    assert backbone.cfg.moe["brain"]["n_experts"] == 4 and backbone.cfg.ffn_width("behaviour") == 32
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("mot-neuro").experiment_id])[0]
+    metrics = run.data.metrics
+    assert "train/moe_balance_epoch" in metrics and "val/moe_balance" in metrics
+    loads = [k for k in metrics if k.startswith("train/expert_load/block0.brain/")]
+    assert sorted(loads) == [f"train/expert_load/block0.brain/e{e}" for e in range(4)]
+    assert len(client.get_metric_history(run.info.run_id, loads[0])) == c.trainer.global_step  # every step
+    assert sum(metrics[k] for k in loads) == pytest.approx(1.0, abs=1e-4)  # shares of the tokens
+    from mot_neuro.model import count_parameters
+
+    counts = count_parameters(backbone)
+    assert counts["moe"]["brain"]["activated"] < counts["moe"]["brain"]["total"]
+    assert counts["per_modality"]["brain"] < counts["per_modality_stored"]["brain"]

@@ -3,7 +3,7 @@
 from .accounting import count_parameters, training_flops
 from .encoder import SUMMARY, EncoderConfig, EncoderOutput, NeuroOmicsEncoder, dense_twin_config, masked_mean
 from .layout import PAD_ID, ModalityLayout, group_tokens, masks_to_ids
-from .mot import PARTS, SHARED, MoTBackbone, MoTBlock, MoTConfig, SwiGLU
+from .mot import PARTS, SHARED, MoESwiGLU, MoTBackbone, MoTBlock, MoTConfig, RouterStats, SwiGLU
 from .tokenizers import ModalityDecoder, ModalitySpec, ModalityTokenizer
 
 __all__ = [
@@ -28,4 +28,6 @@ __all__ = [
     "NeuroOmicsEncoder",
     "dense_twin_config",
     "masked_mean",
+    "MoESwiGLU",
+    "RouterStats",
 ]

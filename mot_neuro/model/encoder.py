@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .layout import ModalityLayout, check_modality_names
-from .mot import PARTS, MoTBackbone, MoTConfig
+from .mot import PARTS, SHARED, MoTBackbone, MoTConfig
 from .tokenizers import INIT_STD, ModalitySpec, ModalityTokenizer, check_projection
 
 SUMMARY = "summary"
@@ -38,6 +38,8 @@ class EncoderConfig:
     pooling: ``"summary"`` = mean of the summary tokens' outputs; ``"mean"`` = mean over the present data tokens
         of all modalities (summary tokens not included).
     ffn_hidden_dim: SwiGLU width, default as in :class:`MoTConfig`.
+    ffn_hidden_dims, moe: per-tower FFN widths and mixture-of-experts towers, as in :class:`MoTConfig` (keys are
+        backbone tower names: the data modalities' towers, and ``"summary"``, which needs neither).
     """
 
     modalities: list[ModalitySpec]
@@ -53,6 +55,8 @@ class EncoderConfig:
     n_summary_tokens: int = 1
     pooling: str = "summary"
     ffn_hidden_dim: int | None = None
+    ffn_hidden_dims: Mapping[str, int] | None = None
+    moe: Mapping[str, Mapping] | None = None
 
     def __post_init__(self) -> None:
         self.modalities = [m if isinstance(m, ModalitySpec) else ModalitySpec.from_dict(m) for m in self.modalities]
@@ -70,6 +74,10 @@ class EncoderConfig:
             raise ValueError('pooling="summary" needs n_summary_tokens >= 1; use pooling="mean" without them')
         if self.towers is not None:
             self.towers = dict(self.towers)
+        if self.ffn_hidden_dims is not None:
+            self.ffn_hidden_dims = dict(self.ffn_hidden_dims)
+        if self.moe is not None:
+            self.moe = {tower: dict(spec) for tower, spec in self.moe.items()}
         # Building the backbone config checks dims, parts and towers now, with MoTConfig's messages.
         self.untie = tuple(self.backbone_config().untie)
 
@@ -97,6 +105,8 @@ class EncoderConfig:
             n_layers=self.n_layers,
             n_heads=self.n_heads,
             ffn_hidden_dim=self.ffn_hidden_dim,
+            ffn_hidden_dims=self.ffn_hidden_dims,
+            moe=self.moe,
             untie=self.untie,
             towers=towers,
             norm_placement=self.norm_placement,
@@ -111,6 +121,8 @@ class EncoderConfig:
         d["modalities"] = [m.to_dict() for m in self.modalities]
         d["untie"] = list(self.untie)
         d["towers"] = None if self.towers is None else dict(self.towers)
+        d["ffn_hidden_dims"] = None if self.ffn_hidden_dims is None else dict(self.ffn_hidden_dims)
+        d["moe"] = None if self.moe is None else {tower: dict(spec) for tower, spec in self.moe.items()}
         return d
 
     @classmethod
@@ -123,8 +135,12 @@ class EncoderConfig:
 
 
 def dense_twin_config(cfg: EncoderConfig) -> EncoderConfig:
-    """Same encoder with one shared parameter set for every part: same FLOPs per token, fewer parameters."""
-    return replace(cfg, untie=())
+    """Same encoder with one shared parameter set for every part: same FLOPs per token, fewer parameters.
+
+    Per-tower FFN widths and per-tower MoE have no shared counterpart and are dropped, as in
+    :meth:`MoTConfig.dense`; an MoE on the ``"shared"`` tower is kept."""
+    moe = {tower: spec for tower, spec in (cfg.moe or {}).items() if tower == SHARED}
+    return replace(cfg, untie=(), ffn_hidden_dims=None, moe=moe or None)
 
 
 class EncoderOutput(NamedTuple):

@@ -15,6 +15,11 @@ forward and tells every stage which contiguous runs of tokens share a tower:
 * fixed layout: the runs are slices of the ``[B, S, D]`` sequence (no gather, no host sync);
 * general ids/masks: tokens are sorted by modality once (:func:`group_tokens`); the residual
   stream then lives as ``[N_real, D]`` in that order, and only attention goes back to ``[B, S]``.
+
+Two per-tower FFN options sit on top (configuration only): a tower's own SwiGLU width
+(``ffn_hidden_dims``), and a mixture of SwiGLU experts with a learned router for chosen towers
+(``moe``, :class:`MoESwiGLU`): MoT's rule-based routing by modality, then learned routing inside
+a modality.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ class MoTConfig:
         ``"output"`` (the MoT paper/reference): ``h = x + Norm(Attn(x)); out = h + Norm(FFN(h))``.
     qk_norm: RMS-normalise queries and keys per head (weights follow the ``norm`` part).
     ffn_hidden_dim: SwiGLU hidden width; default 8/3 * dim rounded up to a multiple of 64.
+    ffn_hidden_dims: FFN tower name -> its own SwiGLU width (towers not listed use ``ffn_hidden_dim``).
+        Needs ``"ffn"`` in ``untie``; attention keeps one width (it is global over all modalities).
+    moe: FFN tower name -> mixture-of-experts spec, e.g. ``{"brain": {"n_experts": 4, "top_k": 2}}``.
+        Keys: ``n_experts`` (required), ``top_k`` (default ``min(2, n_experts)``), ``hidden_dim`` (expert
+        width, default the tower's FFN width), ``balance_weight`` (weight of the load-balancing loss, default
+        0.01). With a tied FFN the only tower is ``"shared"`` (a dense MoE transformer). See :class:`MoESwiGLU`.
     """
 
     modalities: Sequence[str]
@@ -60,6 +71,8 @@ class MoTConfig:
     ffn_hidden_dim: int | None = None
     untie: Sequence[str] = PARTS
     towers: Mapping[str, str] | None = None
+    ffn_hidden_dims: Mapping[str, int] | None = None
+    moe: Mapping[str, Mapping] | None = None
     norm_placement: Literal["pre", "output"] = "pre"
     qk_norm: bool = False
     causal: bool = False
@@ -96,6 +109,59 @@ class MoTConfig:
         self._tower_of = {
             part: {m: (towers[m] if part in self.untie else SHARED) for m in self.modalities} for part in PARTS
         }
+        self._check_ffn_options()
+
+    def _check_ffn_options(self) -> None:
+        """Validate and normalise ``ffn_hidden_dims`` and ``moe`` to plain dicts (JSON-able, idempotent)."""
+        ffn_towers = self.tower_names("ffn")
+        if self.ffn_hidden_dims:
+            if "ffn" not in self.untie:
+                raise ValueError(
+                    f"ffn_hidden_dims gives towers their own FFN width, which needs 'ffn' in untie "
+                    f"(untie={list(self.untie)}); with a tied FFN set ffn_hidden_dim instead"
+                )
+            self.ffn_hidden_dims = {tower: int(width) for tower, width in self.ffn_hidden_dims.items()}
+            unknown = sorted(set(self.ffn_hidden_dims) - set(ffn_towers))
+            if unknown:
+                raise ValueError(f"ffn_hidden_dims: unknown FFN tower(s) {unknown}; the FFN towers are {ffn_towers}")
+            bad = [f"{t}={w}" for t, w in self.ffn_hidden_dims.items() if w < 1]
+            if bad:
+                raise ValueError(f"ffn_hidden_dims must be >= 1, got {', '.join(bad)}")
+        else:
+            self.ffn_hidden_dims = None
+        if not self.moe:
+            self.moe = None
+            return
+        unknown = sorted(set(self.moe) - set(ffn_towers))
+        if unknown:
+            raise ValueError(
+                f"moe: unknown FFN tower(s) {unknown}; the FFN towers are {ffn_towers} (untie={list(self.untie)})"
+            )
+        self.moe = {tower: self._moe_spec(tower, spec) for tower, spec in self.moe.items()}
+
+    def _moe_spec(self, tower: str, spec: Mapping) -> dict:
+        keys = ("n_experts", "top_k", "hidden_dim", "balance_weight")
+        unknown = sorted(set(spec) - set(keys))
+        if unknown or "n_experts" not in spec:
+            raise ValueError(f"moe[{tower!r}]: keys are {list(keys)} with n_experts required; got {sorted(spec)}")
+        n_experts = int(spec["n_experts"])
+        top_k = int(spec.get("top_k", min(2, n_experts)))
+        if n_experts < 1 or not 1 <= top_k <= n_experts:
+            raise ValueError(f"moe[{tower!r}]: need n_experts >= 1 and 1 <= top_k <= n_experts, got {dict(spec)}")
+        hidden_dim = spec.get("hidden_dim")
+        if hidden_dim is not None:
+            hidden_dim = int(hidden_dim)
+            if hidden_dim < 1:
+                raise ValueError(f"moe[{tower!r}]: hidden_dim must be >= 1, got {hidden_dim}")
+            if self.ffn_hidden_dims and tower in self.ffn_hidden_dims:
+                raise ValueError(
+                    f"tower {tower!r} has a width in both ffn_hidden_dims and moe[{tower!r}]['hidden_dim']; "
+                    "give it once"
+                )
+        balance_weight = float(spec.get("balance_weight", 0.01))
+        if balance_weight < 0:
+            raise ValueError(f"moe[{tower!r}]: balance_weight must be >= 0, got {balance_weight}")
+        return {"n_experts": n_experts, "top_k": top_k, "hidden_dim": hidden_dim, "balance_weight": balance_weight}
 
     @property
     def head_dim(self) -> int:
@@ -113,9 +179,22 @@ class MoTConfig:
         """Parameter sets of ``part``, in first-use order over the modalities."""
         return list(dict.fromkeys(self._tower_of[part].values()))
 
+    def ffn_width(self, tower: str) -> int:
+        """SwiGLU hidden width of FFN tower ``tower`` (of each expert, for an MoE tower)."""
+        spec = self.moe.get(tower) if self.moe else None
+        if spec is not None and spec["hidden_dim"] is not None:
+            return spec["hidden_dim"]
+        return (self.ffn_hidden_dims or {}).get(tower, self.ffn_hidden_dim)
+
     def dense(self) -> MoTConfig:
-        """The dense twin: same dims, one shared set for every part."""
-        return replace(self, untie=())
+        """The dense twin: same dims, one shared set for every part.
+
+        Per-tower widths and per-tower MoE have no single shared counterpart, so they are dropped (the
+        twin uses ``ffn_hidden_dim``; FLOPs per token then match only the towers that use it). An MoE on
+        the ``"shared"`` tower (already dense) is kept.
+        """
+        moe = {tower: spec for tower, spec in (self.moe or {}).items() if tower == SHARED}
+        return replace(self, untie=(), ffn_hidden_dims=None, moe=moe or None)
 
 
 class _Towers(NamedTuple):
@@ -137,6 +216,128 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w_in(x).chunk(2, dim=-1)
         return self.w_out(F.silu(gate) * up)
+
+
+@dataclass
+class RouterStats:
+    """Sums over the (present) tokens one MoE tower saw in one layer, merged across its runs.
+
+    ``tokens``: number of tokens (0-d); ``assigned[e]``: routing assignments to expert ``e``, each token
+    contributing ``1 / top_k`` per chosen expert (so the load sums to 1); ``probability[e]``: router
+    probabilities of ``e`` summed over tokens.
+    """
+
+    tokens: torch.Tensor
+    assigned: torch.Tensor
+    probability: torch.Tensor
+
+    def merge(self, other: RouterStats) -> RouterStats:
+        return RouterStats(
+            self.tokens + other.tokens, self.assigned + other.assigned, self.probability + other.probability
+        )
+
+    def load(self) -> torch.Tensor:
+        """Fraction of routing assignments per expert ``[E]`` (zeros when the tower had no token)."""
+        return self.assigned / self.tokens.clamp_min(1)
+
+    def balance_loss(self) -> torch.Tensor:
+        """Switch-style ``E * sum_e load_e * mean_prob_e``: 1 when balanced, up to E when collapsed.
+
+        ``load`` comes from a hard top-k choice and carries no gradient; the gradient flows through the
+        mean router probability, pushing probability away from overloaded experts.
+        """
+        mean_probability = self.probability / self.tokens.clamp_min(1)
+        return self.assigned.numel() * (self.load().detach() * mean_probability).sum()
+
+
+class _LastForward(dict):
+    """Per-forward statistics kept on a module: they hold autograd graph pieces, which ``deepcopy``
+    refuses (EMA/SWA copies of the model) and a checkpoint need not carry, so copies start empty."""
+
+    def __deepcopy__(self, memo) -> _LastForward:
+        return _LastForward()
+
+    def __reduce__(self):
+        return (_LastForward, ())
+
+
+class MoESwiGLU(nn.Module):
+    """Mixture of SwiGLU experts with a learned linear router (softmax, top-k, gates renormalised to 1).
+
+    No token is dropped: every token gets its top-k experts. All experts are evaluated densely on the
+    tower's tokens and combined with the (mostly zero) gates: two matmuls as wide as all experts
+    together, static shapes, no gather/scatter and no host sync -- FLOPs traded for shapes that suit the
+    fixed-layout fast path (measured FLOPs grow with ``n_experts``; the parameters a token *uses*, as
+    :func:`~mot_neuro.model.accounting.count_parameters` reports, are the router and ``top_k`` experts).
+
+    Expert ``e``'s weights ``w_in[e]`` (``[2 * hidden, dim]``) and ``w_out[e]`` (``[dim, hidden]``) are laid
+    out like :class:`SwiGLU`'s, so a dense FFN copies into every expert (:meth:`load_from_dense`).
+
+    With ``top_k=1`` the renormalised gate is exactly 1: the router then learns only from the balancing
+    loss, not from the task loss (Switch leaves the top-1 gate unnormalised for that reason); ``top_k>=2``
+    lets the task loss shape the routing.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, n_experts: int, top_k: int) -> None:
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"need 1 <= top_k <= n_experts, got top_k={top_k}, n_experts={n_experts}")
+        self.dim, self.hidden_dim, self.n_experts, self.top_k = dim, hidden_dim, n_experts, top_k
+        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.w_in = nn.Parameter(torch.empty(n_experts, 2 * hidden_dim, dim))
+        self.w_out = nn.Parameter(torch.empty(n_experts, dim, hidden_dim))
+        # earlier[e, j]: expert j comes before e, so it wins a tie (exactly top_k experts per token).
+        self.register_buffer("earlier", torch.ones(n_experts, n_experts, dtype=torch.bool).tril(-1), persistent=False)
+
+    def expert_parameters(self) -> int:
+        """Parameters of one expert."""
+        return 3 * self.dim * self.hidden_dim
+
+    def activated_parameters(self) -> int:
+        """Parameters one token uses: the router and its ``top_k`` experts."""
+        return self.router.weight.numel() + self.top_k * self.expert_parameters()
+
+    @torch.no_grad()
+    def load_from_dense(self, ffn: SwiGLU) -> None:
+        """Every expert becomes a copy of ``ffn``: with gates summing to 1 the output then equals ``ffn``'s."""
+        if ffn.w_out.weight.shape != self.w_out.shape[1:]:
+            raise ValueError(
+                f"cannot copy a SwiGLU of width {ffn.w_out.weight.shape[1]} into experts of width {self.hidden_dim}"
+            )
+        self.w_in.copy_(ffn.w_in.weight.expand_as(self.w_in))
+        self.w_out.copy_(ffn.w_out.weight.expand_as(self.w_out))
+
+    def _chosen(self, logits: torch.Tensor) -> torch.Tensor:
+        """Boolean ``[..., E]``: the top-k experts of each token, by rank (no topk indices, no scatter)."""
+        if self.top_k == self.n_experts:
+            return torch.ones_like(logits, dtype=torch.bool)
+        row, col = logits.unsqueeze(-1), logits.unsqueeze(-2)  # [..., e, 1] vs [..., 1, j]
+        ahead = (col > row) | ((col == row) & self.earlier)
+        return ahead.sum(-1) < self.top_k
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> tuple[torch.Tensor, RouterStats]:
+        """``x [..., dim]`` -> (output ``[..., dim]``, router statistics).
+
+        ``weight [..., 1]`` (bool or 0/1) marks the tokens that count in the statistics (absent tokens are
+        computed but do not count); ``None`` = all of them.
+        """
+        logits = self.router(x).float()  # routing decisions in fp32 also under autocast
+        probs = logits.softmax(-1)
+        chosen = self._chosen(logits)
+        gates = probs * chosen
+        gates = gates / gates.sum(-1, keepdim=True)
+        gate, up = F.linear(x, self.w_in.flatten(0, 1)).unflatten(-1, (self.n_experts, 2, self.hidden_dim)).unbind(-2)
+        mixed = F.silu(gate) * up * gates.unsqueeze(-1).to(up.dtype)  # [..., E, hidden]
+        # sum_e gate_e * W_out[e] a_e is one matmul against the experts' output weights side by side.
+        out = F.linear(mixed.flatten(-2), self.w_out.transpose(0, 1).flatten(1))
+
+        probs, chosen = probs.reshape(-1, self.n_experts), chosen.reshape(-1, self.n_experts).to(probs.dtype)
+        if weight is None:
+            tokens = probs.new_full((), float(probs.shape[0]))
+        else:
+            w = weight.reshape(-1, 1).to(probs.dtype)
+            probs, chosen, tokens = probs * w, chosen * w, w.sum()
+        return out, RouterStats(tokens, chosen.sum(0) / self.top_k, probs.sum(0))
 
 
 def _per_tower(make: Callable[[], nn.Module], names: Sequence[str]) -> nn.ModuleDict:
@@ -211,6 +412,7 @@ class _Route:
 
     runs: _Runs
     attn_mask: torch.Tensor | None = None
+    token_weight: torch.Tensor | None = None  # [B, S, 1] bool in stream order: tokens MoE statistics count
     is_causal: bool = False
     to_attention: Callable[[torch.Tensor], torch.Tensor] = _identity  # stream order -> [B, S, .]
     from_attention: Callable[[torch.Tensor], torch.Tensor] = _identity  # [B, S, .] -> stream order
@@ -257,8 +459,16 @@ class MoTBlock(nn.Module):
             self.k_norm = _per_tower(rms(cfg.head_dim), norms)
         self.attn_out = _per_tower(lambda: nn.Linear(d, d, bias=False), attns)
         self.ffn_norm = _per_tower(rms(), norms)
-        self.ffn = _per_tower(lambda: SwiGLU(d, cfg.ffn_hidden_dim), cfg.tower_names("ffn"))
+        self.ffn = nn.ModuleDict({tower: self._make_ffn(tower) for tower in cfg.tower_names("ffn")})
         self.dropout = nn.Dropout(cfg.dropout)
+        self.has_moe = any(isinstance(ffn, MoESwiGLU) for ffn in self.ffn.values())
+        self.router_stats: dict[str, RouterStats] = _LastForward()  # MoE tower -> statistics of the last forward
+
+    def _make_ffn(self, tower: str) -> nn.Module:
+        spec = self.cfg.moe.get(tower) if self.cfg.moe else None
+        if spec is None:
+            return SwiGLU(self.cfg.dim, self.cfg.ffn_width(tower))
+        return MoESwiGLU(self.cfg.dim, self.cfg.ffn_width(tower), spec["n_experts"], spec["top_k"])
 
     def tower_modules(self):
         """``(part, tower, attribute, module)`` for every per-tower module of this block."""
@@ -281,13 +491,29 @@ class MoTBlock(nn.Module):
         k = self.k_norm[towers.norm](k)
         return torch.stack((q, k, v), dim=-3).flatten(-3)
 
-    def _mix_and_ffn(self, x: torch.Tensor, attn: torch.Tensor, towers: _Towers) -> torch.Tensor:
+    def _mix_and_ffn(
+        self,
+        x: torch.Tensor,
+        attn: torch.Tensor,
+        towers: _Towers,
+        weight: torch.Tensor | None = None,
+        stats: dict[str, RouterStats] | None = None,
+    ) -> torch.Tensor:
         attn = self.attn_out[towers.attention](attn)
         if self.cfg.norm_placement == "pre":
             h = x + self.dropout(attn)
-            return h + self.dropout(self.ffn[towers.ffn](self.ffn_norm[towers.norm](h)))
+            return h + self.dropout(self._ffn(towers.ffn, self.ffn_norm[towers.norm](h), weight, stats))
         h = x + self.dropout(self.attn_norm[towers.norm](attn))
-        return h + self.dropout(self.ffn_norm[towers.norm](self.ffn[towers.ffn](h)))
+        return h + self.dropout(self.ffn_norm[towers.norm](self._ffn(towers.ffn, h, weight, stats)))
+
+    def _ffn(self, tower: str, h: torch.Tensor, weight, stats) -> torch.Tensor:
+        ffn = self.ffn[tower]
+        if not isinstance(ffn, MoESwiGLU):
+            return ffn(h)
+        out, run_stats = ffn(h, weight)
+        # A tower can own several runs (e.g. two modalities sharing it, not adjacent): sum, then normalise.
+        stats[tower] = run_stats if tower not in stats else stats[tower].merge(run_stats)
+        return out
 
     def forward(self, x: torch.Tensor, route: _Route) -> torch.Tensor:
         qkv = route.to_attention(_apply_runs(route.runs.dim, route.runs.qkv, self._qkv, x))
@@ -302,7 +528,19 @@ class MoTBlock(nn.Module):
             is_causal=route.is_causal,
         )
         attn = route.from_attention(attn.transpose(1, 2).reshape(batch, seq, self.cfg.dim))
-        return _apply_runs(route.runs.dim, route.runs.block, self._mix_and_ffn, x, attn)
+        if not self.has_moe:
+            return _apply_runs(route.runs.dim, route.runs.block, self._mix_and_ffn, x, attn)
+        stats: dict[str, RouterStats] = {}
+
+        def mix_and_ffn(x: torch.Tensor, attn: torch.Tensor, *weight_and_towers) -> torch.Tensor:
+            *weight, towers = weight_and_towers
+            return self._mix_and_ffn(x, attn, towers, weight[0] if weight else None, stats)
+
+        # The presence weights are cut into runs with the tokens, so each MoE run sees its own slice.
+        inputs = (x, attn) if route.token_weight is None else (x, attn, route.token_weight)
+        out = _apply_runs(route.runs.dim, route.runs.block, mix_and_ffn, *inputs)
+        self.router_stats = _LastForward(stats)
+        return out
 
 
 class MoTBackbone(nn.Module):
@@ -317,6 +555,10 @@ class MoTBackbone(nn.Module):
 
     ``present`` (``[B, S]`` bool) marks real tokens; absent and padding tokens neither attend nor
     are attended, and come out equal to their input.
+
+    With MoE towers (``cfg.moe``), :meth:`aux_loss` gives the load-balancing loss of the last forward
+    (add it to the training loss) and :meth:`expert_load` the share of tokens each expert got; only
+    present tokens count (the general path never computes the others, the fixed path weights them 0).
     """
 
     def __init__(self, cfg: MoTConfig) -> None:
@@ -331,6 +573,7 @@ class MoTBackbone(nn.Module):
             _Towers(cfg.tower("norm", m), cfg.tower("attention", m), cfg.tower("ffn", m)) for m in cfg.modalities
         ]
         self._fixed_runs_cache: dict[ModalityLayout, _Runs] = {}
+        self.has_moe = any(block.has_moe for block in self.blocks)
         self.init_weights()
 
     # ----------------------------------------------------------------------------- parameters
@@ -356,6 +599,10 @@ class MoTBackbone(nn.Module):
             elif isinstance(module, SwiGLU):
                 nn.init.normal_(module.w_in.weight, 0.0, std, generator=generator)
                 nn.init.normal_(module.w_out.weight, 0.0, out_std, generator=generator)
+            elif isinstance(module, MoESwiGLU):
+                nn.init.normal_(module.router.weight, 0.0, std, generator=generator)
+                nn.init.normal_(module.w_in, 0.0, std, generator=generator)
+                nn.init.normal_(module.w_out, 0.0, out_std, generator=generator)
             else:
                 writes_residual = ".attn_out." in name
                 nn.init.normal_(module.weight, 0.0, out_std if writes_residual else std, generator=generator)
@@ -366,7 +613,9 @@ class MoTBackbone(nn.Module):
 
         With a dense ``source`` every modality's set becomes a copy of the shared set, so at step 0
         this model computes exactly what the dense model computes. Works between any two tower
-        groupings as long as each tower here maps to one tower of ``source``.
+        groupings as long as each tower here maps to one tower of ``source``. An MoE tower warm
+        started from a plain SwiGLU gets it in every expert (its router keeps its own init): gates sum
+        to 1, so the output is still the dense FFN's at step 0. Widths must match.
         """
         if source.cfg.dim != self.cfg.dim or source.cfg.n_layers != self.cfg.n_layers:
             raise ValueError(
@@ -393,7 +642,40 @@ class MoTBackbone(nn.Module):
                 raise ValueError(
                     f"cannot warm start {name}: source has no {plan[name]} (different qk_norm/norm_placement?)"
                 )
-            module.load_state_dict(source_modules[plan[name]].state_dict())
+            source_module = source_modules[plan[name]]
+            if isinstance(module, MoESwiGLU) and isinstance(source_module, SwiGLU):
+                module.load_from_dense(source_module)
+                continue
+            if type(module) is not type(source_module):
+                raise ValueError(
+                    f"cannot warm start {name} ({type(module).__name__}) from {plan[name]} "
+                    f"({type(source_module).__name__})"
+                )
+            try:
+                module.load_state_dict(source_module.state_dict())
+            except RuntimeError as error:  # shapes differ: other FFN width or number of experts
+                raise ValueError(f"cannot warm start {name} from {plan[name]}: {error}") from error
+
+    # --------------------------------------------------------------------------- mixture of experts
+    def aux_loss(self) -> torch.Tensor:
+        """Load-balancing loss of the last forward: sum over MoE layers of ``balance_weight * loss``.
+
+        A 0-d tensor to add to the training loss; zero without MoE. Only present tokens count.
+        """
+        total = torch.zeros((), device=next(self.parameters()).device)
+        for block in self.blocks:
+            for tower, stats in block.router_stats.items():
+                total = total + self.cfg.moe[tower]["balance_weight"] * stats.balance_loss()
+        return total
+
+    def expert_load(self) -> dict[str, torch.Tensor]:
+        """Fraction of routing assignments per expert (``[E]``, sums to 1, detached) in the last forward,
+        keyed ``"block{i}.{tower}"``; empty without MoE."""
+        return {
+            f"block{i}.{tower}": stats.load().detach()
+            for i, block in enumerate(self.blocks)
+            for tower, stats in block.router_stats.items()
+        }
 
     # ------------------------------------------------------------------------------- routing
     def _fixed_runs(self, layout: ModalityLayout) -> _Runs:
@@ -419,6 +701,8 @@ class MoTBackbone(nn.Module):
             present = present.to(device=x.device, dtype=torch.bool)
             if tuple(present.shape) != (batch, seq):
                 raise ValueError(f"present mask {tuple(present.shape)} does not match tokens [{batch}, {seq}]")
+        for block in self.blocks:
+            block.router_stats = _LastForward()  # a forward stopped early must leave no stale statistics
         if isinstance(routing, ModalityLayout):
             return self._forward_fixed(x, routing, present)
         ids = masks_to_ids(routing) if isinstance(routing, (list, tuple)) else routing
@@ -435,6 +719,8 @@ class MoTBackbone(nn.Module):
             route.is_causal = self.cfg.causal
         else:
             route.attn_mask = _attention_mask(present, self.cfg.causal)
+            if self.has_moe:
+                route.token_weight = present[..., None]
         h = self._run_blocks(x, route)
         return h if present is None else torch.where(present[..., None], h, x)
 
