@@ -1,4 +1,4 @@
-"""Training-step speed of the backbone: dense vs MoT (fixed layout, general path) vs mask routing.
+"""Training-step speed of the backbone: dense vs MoT (fixed layout, grouped towers, general path) vs mask routing.
 
 One training step = forward, backward, AdamW step. Variants run interleaved (shuffled order in every
 repetition) so machine noise hits them alike; we report medians and ratios to dense. The last
@@ -17,6 +17,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,9 +65,15 @@ def build_variants(args) -> dict:
         return clone
 
     mot_general = fresh_copy(mot)
+    # Tower grouping (the separation analysis): the last two modalities share one tower, still fixed layout.
+    grouped_towers = {name: name for name in names}
+    if len(names) > 1:
+        grouped_towers.update({name: "merged" for name in names[-2:]})
+    grouped = MoTBackbone(replace(cfg, towers=grouped_towers))
     return {
         "dense": (dense, lambda m, x: m(x, layout)),
         "mot_fixed": (mot, lambda m, x: m(x, layout)),
+        "mot_grouped": (grouped, lambda m, x: m(x, layout)),
         "mot_general": (mot_general, lambda m, x: m(x, shuffled_ids)),
         "mask_reference": (reference, lambda m, x: m(x, masks)),
     }
@@ -118,6 +125,7 @@ def main(argv=None) -> dict:
     result = {
         "mot_fixed_vs_dense": round(medians["mot_fixed"] / dense, 4),
         "mot_general_vs_dense": round(medians["mot_general"] / dense, 4),
+        "mot_grouped_vs_dense": round(medians["mot_grouped"] / dense, 4),
         "mask_reference_vs_dense": round(medians["mask_reference"] / dense, 4),
         "median_step_ms": {name: round(m * 1e3, 2) for name, m in medians.items()},
         "config": {

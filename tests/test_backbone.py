@@ -270,6 +270,15 @@ def test_one_tower_for_all_is_dense():
     assert sum(p.numel() for p in one.parameters()) == sum(p.numel() for p in dense.parameters())
 
 
+def test_one_tower_per_modality_is_mot_whatever_the_tower_names():
+    named = make(seed=5, towers={m: f"tower_{m}" for m in MODALITIES})
+    mot = make(seed=6)
+    named.load_towers_from(mot)  # each named tower maps to one of mot's per-modality towers
+    x = tokens()
+    torch.testing.assert_close(named(x, LAYOUT), mot(x, LAYOUT))
+    assert sum(p.numel() for p in named.parameters()) == sum(p.numel() for p in mot.parameters())
+
+
 def test_depth_scaled_init():
     model = make(n_layers=12, dim=64)
     qkv = model.blocks[0].qkv["gene"].weight

@@ -52,5 +52,5 @@ def test_benchmark_runs_and_reports_ratios():
             "1",
         ]
     )
-    for key in ("mot_fixed_vs_dense", "mot_general_vs_dense", "mask_reference_vs_dense"):
+    for key in ("mot_fixed_vs_dense", "mot_grouped_vs_dense", "mot_general_vs_dense", "mask_reference_vs_dense"):
         assert result[key] > 0
