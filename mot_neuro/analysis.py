@@ -42,14 +42,15 @@ results tables are.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import io
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from data_adapters.core import atomic_write_bytes
 
 __all__ = [
     "CELL_KEYS",
@@ -408,26 +409,6 @@ def steps_to_reference_quality(
     return per_cell, pd.DataFrame(summary_rows)
 
 
-def _atomic_write(path: Path, write: Callable, *, binary: bool) -> Path:
-    """Write through ``write(file)`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    A reader (or a crash) never sees a half-written file, and an existing file is only replaced by a complete one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _variant_order(variants: Iterable[str], reference_variant: str) -> list[str]:
     # dense first and the full model last reads as "less untied -> more untied" for the usual grids.
     present = set(variants)
@@ -492,7 +473,9 @@ def plot_ablation(summary: pd.DataFrame, metric: str, path: str | Path, *, title
 
     if title:
         fig.suptitle(title)
-    return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format="png", dpi=120), binary=True)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    return atomic_write_bytes(path, image.getvalue())
 
 
 def write_report(
@@ -509,12 +492,12 @@ def write_report(
     ref_variant, _ = _reference_cell(summary, metric)
     contrib = modality_contributions(summary, metric, variant=ref_variant)
 
-    def csv(df: pd.DataFrame) -> Callable:
-        return lambda fh: df.to_csv(fh, index=False)
+    def csv(df: pd.DataFrame, name: str) -> Path:
+        return atomic_write_bytes(out_dir / name, df.to_csv(index=False).encode())
 
     return {
-        "results": _atomic_write(out_dir / "results.csv", csv(tidy), binary=False),
-        "summary": _atomic_write(out_dir / "summary.csv", csv(summary), binary=False),
-        "contributions": _atomic_write(out_dir / "contributions.csv", csv(contrib), binary=False),
+        "results": csv(tidy, "results.csv"),
+        "summary": csv(summary, "summary.csv"),
+        "contributions": csv(contrib, "contributions.csv"),
         "ablation": plot_ablation(summary, metric, out_dir / "ablation.png"),
     }

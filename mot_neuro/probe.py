@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +42,8 @@ from sklearn.linear_model import LogisticRegressionCV, RidgeCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+
+from data_adapters.core import atomic_write_bytes
 
 KINDS = ("regression", "binary", "multiclass")
 METRICS = {
@@ -566,16 +566,7 @@ def _overrides(pairs: Sequence[str]) -> list[str]:
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="") as fh:
-            table.to_csv(fh, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)  # readers see the old file or the complete new one
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    atomic_write_bytes(path, table.to_csv(index=False).encode())  # readers see the old file or the new one
 
 
 def format_table(results: pd.DataFrame, digits: int = 3) -> str:

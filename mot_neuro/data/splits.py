@@ -24,7 +24,6 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from sklearn.model_selection import (
     StratifiedShuffleSplit,
 )
 
-from data_adapters.core import AdapterError
+from data_adapters.core import AdapterError, atomic_write_bytes
 
 SPLITS_FORMAT = "mot-neuro-splits"
 SPLITS_VERSION = 1
@@ -91,16 +90,7 @@ class Splits:
             "settings": self.settings,
             "folds": self.folds,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, json.dumps(data, indent=1).encode())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Splits:
