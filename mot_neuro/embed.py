@@ -108,17 +108,6 @@ def _list_column(values: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), type=EMBEDDING_TYPE)
 
 
-def is_padding_batch(n_rows: int, batch_size: int, batch_idx: int, rank: int, world_size: int) -> bool:
-    """Whether batch ``batch_idx`` of ``rank`` is one of the repeats :class:`RowBatches` adds under DDP.
-
-    RowBatches cuts ``n_rows`` into ``ceil(n_rows / batch_size)`` batches, pads the list with repeats of its
-    first batches to a multiple of ``world_size``, and gives rank ``r`` the entries ``r, r + world_size, ...``;
-    entry ``rank + batch_idx * world_size`` is a repeat when it is past the real batches.
-    """
-    n_batches = -(-n_rows // batch_size)
-    return rank + batch_idx * world_size >= n_batches
-
-
 def merge_parts(
     parts: Iterable[str | os.PathLike],
     output: str | os.PathLike,
@@ -409,9 +398,7 @@ class EmbeddingWriter(BasePredictionWriter):
         sampler = getattr(loader, "sampler", None)
         if not isinstance(sampler, RowBatches):
             return False  # other samplers: a repeated subject is caught by the merge
-        return is_padding_batch(
-            len(sampler.rows), sampler.batch_size, batch_idx, trainer.global_rank, trainer.world_size
-        )
+        return sampler.is_repeat(batch_idx, trainer.global_rank, trainer.world_size)
 
 
 def read_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
@@ -426,7 +413,6 @@ def read_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
 
 __all__ = [
     "EmbeddingWriter",
-    "is_padding_batch",
     "merge_parts",
     "part_path",
     "read_embeddings",

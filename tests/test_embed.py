@@ -18,7 +18,6 @@ from mot_neuro.data.splits import Splits
 from mot_neuro.embed import (
     EMBEDDING_TYPE,
     EmbeddingWriter,
-    is_padding_batch,
     merge_parts,
     part_path,
     read_embeddings,
@@ -307,7 +306,7 @@ def test_padding_batches_under_ddp_are_recognised(monkeypatch):
             sampler = RowBatches(rows, batch_size, shuffle=False)
             monkeypatch.setattr(sampler, "_shard", lambda rank=rank, world=world: (rank, world))
             for i, batch in enumerate(sampler):
-                if not is_padding_batch(len(rows), batch_size, i, rank, world):
+                if not sampler.is_repeat(i, rank, world):
                     seen.extend(batch)
         assert sorted(seen) == rows.tolist(), (batch_size, world)
 

@@ -308,13 +308,20 @@ class RowBatches:
             order = self.rows[np.random.default_rng((self.seed, self.epoch)).permutation(len(self.rows))]
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
+    def _position(self, batch_idx: int, rank: int, world: int) -> int:
+        """Rank ``rank``'s batch ``batch_idx`` is entry ``rank + batch_idx * world`` of the list of batches,
+        wrapping around: positions past the end repeat the first batches so every rank steps equally."""
+        return rank + batch_idx * world
+
+    def is_repeat(self, batch_idx: int, rank: int, world: int) -> bool:
+        """Whether that batch is one of the padding repeats (an embedding writer must skip it)."""
+        return self._position(batch_idx, rank, world) >= math.ceil(len(self.rows) / self.batch_size)
+
     def __iter__(self):
         batches = self._batches()
         rank, world = self._shard()
-        per_rank = math.ceil(len(batches) / world)
-        padded = (batches * world)[: per_rank * world]  # repeats a few batches so every rank steps equally
-        for batch in padded[rank::world]:
-            yield batch.tolist()
+        for batch_idx in range(math.ceil(len(batches) / world)):
+            yield batches[self._position(batch_idx, rank, world) % len(batches)].tolist()
 
     def __len__(self) -> int:
         _, world = self._shard()
