@@ -3,7 +3,8 @@
 A table of N subjects (rows) and measures (columns) becomes a :class:`~data_adapters.core.TokenizedModality`
 with ``values`` ``[N, T, 1]``: token ``t`` is measure ``t``, with a single feature ``"value"``.
 
-* Numeric columns are kept as they are (float32); a missing entry stays NaN and its token is absent.
+* Numeric columns are kept as they are (float32); a missing entry (empty cell, NaN) stays NaN and its token is
+  absent. An infinite value (or one beyond float32's range) is an error naming the column and subject.
 * Columns declared ``categorical`` hold the index of their label in ``categories[token]``; labels are
   sorted (numerically when every label is a number), or kept in the order of a pandas ``Categorical``
   dtype, so the same data always gives the same indices whatever the row order.
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
-from .tables import read_table, require_id_column
+from .tables import read_table, require_id_column, require_rows
 
 FEATURE_NAME = "value"
 
@@ -114,7 +115,7 @@ def categorical_column(series: pd.Series, *, column: str) -> tuple[np.ndarray, l
         if len(set(labels)) == len(labels):
             return codes, labels
     text = np.array([None if m else _label(v) for v, m in zip(series.tolist(), missing, strict=True)], dtype=object)
-    blank = np.array([t == "" for t in text])
+    blank = np.array([t == "" for t in text], dtype=bool)  # dtype: an empty column must stay boolean
     missing = missing | blank
     labels = _sorted_labels({t for t, m in zip(text, missing, strict=True) if not m})
     index = {label: i for i, label in enumerate(labels)}
@@ -140,6 +141,7 @@ def measures_table(
     df, file = read_table(path_or_df, id_column=id_column)
     df.columns = [str(c) for c in df.columns]
     require_id_column(df, id_column, file)
+    require_rows(df, file, "measures table")
     ids = normalize_ids(df[id_column], file=file, column=id_column)
     available = [c for c in df.columns if c != id_column]
     categorical = _check_names(categorical, available, "categorical", file)

@@ -401,6 +401,14 @@ def _image_kind(shape: tuple[int, ...], path: Path, subject: str | None) -> str:
     )
 
 
+def _world_box(shape: tuple[int, ...], affine: np.ndarray) -> str:
+    """The world (mm) bounding box of a grid's voxel centres, e.g. ``x -46..46, y -54..54, z -46..46``:
+    shorter to read than two affines when telling why an image and an atlas do not overlap."""
+    corners = np.array(np.meshgrid(*[[0, max(int(n) - 1, 0)] for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    world = np.asarray(affine, dtype=np.float64)[:3, :3] @ corners + np.asarray(affine, dtype=np.float64)[:3, 3:]
+    return ", ".join(f"{axis} {lo:g}..{hi:g}" for axis, lo, hi in zip("xyz", world.min(1), world.max(1), strict=True))
+
+
 def _gather(data: np.ndarray, index: _RegionIndex) -> np.ndarray:
     """Labelled voxels of ``data`` in region order, on the last axis: ``[V]`` (3-D) or ``[T, V]`` (4-D)."""
     if data.ndim == 3:
@@ -515,7 +523,8 @@ def fisher_z_connectivity(series: np.ndarray) -> np.ndarray:
 def _read_manifest(
     manifest, *, id_column: str, path_column: str, what: str
 ) -> tuple[np.ndarray, list[Path], str | None]:
-    df, file = read_table(manifest, id_column=id_column, what=f"{what} manifest")
+    label = f"{what} manifest".strip()  # listed_files reads any manifest, with what=""
+    df, file = read_table(manifest, id_column=id_column, what=label)
     df.columns = [str(c) for c in df.columns]
     require_id_column(df, id_column, file)
     if path_column not in df.columns:
@@ -523,7 +532,7 @@ def _read_manifest(
             f"no path column {path_column!r}; columns are {list(df.columns)[:10]} (set path_column=)", file=file
         )
     if len(df) == 0:
-        raise AdapterError(f"{what} manifest has no rows (header only?)", file=file)
+        raise AdapterError(f"{label} has no rows (header only?): it needs one row per subject", file=file)
     ids = normalize_ids(df[id_column], file=file, column=id_column)
     base = Path(file).parent if file is not None else Path.cwd()
     paths = []
@@ -641,10 +650,9 @@ def regions_from_nifti(
         index = atlas.on_grid(image.shape, image.affine)
         if not index.nonempty.any():
             raise AdapterError(
-                f"no atlas region falls inside this image: image grid {image.shape[:3]} with affine"
-                f" {np.round(image.affine, 2).tolist()} and atlas grid {atlas.labels.shape} with affine"
-                f" {np.round(atlas.affine, 2).tolist()} do not overlap in world coordinates. Are both in the"
-                " same space (e.g. MNI)?",
+                f"no atlas region falls inside this image: the image spans {_world_box(image.shape, image.affine)}"
+                f" mm, the atlas ({Path(atlas.file).name if atlas.file else 'in memory'}) spans"
+                f" {_world_box(atlas.labels.shape, atlas.affine)} mm. Are both in the same space (e.g. MNI)?",
                 file=path,
                 subject=sid,
             )
@@ -727,7 +735,9 @@ def idp_table(
     separator) or ``<region><separator><measure>`` (``layout="region_measure"``, split at the last one, as
     in ``lh_superiorfrontal_thickness``). ``measures`` lists the measure names when they contain the
     separator themselves (``gray_volume``): columns are then matched by prefix or suffix. Regions lacking a
-    measure have that slot masked (``feature_mask``). Columns that do not parse are an error listing them:
+    measure have that slot masked (``feature_mask``). Values follow :func:`~data_adapters.behaviour.numeric_column`:
+    empty or NaN is missing, infinite or text is an error naming column and subject. Columns that do not parse
+    are an error listing them:
     leave them out with ``exclude=`` or move them to the participants table (``eTIV`` is a confound).
     """
     _check_choice(layout, IDP_LAYOUTS, "layout")

@@ -18,7 +18,9 @@ error when:
 * a target or confound column is not in participants (even if a modality has a token of that name:
   move the column into participants), or it is the ID column, or it is listed both as target and confound;
 * removing those tokens leaves a modality with no tokens (the modality *was* the target);
-* a target or confound column has no observed value among the aligned subjects.
+* a target or confound column has no observed value among the aligned subjects;
+* among those subjects, a target or confound holds an infinite value, a target holds text (class labels
+  are integers), or a confound mixes numbers and text. Missing values (empty cells, NaN) are allowed.
 
 The report (:meth:`Cohort.report`) holds counts only, never subject IDs, so it can go into logs.
 """
@@ -33,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
-from .tables import read_table, require_id_column
+from .tables import read_table, require_id_column, require_rows
 
 JOINS = ("inner", "outer")
 
@@ -186,9 +188,10 @@ class Cohort:
 
 
 def _participants_frame(participants, id_column: str) -> tuple[pd.DataFrame, str | None]:
-    df, file = read_table(participants, id_column=id_column)
+    df, file = read_table(participants, id_column=id_column, what="participants table")
     df.columns = [str(c) for c in df.columns]
     require_id_column(df, id_column, file)
+    require_rows(df, file, "participants table")
     ids = normalize_ids(df[id_column], file=file, column=id_column)
     df = df.drop(columns=[id_column])
     df.index = pd.Index(ids.astype(str), name=id_column)
@@ -224,6 +227,48 @@ def _check_columns(
             )
             shown = list(df.columns)[:20]
             raise AdapterError(f"{role} column not in participants (columns: {shown}){hint}", file=file, column=column)
+
+
+def _check_values(series: pd.Series, *, role: str, column: str, file) -> None:
+    """Values a target or confound column may hold, among the cohort's subjects.
+
+    Missing (empty, NaN) is allowed in both. Infinite values are errors. Targets must be numbers (class
+    labels as integers); a confound may be all numbers or all labels (site, sex), but numbers mixed with
+    text is a data error (``"n/a "``, ``"12,5"``) that would otherwise turn the column into categories.
+    """
+    observed = series.notna().to_numpy()
+    numbers = series if pd.api.types.is_numeric_dtype(series) else pd.to_numeric(series, errors="coerce")
+    if pd.api.types.is_bool_dtype(numbers):
+        return
+    numbers = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    text = observed & np.isnan(numbers)
+    infinite = np.isinf(numbers)
+    ids = series.index
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise AdapterError(
+            f"{role} column holds an infinite value in {int(infinite.sum())} row(s); leave a missing value empty",
+            file=file,
+            column=column,
+            subject=str(ids[row]),
+        )
+    if not text.any() or (role == "confound" and text[observed].all()):
+        return
+    row = int(np.flatnonzero(text)[0])
+    first = str(series.iloc[row])
+    if role == "target":
+        problem = (
+            f"target column holds text ({int(text.sum())} of {int(observed.sum())} entries, first: {first!r});"
+            f" targets must be numbers: fix those entries, or encode classes as integers 0..K-1 and declare"
+            f" target_kinds={{{column!r}: 'multiclass'}} (or 'binary' for 0/1)"
+        )
+    else:
+        problem = (
+            f"confound column mixes numbers and text ({int(text.sum())} of {int(observed.sum())} entries are"
+            f" text, first: {first!r}); fix those entries (leave a missing value empty), or make every entry a"
+            " label if the column holds categories"
+        )
+    raise AdapterError(problem, file=file, column=column, subject=str(ids[row]))
 
 
 def _without_tokens(modality: TokenizedModality, drop: set[str]) -> TokenizedModality:
@@ -356,6 +401,10 @@ def build_cohort(
             raise AdapterError(
                 f"{role} column {problem}; choose another {role} or fill it in", file=file, column=column
             )
+
+    for role, names in (("target", targets), ("confound", confounds)):
+        for column in names:
+            _check_values(table[column], role=role, column=column, file=file)
 
     aligned = {name: m.reindex(subject_ids) for name, m in prepared.items()}
     return Cohort(

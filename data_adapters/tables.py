@@ -64,3 +64,9 @@ def require_id_column(df: pd.DataFrame, id_column: str, file: str | None) -> Non
             f"subject ID column {id_column!r} not found; columns are {shown}. Pass id_column= to name it",
             file=file,
         )
+
+
+def require_rows(df: pd.DataFrame, file: str | None, what: str = "table") -> None:
+    """A header-only file reads as a frame with columns and no rows: say so, before anything indexes into it."""
+    if len(df) == 0:
+        raise AdapterError(f"{what} has no rows (header only?): it needs one row per subject", file=file)

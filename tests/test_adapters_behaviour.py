@@ -132,3 +132,5 @@ def test_unreadable_inputs(tmp_path):
         measures_table(write(tmp_path / "b.xlsx", "x"))
     with pytest.raises(AdapterError, match="table is empty"):
         measures_table(write(tmp_path / "empty.csv", ""))
+    with pytest.raises(AdapterError, match=r"header.csv: measures table has no rows \(header only\?\)"):
+        measures_table(write(tmp_path / "header.csv", "eid,score,hand\n"), categorical=["hand"])

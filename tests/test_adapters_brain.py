@@ -18,6 +18,7 @@ import pytest
 from data_adapters.brain import (
     connectivity_matrices,
     idp_table,
+    listed_files,
     read_atlas,
     region_statistics,
     region_timeseries,
@@ -267,8 +268,10 @@ def test_image_outside_the_atlas_is_an_error(tmp_path):
     manifest = write_manifest(tmp_path, {"9": save_volume(tmp_path / "far.nii.gz", np.ones((4, 4, 4)), far)})
     with pytest.raises(
         AdapterError, match=r"far.nii.gz: subject 9: no atlas region falls inside this image.*same space"
-    ):
+    ) as err:
         regions_from_nifti(manifest, atlas)
+    # world bounding boxes of the two grids, not two affines, say how far apart they are
+    assert "the image spans x 500..503, y 500..503, z 500..503 mm" in str(err.value)
 
 
 def test_corrupt_and_wrong_files_name_file_and_subject(tmp_path):
@@ -329,6 +332,8 @@ def test_manifest_problems(tmp_path):
     header_only.write_text("eid,path\n")
     with pytest.raises(AdapterError, match="image manifest has no rows"):
         regions_from_nifti(header_only, atlas)
+    with pytest.raises(AdapterError, match=r"header.csv: manifest has no rows \(header only\?\)"):
+        listed_files(header_only)  # what the cache fingerprint reads first: no hole where a word is missing
     with pytest.raises(AdapterError, match=r"statistics=\['median'\]: choose from mean, std, min, max, sum"):
         regions_from_nifti(nopath, atlas, path_column="file", statistics="median")
 
