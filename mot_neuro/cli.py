@@ -133,6 +133,9 @@ def lightning_cli(args: list[str] | None, run: bool = True):
 
         def _add_subcommands(self, parser, **kwargs) -> None:
             super()._add_subcommands(parser, **kwargs)
+            for name in LIGHTNING_COMMANDS:
+                # checkpoints hold tensors and plain data only: load them without running pickled code
+                parser._subcommands_action._name_parser_map[name].set_defaults(weights_only=True)
             fit = parser._subcommands_action._name_parser_map["fit"]
             fit.add_argument(
                 "--test_after_fit",
@@ -153,15 +156,44 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                 default=None,
                 help="folder for this run's checkpoints instead of the trainer config's (one per ablation cell)",
             )
+            fit.add_argument(
+                "--checkpoint_every_n_steps",
+                type=int,
+                default=0,
+                help="also save last-step.ckpt every N training steps (0: off), so that a run killed mid-epoch"
+                " resumes from there with --ckpt_path last instead of from the last epoch's end",
+            )
 
         def before_test(self) -> None:
             self.model.mask_at_test = self.config[self.subcommand].get("mask_at_test") or ()
 
         def before_fit(self) -> None:
-            folder = self.config[self.subcommand].get("checkpoint_dir")
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            from mot_neuro.resume import SaveOnSigterm, StepSeed  # TODO StepSeed: the module's configure_callbacks
+
+            if not any(isinstance(c, StepSeed) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(StepSeed())
+            config = self.config[self.subcommand]
+            folder = config.get("checkpoint_dir")
             checkpoint = self.trainer.checkpoint_callback
             if folder and checkpoint is not None:
                 checkpoint.dirpath = folder
+            if checkpoint is not None:
+                self.trainer.callbacks.append(SaveOnSigterm(checkpoint))
+            every = config.get("checkpoint_every_n_steps") or 0
+            if every < 0:
+                raise ValueError(f"--checkpoint_every_n_steps must be >= 0, got {every}")
+            if every:
+                if checkpoint is None:
+                    raise ValueError("--checkpoint_every_n_steps needs a ModelCheckpoint callback (it saves beside it)")
+                # a file name of its own (matched by --ckpt_path last, which takes the newest last*.ckpt), so
+                # the epoch-end last.ckpt and this one never version each other into last-v1.ckpt
+                steps = ModelCheckpoint(
+                    dirpath=checkpoint.dirpath, every_n_train_steps=every, save_top_k=0, save_last=True
+                )
+                steps.CHECKPOINT_NAME_LAST = "last-step"
+                self.trainer.callbacks.append(steps)
 
         def after_fit(self) -> None:
             if not self.config[self.subcommand].get("test_after_fit", True) or self.trainer.interrupted:
@@ -183,7 +215,8 @@ def lightning_cli(args: list[str] | None, run: bool = True):
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
-            parser_kwargs={"prog": "mot-neuro"},
+            # parse errors raise (main prints one line) instead of printing the whole usage and exiting
+            parser_kwargs={"prog": "mot-neuro", "exit_on_error": False},
         )
 
 
@@ -222,10 +255,47 @@ def embed_main(argv: list[str]) -> int:
     with warnings.catch_warnings():
         # whole batches come from the dataset (batch_size=None), so Lightning cannot list indices: not needed
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-        cli.trainer.predict(cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, return_predictions=False)
+        cli.trainer.predict(
+            cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, return_predictions=False, weights_only=True
+        )
     if cli.trainer.global_rank == 0:
         print(f"embeddings of {writer.rows_written} subjects (rank 0) written to {args.output}")
     return 0
+
+
+def _error_line(command: str, err: BaseException) -> str:
+    """One line for stderr: jsonargparse and some libraries put newlines and indentation in their messages."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip()) or type(err).__name__
+    if len(text) > 800:
+        text = text[:800] + " ..."
+    return f"mot-neuro {command}: error: {text}"
+
+
+def _unreadable_checkpoint(argv: list[str]) -> str | None:
+    """The ``--ckpt_path`` of ``argv`` when it is a local file that cannot be a checkpoint, else None.
+
+    torch.save writes a zip archive; for a truncated file or another format torch raises an error that names
+    no file (or, with weights_only, one saying the file holds Python objects), so it is caught up front."""
+    import zipfile
+
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--ckpt_path" and i + 1 < len(argv) else None
+        if arg.startswith("--ckpt_path="):
+            value = arg.partition("=")[2]
+        if value and Path(value).is_file() and not zipfile.is_zipfile(value):
+            return value
+    return None
+
+
+def _refuse_unreadable_checkpoint(command: str, argv: list[str], debug: bool) -> bool:
+    checkpoint = None if debug else _unreadable_checkpoint(argv)  # debug: let torch raise with its traceback
+    if checkpoint is not None:
+        print(
+            f"mot-neuro {command}: error: {checkpoint}: not a readable checkpoint (truncated, or not written by"
+            " torch.save); point --ckpt_path at a .ckpt written by mot-neuro fit",
+            file=sys.stderr,
+        )
+    return checkpoint is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,25 +308,52 @@ def main(argv: list[str] | None = None) -> int:
         from data_adapters.core import AdapterError
 
         module, _, function = TOOL_COMMANDS[argv[0]].partition(":")
+        if _refuse_unreadable_checkpoint(argv[0], argv, debug):
+            return 2
         try:
             return getattr(importlib.import_module(module), function)(argv[1:])
-        except (AdapterError, ValueError, FileNotFoundError) as err:
+        except (AdapterError, ValueError, FileNotFoundError, argparse.ArgumentError) as err:
             if debug:
                 raise
-            print(f"mot-neuro {argv[0]}: error: {err}", file=sys.stderr)
+            print(_error_line(argv[0], err), file=sys.stderr)
             return 2
     if argv and argv[0] in LIGHTNING_COMMANDS:
+        import pickle
+
         from lightning.fabric.utilities.exceptions import MisconfigurationException
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         from data_adapters.core import AdapterError
 
+        if _refuse_unreadable_checkpoint(argv[0], argv, debug):
+            return 2
         try:
             lightning_cli(None if from_console else argv)  # None: Lightning reads sys.argv itself
-        except (AdapterError, ValueError, FileNotFoundError, MisconfigurationException) as err:
+        except (AdapterError, ValueError, FileNotFoundError, MisconfigurationException, argparse.ArgumentError) as err:
             if debug:
                 raise
-            print(f"mot-neuro {argv[0]}: error: {err}", file=sys.stderr)
+            print(_error_line(argv[0], err), file=sys.stderr)
+            if isinstance(err, argparse.ArgumentError):  # parse errors no longer print the usage
+                print(f"mot-neuro {argv[0]} --help lists the options", file=sys.stderr)
             return 2
+        except pickle.UnpicklingError as err:
+            if debug:
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(
+                f"mot-neuro {argv[0]}: error: the checkpoint holds Python objects, not only tensors and plain data,"
+                f" and was not loaded ({first[:160]}). Pass --weights_only false only for a checkpoint you trust.",
+                file=sys.stderr,
+            )
+            return 2
+        except SIGTERMException:
+            # fit stopped at a batch boundary and saved last-sigterm.ckpt (mot_neuro.resume.SaveOnSigterm);
+            # Lightning marked the MLflow run FAILED and raised this SystemExit with no code (exit 0 otherwise)
+            print(
+                f"mot-neuro {argv[0]}: stopped by SIGTERM; resume with the same command and --ckpt_path last",
+                file=sys.stderr,
+            )
+            return 128 + 15
         return 0
     args = build_parser().parse_args(argv)
     try:
