@@ -17,11 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 PAD_ID = -1
 """Modality id of a padding token (general routing path)."""
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # used with fullmatch: "$" would let a trailing newline through
+_TAKEN = frozenset(dir(nn.ModuleDict()))  # attribute names a ModuleDict refuses as keys ("training", "values", ...)
 
 
 def check_modality_names(names: Sequence[str], what: str = "modality") -> None:
@@ -29,10 +31,12 @@ def check_modality_names(names: Sequence[str], what: str = "modality") -> None:
     if len(names) == 0:
         raise ValueError(f"at least one {what} is needed")
     for name in names:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(
                 f"{what} name {name!r} is not usable: use letters, digits and '_' (not starting with a digit)"
             )
+        if name in _TAKEN:
+            raise ValueError(f"{what} name {name!r} is taken by torch.nn.ModuleDict's own attributes: rename it")
     duplicated = sorted({n for n in names if list(names).count(n) > 1})
     if duplicated:
         raise ValueError(f"{what} names must be unique; repeated: {duplicated}")
