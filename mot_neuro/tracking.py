@@ -7,7 +7,11 @@
   log dir, which MLflow on SQLite does not have (Lightning issue #19441), and with a file store it collides
   between runs (#20184). This one logs the resolved config as a run artifact instead, together with what
   makes a run reproducible and comparable: parameter counts, training FLOPs per token, the data
-  fingerprint, the splits file and the git commit. Subject IDs never go into params or metrics.
+  fingerprint, the splits fingerprint and the git commit.
+
+Subject IDs stay out of the tracking store: never in params, metrics or tags, and the splits file (IDs per
+fold) is logged as an artifact only with ``log_subject_ids: true`` on the logger. A tracking server is often
+shared more widely than the cohort's data agreement allows; the splits file itself stays beside the data.
 """
 
 from __future__ import annotations
@@ -26,10 +30,20 @@ log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
+# MLflow's set_tracking_uri also exports $MLFLOW_TRACKING_URI, so after one run in a process the variable
+# names that run's store; a second run from another folder (a notebook, a test) would log into it.
+# A value that we caused is therefore not taken as the user's choice.
+_URIS_WE_SET: set[str] = set()
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; a relative SQLite path made absolute
-    (MLflow caches stores by URI text, so a relative one would keep pointing at the first working directory)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """``uri``, else ``$MLFLOW_TRACKING_URI`` (when the user set it), else ``sqlite:///mlflow.db``; a relative
+    SQLite path made absolute (MLflow caches stores by URI text, so a relative one would keep pointing at the
+    first working directory)."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env in _URIS_WE_SET:
+        from_env = None
+    uri = uri or from_env or DEFAULT_TRACKING_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
         uri = prefix + str(Path(uri[len(prefix) :]).absolute())
@@ -47,11 +61,17 @@ class MLflowLogger(MLFlowLogger):
         tags: dict | None = None,
         log_model: bool = False,
         artifact_location: str | None = None,
+        log_subject_ids: bool = False,
     ) -> None:
+        """``log_subject_ids``: also log the splits file (subject IDs of each fold) as a run artifact."""
+        self.log_subject_ids = log_subject_ids
+        resolved = resolve_tracking_uri(tracking_uri)
+        if os.environ.get("MLFLOW_TRACKING_URI") != resolved:
+            _URIS_WE_SET.add(resolved)
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,
-            tracking_uri=resolve_tracking_uri(tracking_uri),
+            tracking_uri=resolved,
             tags=tags,
             log_model=log_model,
             artifact_location=artifact_location,
@@ -109,7 +129,8 @@ class MLflowSaveConfig(SaveConfigCallback):
             if splits is not None:
                 params["splits_fingerprint"] = splits.fingerprint()
                 params["fold"] = datamodule.hparams.fold
-                client.log_artifact(run_id, str(datamodule.hparams.splits_file))
+                if getattr(logger, "log_subject_ids", False):
+                    client.log_artifact(run_id, str(datamodule.hparams.splits_file))
             params["tokens_per_modality"] = ",".join(f"{m['name']}={m['n_tokens']}" for m in data["modalities"])
         flops = _flops_per_token(pl_module)
         if flops is not None:

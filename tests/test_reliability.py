@@ -1,0 +1,183 @@
+"""Determinism, safe checkpoint loading, and subject IDs kept out of logs and the tracking store."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "configs" / "experiments" / "demo.yaml")
+QUICK = ["--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MOT_NEURO_DEBUG", raising=False)
+    return tmp_path
+
+
+def run_cli(*args):
+    import warnings
+
+    from mot_neuro.cli import lightning_cli
+
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    return lightning_cli([str(a) for a in args])
+
+
+def metrics_of(cli) -> dict[str, float]:
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+
+
+# ------------------------------------------------------------------------------------------------ determinism
+def test_same_seed_and_config_give_identical_metrics(workdir):
+    """Bit-identical, not approximately equal: train, validation and test metrics of two runs, and of a third
+    that loads batches in two worker processes (batches and randomness must not depend on who makes them)."""
+    from mlflow.tracking import MlflowClient
+
+    runs = {}
+    for name, extra in (("first", []), ("again", []), ("workers", ["--data.num_workers", "2"])):
+        (workdir / name).mkdir()
+        os.chdir(workdir / name)
+        cli = run_cli("fit", "--config", DEMO, *QUICK, *extra)
+        client = MlflowClient(f"sqlite:///{workdir / name / 'mlflow.db'}")
+        run_id = cli.trainer.logger.run_id
+        curves = {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in ("train/loss_step", "train/loss_epoch", "val/loss", "val/target/r2")
+        }
+        runs[name] = {"test": metrics_of(cli), **curves}  # after fit: the best checkpoint's test metrics
+    assert "test/target/r2" in runs["first"]["test"] and len(runs["first"]["val/loss"]) == 2
+    assert runs["again"] == runs["first"]
+    assert runs["workers"] == runs["first"]
+
+
+def test_a_different_seed_gives_different_metrics(workdir):
+    """The determinism test above would pass for a model that ignores its seed: check that it does not."""
+    first = metrics_of(run_cli("fit", "--config", DEMO, *QUICK, "--test_after_fit", "false"))
+    other = metrics_of(run_cli("fit", "--config", DEMO, *QUICK, "--test_after_fit", "false", "--seed_everything", "1"))
+    assert first["val/loss"] != other["val/loss"]
+
+
+# ------------------------------------------------------------------------------------------------ safe loading
+class RunsCodeWhenUnpickled:
+    """What a malicious checkpoint carries: unpickling it calls ``Path.touch`` on a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture
+def poisoned_checkpoint(workdir):
+    run_cli("fit", "--config", DEMO, "--trainer.max_epochs", "1", "--test_after_fit", "false")
+    checkpoint = torch.load(workdir / "outputs" / "checkpoints" / "last.ckpt", weights_only=True)
+    marker = workdir / "code-ran"
+    checkpoint["hyper_parameters"]["note"] = RunsCodeWhenUnpickled(marker)
+    path = workdir / "poisoned.ckpt"
+    torch.save(checkpoint, path)
+    return path, marker
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["test", "--config", DEMO],
+        ["predict", "--config", DEMO],
+        ["fit", "--config", DEMO, "--trainer.max_epochs", "2"],
+        ["embed", "--config", DEMO, "--output", "emb.parquet"],
+    ],
+    ids=lambda c: c[0],
+)
+def test_a_checkpoint_with_pickled_code_is_refused_and_the_code_never_runs(poisoned_checkpoint, capfd, command):
+    from mot_neuro.cli import main
+
+    path, marker = poisoned_checkpoint
+    capfd.readouterr()
+    code = main([*command, "--ckpt_path", str(path)])
+    err = capfd.readouterr().err
+    assert code == 2
+    assert not marker.exists()
+    assert "Python objects" in err and "Traceback" not in err
+
+
+def test_warm_start_from_a_poisoned_checkpoint_is_refused(poisoned_checkpoint, capfd):
+    from mot_neuro.cli import main
+
+    path, marker = poisoned_checkpoint
+    code = main(["fit", "--config", DEMO, "--trainer.max_epochs", "1", "--model.warm_start_from", str(path)])
+    assert code == 2 and not marker.exists()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_user_arrays_are_never_unpickled(tmp_path):
+    """An object array in an .npy (what np.save writes for Python objects) is refused, not loaded."""
+    import numpy as np
+
+    from data_adapters.core import AdapterError, load_npy
+
+    path = tmp_path / "ids.npy"
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(AdapterError, match="pickled"):
+        load_npy(path, "subject IDs")
+
+
+# ------------------------------------------------------------------------------------------------ subject IDs
+def subject_ids(workdir: Path) -> set[str]:
+    import pandas as pd
+
+    return set(pd.read_csv(workdir / "outputs" / "demo_cohort" / "participants.csv", dtype=str)["eid"])
+
+
+def mentions(text: str, ids: set[str]) -> list[str]:
+    # an ID as a whole token, not digits inside a longer number (metric values print many digits)
+    return sorted(i for i in ids if re.search(rf"(?<![\w.]){re.escape(i)}(?![\w])", text))
+
+
+def test_no_subject_id_in_logs_params_metrics_tags_or_artifacts(workdir):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MOT_NEURO_DEBUG")}
+    done = subprocess.run(
+        [sys.executable, "-m", "mot_neuro.cli", "fit", "--config", DEMO, *QUICK],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = subject_ids(workdir)
+    assert len(ids) == 300
+    assert mentions(done.stdout + done.stderr, ids) == []
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mot-neuro").experiment_id])
+    recorded = repr([run.data.params, run.data.metrics, run.data.tags])
+    assert mentions(recorded, ids) == []
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert artifacts and "demo_splits.json" not in artifacts
+    for name in artifacts:
+        text = Path(client.download_artifacts(run.info.run_id, name, str(workdir / "downloaded"))).read_text()
+        assert mentions(text, ids) == [], name
+    # the check can fail: the splits file does hold the IDs
+    assert mentions((workdir / "outputs" / "demo_splits.json").read_text(), ids)
+
+
+def test_splits_file_is_logged_only_when_asked(workdir):
+    from mlflow.tracking import MlflowClient
+
+    run_cli("fit", "--config", DEMO, *QUICK, "--trainer.logger.init_args.log_subject_ids", "true")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mot-neuro").experiment_id])
+    assert "demo_splits.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
