@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -298,6 +299,16 @@ def _refuse_unreadable_checkpoint(command: str, argv: list[str], debug: bool) ->
     return checkpoint is not None
 
 
+def _unsafe_checkpoint_line(command: str, err: BaseException) -> str:
+    """torch refused to unpickle a checkpoint (weights_only): it names a Python object, so it is one line."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    advice = "--weights_only false" if command in LIGHTNING_COMMANDS else "nothing: tools load weights only"
+    return (
+        f"mot-neuro {command}: error: the checkpoint holds Python objects, not only tensors and plain data, and was"
+        f" not loaded ({first[:160]}). Only for a checkpoint you trust: {advice}."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -317,9 +328,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print(_error_line(argv[0], err), file=sys.stderr)
             return 2
+        except pickle.UnpicklingError as err:
+            if debug:
+                raise
+            print(_unsafe_checkpoint_line(argv[0], err), file=sys.stderr)
+            return 2
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        import pickle
-
         from lightning.fabric.utilities.exceptions import MisconfigurationException
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -339,12 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         except pickle.UnpicklingError as err:
             if debug:
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            print(
-                f"mot-neuro {argv[0]}: error: the checkpoint holds Python objects, not only tensors and plain data,"
-                f" and was not loaded ({first[:160]}). Pass --weights_only false only for a checkpoint you trust.",
-                file=sys.stderr,
-            )
+            print(_unsafe_checkpoint_line(argv[0], err), file=sys.stderr)
             return 2
         except SIGTERMException:
             # fit stopped at a batch boundary and saved last-sigterm.ckpt (mot_neuro.resume.SaveOnSigterm);
