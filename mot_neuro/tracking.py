@@ -77,6 +77,17 @@ class MLflowLogger(MLFlowLogger):
             artifact_location=artifact_location,
         )
 
+    def log_hyperparams(self, params) -> None:
+        """Lightning's flattening, less what reads as noise in the MLflow UI: per-feature masks (long lists,
+        cut at 250 characters; the data fingerprint and ``tokens_per_modality`` identify the data) and
+        jsonargparse's private keys."""
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        flat = _flatten_dict(_convert_params(params))
+        super().log_hyperparams(
+            {k: v for k, v in flat.items() if not k.endswith("feature_mask") and not k.startswith("_")}
+        )
+
 
 def git_commit() -> str | None:
     """The commit of the mot-neuro code that runs (not of the working directory), ``-dirty`` if edited."""

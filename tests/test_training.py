@@ -142,6 +142,8 @@ def test_mlflow_run_records_params_metrics_and_artifacts(workdir):
     ):
         assert key in params, key
     assert params["tokens_per_modality"] == "gene=4,brain=20,behaviour=5"
+    assert params["data_spec/modalities/1/n_tokens"] == "20"
+    assert not [k for k in params if k.endswith("feature_mask") or k.startswith("_")]  # noise, left out
     for key in (
         "train/loss_epoch",
         "val/loss",
