@@ -98,6 +98,8 @@ def _higher_is_better(metric: str, overrides: Mapping[str, bool] | None = None) 
     if overrides and metric in overrides:
         return bool(overrides[metric])
     name = metric.lower()
+    if "recon" in name.split("/"):  # masked-token reconstruction losses: test/recon, test/recon/<modality>
+        return False
     if name.endswith(_HIGHER_IS_BETTER_SUFFIXES):
         return True
     if name.endswith(_LOWER_IS_BETTER_SUFFIXES):

@@ -300,3 +300,14 @@ def test_steps_to_the_reference_best_value_when_curves_overfit():
     assert final.set_index("variant").loc["mot", "ratio"] == 10 / 50
     with pytest.raises(ValueError, match="target='last'"):
         steps_to_reference_quality(curves, target="last")
+
+
+def test_reconstruction_losses_are_lower_is_better():
+    """Masked pretraining logs test/recon and test/recon/<modality>: an ablation of it must summarize."""
+    from mot_neuro.analysis import _higher_is_better
+
+    assert _higher_is_better("test/recon") is False
+    assert _higher_is_better("test/recon/brain") is False
+    assert _higher_is_better("test/target/r2") is True
+    with pytest.raises(ValueError, match="cannot tell"):
+        _higher_is_better("test/brain")
