@@ -171,10 +171,8 @@ def lightning_cli(args: list[str] | None, run: bool = True):
         def before_fit(self) -> None:
             from lightning.pytorch.callbacks import ModelCheckpoint
 
-            from mot_neuro.resume import SaveOnSigterm, StepSeed  # TODO StepSeed: the module's configure_callbacks
+            from mot_neuro.resume import SaveOnSigterm
 
-            if not any(isinstance(c, StepSeed) for c in self.trainer.callbacks):
-                self.trainer.callbacks.append(StepSeed())
             config = self.config[self.subcommand]
             folder = config.get("checkpoint_dir")
             checkpoint = self.trainer.checkpoint_callback
