@@ -12,7 +12,9 @@ import pytest
 from data_adapters import cache
 from data_adapters.behaviour import measures_table
 from data_adapters.cache import (
+    CohortWriter,
     CorruptEntry,
+    ModalityLayout,
     cache_status,
     cached_modality,
     fingerprint,
@@ -20,7 +22,7 @@ from data_adapters.cache import (
     save_cohort,
 )
 from data_adapters.cohort import build_cohort
-from data_adapters.core import AdapterError
+from data_adapters.core import AdapterError, TokenizedModality
 
 
 def is_memory_mapped(array: np.ndarray) -> bool:
@@ -225,3 +227,332 @@ def test_corrupt_saved_cohort_is_refused(tmp_path, cohort):
     (folder / "cohort.json").unlink()
     with pytest.raises(CorruptEntry, match="not a saved cohort"):
         load_cohort(folder)
+
+
+# ---------------------------------------------------------------------------------------------- stat index
+class CountingOpen:
+    """Counts opens of the watched paths through the cache module (the content hash reads with ``open``)."""
+
+    def __init__(self, monkeypatch, *paths):
+        self.watched = {str(p) for p in paths}
+        self.count = 0
+        real_open = open
+
+        def counting(path, *args, **kwargs):
+            if str(path) in self.watched:
+                self.count += 1
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(cache, "open", counting, raising=False)
+
+
+def test_unchanged_inputs_are_not_read_again(tmp_path, table, build, monkeypatch):
+    monkeypatch.setattr(cache, "RACY_SECONDS", 0.0)  # the file was written a moment ago
+    opens = CountingOpen(monkeypatch, table)
+    cached_modality(tmp_path / "c", build, table, {})
+    assert opens.count == 1  # the check after the build (did an input change meanwhile?) goes by the stat index
+    assert (tmp_path / "c" / cache.STAT_INDEX).is_file()
+    opens.count = 0
+    for _ in range(2):
+        cached_modality(tmp_path / "c", build, table, {})
+    assert cache_status(tmp_path / "c", table, {})[0] == "fresh"
+    assert opens.count == 0 and build.calls == 1
+
+    # a rewrite that keeps size and mtime is still seen: ctime changes, so the file is hashed again
+    stat = table.stat()
+    table.write_text(table.read_text().replace("0.5", "7.5"))
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert table.stat().st_size == stat.st_size and table.stat().st_mtime_ns == stat.st_mtime_ns
+    assert cached_modality(tmp_path / "c", build, table, {}).values[0, 0, 0] == 7.5
+    assert opens.count >= 1 and build.calls == 2
+
+    opens.count = 0
+    os.utime(table, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: hashed again, entry stale
+    assert cache_status(tmp_path / "c", table, {})[0] == "stale"
+    assert opens.count == 1
+    table.write_text(table.read_text() + "4,2.5,left\n")  # other size
+    assert list(cached_modality(tmp_path / "c", build, table, {}).subject_ids) == ["1", "2", "3", "4"]
+    assert build.calls == 3
+
+
+def test_recently_changed_files_are_not_trusted_and_a_bad_index_is_rebuilt(tmp_path, table, build, monkeypatch):
+    opens = CountingOpen(monkeypatch, table)
+    cached_modality(tmp_path / "c", build, table, {})
+    opens.count = 0
+    cached_modality(tmp_path / "c", build, table, {})
+    assert opens.count == 1  # written within RACY_SECONDS: a same-tick rewrite could hide, so it is re-hashed
+
+    monkeypatch.setattr(cache, "RACY_SECONDS", 0.0)
+    index = tmp_path / "c" / cache.STAT_INDEX
+    index.write_text("{not json")
+    assert cache_status(tmp_path / "c", table, {})[0] == "fresh"  # the key does not depend on the index
+    assert str(table.absolute()) in json.loads(index.read_text())["files"]
+    opens.count = 0
+    cached_modality(tmp_path / "c", build, table, {})
+    assert opens.count == 0 and build.calls == 1
+
+
+def test_data_config_cohort_skips_reading_unchanged_inputs(tmp_path, table, monkeypatch):
+    from mot_neuro.data.sources import build_cached_cohort
+
+    monkeypatch.setattr(cache, "RACY_SECONDS", 0.0)
+    participants = tmp_path / "data" / "participants.csv"
+    participants.write_text("eid,target\n1,0.5\n2,1.5\n3,2.5\n")
+    hashed = []
+    real_hash = cache._hash_file_content
+    monkeypatch.setattr(cache, "_hash_file_content", lambda path, size: hashed.append(path) or real_hash(path, size))
+    kwargs = {
+        "participants": str(participants),
+        "modalities": {"behaviour": {"adapter": "measures_table", "path_or_df": str(table), "categorical": ["hand"]}},
+        "targets": ["target"],
+        "confounds": [],
+        "cache_dir": tmp_path / "cache",
+    }
+    first, key = build_cached_cohort(**kwargs)
+    assert len(hashed) == 2
+    hashed.clear()
+    again, same_key = build_cached_cohort(**kwargs)
+    assert hashed == [] and same_key == key
+
+    table.write_text(table.read_text().replace("1.5", "9.5"))  # other size, other mtime
+    changed, new_key = build_cached_cohort(**kwargs)
+    assert [p.name for p in hashed] == ["behaviour.csv"] and new_key != key
+    assert np.nanmax(changed.modalities["behaviour"].values) == 9.5
+
+
+# ---------------------------------------------------------------------------------------------- streamed cohorts
+@pytest.fixture
+def wide_cohort():
+    """Two modalities with NaN, absent subjects, masked features and categories; participants of mixed types."""
+    rng = np.random.default_rng(0)
+    n = 11
+    ids = [str(500 + i) for i in range(n)]
+    brain_values = rng.standard_normal((n, 4, 3)).astype(np.float32)
+    brain_values[2, 1, 0] = np.nan
+    mask = np.ones((4, 3), bool)
+    mask[3, 1:] = False
+    brain_values[:, ~mask] = 0
+    brain_present = np.ones((n, 4), bool)
+    brain_present[5] = False
+    brain_values[5] = 0
+    brain = TokenizedModality(
+        name="brain",
+        values=brain_values,
+        present=brain_present,
+        token_names=["r0", "r1", "r2", "r3"],
+        subject_ids=ids,
+        feature_mask=mask,
+        feature_names=["volume", "thickness", "area"],
+        source={"synthetic": True},
+    )
+    behaviour = TokenizedModality(
+        name="behaviour",
+        values=rng.integers(0, 2, (n, 2, 1)).astype(np.float32),
+        present=rng.random((n, 2)) > 0.2,
+        token_names=["memory", "hand"],
+        subject_ids=ids,
+        categories={"hand": ["left", "right"]},
+    )
+    participants = pd.DataFrame(
+        {
+            "eid": ids,
+            "target": rng.standard_normal(n),
+            "age": rng.integers(40, 80, n),
+            "site": rng.choice(["a", "b"], n),
+        }
+    )
+    return build_cohort(
+        participants,
+        {"brain": brain, "behaviour": behaviour},
+        targets=["target"],
+        confounds=["age", "site"],
+        join="outer",
+    )
+
+
+def layouts_of(cohort):
+    return {
+        name: ModalityLayout(
+            token_names=m.token_names,
+            n_features=m.n_features,
+            feature_mask=m.feature_mask,
+            feature_names=m.feature_names,
+            categories=m.categories,
+            source=m.source,
+        )
+        for name, m in cohort.modalities.items()
+    }
+
+
+def stream(cohort, folder, sizes, **kwargs):
+    settings = {"targets": cohort.targets, "confounds": cohort.confounds, "join": cohort.join}
+    with CohortWriter(
+        folder,
+        n_subjects=cohort.n_subjects,
+        modalities=layouts_of(cohort),
+        build_info=cohort.build_info,
+        **settings,
+        **kwargs,
+    ) as writer:
+        start = 0
+        for size in sizes:
+            rows = slice(start, start + size)
+            arrays = {name: (m.values[rows], m.present[rows]) for name, m in cohort.modalities.items()}
+            writer.append(cohort.participants.iloc[rows], arrays)
+            start += size
+    return writer
+
+
+def test_streamed_cohort_is_the_saved_cohort_byte_for_byte(tmp_path, wide_cohort):
+    save_cohort(wide_cohort, tmp_path / "saved")
+    stream(wide_cohort, tmp_path / "streamed", [4, 1, 6])
+    saved, streamed = load_cohort(tmp_path / "saved"), load_cohort(tmp_path / "streamed")
+    pd.testing.assert_frame_equal(streamed.participants, saved.participants)
+    pd.testing.assert_frame_equal(streamed.participants, wide_cohort.participants)
+    assert (streamed.targets, streamed.confounds, streamed.join) == (["target"], ["age", "site"], "outer")
+    assert list(streamed.modalities) == list(saved.modalities) == ["brain", "behaviour"]
+    for name, original in wide_cohort.modalities.items():
+        m = streamed.modalities[name]
+        assert is_memory_mapped(m.values) and is_memory_mapped(m.present)
+        np.testing.assert_array_equal(m.values, original.values)  # NaN compare equal here
+        np.testing.assert_array_equal(m.present, original.present)
+        np.testing.assert_array_equal(m.feature_mask, original.feature_mask)
+        assert list(m.subject_ids) == list(original.subject_ids)
+        assert (m.token_names, m.feature_names, m.categories, m.source) == (
+            original.token_names,
+            original.feature_names,
+            original.categories,
+            original.source,
+        )
+        for array in cache.ARRAY_NAMES:  # the very same .npy files, headers included
+            path = f"modalities/{name}/{array}.npy"
+            assert (tmp_path / "streamed" / path).read_bytes() == (tmp_path / "saved" / path).read_bytes(), path
+        manifests = [
+            json.loads((tmp_path / f / f"modalities/{name}/manifest.json").read_text()) for f in ("saved", "streamed")
+        ]
+        assert manifests[0] == manifests[1]
+    assert load_cohort(tmp_path / "streamed", verify=True).n_subjects == 11  # recorded hashes match the bytes
+    assert str(streamed.report()) == str(wide_cohort.report())
+    assert cache.cohort_fingerprint(tmp_path / "streamed") == cache.cohort_fingerprint(tmp_path / "saved")
+
+
+def test_streaming_without_build_info_reports_counts(tmp_path, wide_cohort):
+    writer = CohortWriter(tmp_path / "c", n_subjects=11, modalities=layouts_of(wide_cohort), targets=["target"])
+    m = wide_cohort.modalities
+    writer.append(wide_cohort.participants, {name: (m[name].values, m[name].present) for name in m})
+    writer.close()
+    report = load_cohort(tmp_path / "c").report()
+    rows = report.modalities.set_index("modality")
+    assert rows.loc["brain", "with data in input"] == 10 and rows.loc["brain", "with data in cohort"] == 10
+    with pytest.raises(AdapterError, match="writer is closed"):
+        writer.append(wide_cohort.participants, {})
+
+
+def test_a_failed_writer_leaves_nothing(tmp_path, wide_cohort):
+    class Crash(RuntimeError):
+        pass
+
+    with pytest.raises(Crash):
+        with CohortWriter(tmp_path / "c", n_subjects=11, modalities=layouts_of(wide_cohort)) as writer:
+            m = wide_cohort.modalities
+            writer.append(wide_cohort.participants.iloc[:5], {n: (m[n].values[:5], m[n].present[:5]) for n in m})
+            assert any(tmp_path.iterdir())  # the temporary folder exists while writing
+            raise Crash("generator failed")
+    assert list(tmp_path.iterdir()) == []
+
+    # too few subjects at the end: refused, and an older cohort at the destination stays as it was
+    save_cohort(wide_cohort, tmp_path / "c")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    with pytest.raises(AdapterError, match="5 subjects written, but n_subjects is 11; nothing was saved"):
+        stream(wide_cohort, tmp_path / "c", [5])
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    assert after == before and [p.name for p in tmp_path.iterdir()] == ["c"]
+    stream(wide_cohort, tmp_path / "c", [11])  # a complete rewrite replaces it
+    assert load_cohort(tmp_path / "c").n_subjects == 11 and [p.name for p in tmp_path.iterdir()] == ["c"]
+
+
+def test_bad_blocks_are_refused_and_write_nothing(tmp_path, wide_cohort):
+    m, people = wide_cohort.modalities, wide_cohort.participants
+
+    def arrays(rows, **replace):
+        out = {n: (m[n].values[rows], m[n].present[rows]) for n in m}
+        out.update(replace)
+        return out
+
+    writer = CohortWriter(tmp_path / "c", n_subjects=11, modalities=layouts_of(wide_cohort), targets=["target"])
+    first = slice(0, 4)
+    wrong_tokens = (m["brain"].values[first][:, :3], m["brain"].present[first][:, :3])
+    with pytest.raises(
+        AdapterError, match=r"block 0, modality 'brain': values have shape \(4, 3, 3\), expected \(4, 4, 3\)"
+    ):
+        writer.append(people.iloc[first], arrays(first, brain=wrong_tokens))
+    with pytest.raises(AdapterError, match=r"modality 'behaviour': present has shape \(3, 2\), expected \(4, 2\)"):
+        writer.append(
+            people.iloc[first], arrays(first, behaviour=(m["behaviour"].values[first], m["behaviour"].present[:3]))
+        )
+    with pytest.raises(AdapterError, match=r"must give every modality .* missing: \['behaviour'\]"):
+        writer.append(people.iloc[first], {"brain": (m["brain"].values[first], m["brain"].present[first])})
+    infinite = m["brain"].values[first].copy()
+    infinite[1, 2, 0] = np.inf
+    with pytest.raises(AdapterError, match="infinite value") as err:
+        writer.append(people.iloc[first], arrays(first, brain=(infinite, m["brain"].present[first])))
+    assert err.value.subject == "501"
+    twice = pd.concat([people.iloc[:2], people.iloc[:1]])
+    with pytest.raises(AdapterError, match="duplicated subject ID"):
+        writer.append(twice, arrays([0, 1, 0]))
+    writer.append(people.iloc[first], arrays(first))  # the rejected blocks left no trace
+    with pytest.raises(AdapterError, match="already written in an earlier block") as err:
+        writer.append(people.iloc[3:6], arrays(slice(3, 6)))
+    assert err.value.subject == "503" and err.value.column == "eid"
+    with pytest.raises(AdapterError, match=r"block 1 of participants has columns \['age', 'target'\]"):
+        writer.append(people.iloc[4:6][["target", "age"]], arrays(slice(4, 6)))
+    with pytest.raises(AdapterError, match="more than n_subjects"):
+        writer.append(
+            pd.concat([people.iloc[4:]] * 2).set_axis([str(i) for i in range(14)]), arrays(list(range(4, 11)) * 2)
+        )
+    writer.append(people.iloc[4:], arrays(slice(4, 11)))
+    writer.close()
+    np.testing.assert_array_equal(load_cohort(tmp_path / "c").modalities["brain"].values, m["brain"].values)
+
+    with pytest.raises(AdapterError, match="target/confound column"):
+        with CohortWriter(tmp_path / "d", n_subjects=1, modalities=layouts_of(wide_cohort), targets=["x"]) as bad:
+            bad.append(people.iloc[:1], arrays(slice(0, 1)))
+    with pytest.raises(AdapterError, match="duplicated token names"):
+        CohortWriter(tmp_path / "e", n_subjects=1, modalities={"x": ModalityLayout(["a", "a"])})
+    with pytest.raises(AdapterError, match="folder exists and is not a saved cohort"):
+        CohortWriter(tmp_path, n_subjects=1, modalities={"x": ModalityLayout(["a"])})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # failed writers cleaned up after themselves
+
+
+def test_loading_does_not_read_the_values(tmp_path, wide_cohort, monkeypatch):
+    save_cohort(wide_cohort, tmp_path / "c")
+    import data_adapters.core
+
+    scans = []
+    real = data_adapters.core.check_finite_or_missing
+    monkeypatch.setattr(
+        data_adapters.core,
+        "check_finite_or_missing",
+        lambda values, **k: scans.append(len(values)) or real(values, **k),
+    )
+    load_cohort(tmp_path / "c")
+    assert scans and max(scans) <= 1  # only the first row, for the names and shapes
+    scans.clear()
+    load_cohort(tmp_path / "c", verify=True)
+    assert max(scans) == 11
+
+
+def test_release_pages_drops_mapped_pages(tmp_path):
+    np.save(tmp_path / "big.npy", np.ones((64, 1024, 16), dtype=np.float32))  # 4 MiB
+    mapped = np.load(tmp_path / "big.npy", mmap_mode="r")
+
+    def resident_kb():
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("RssFile:"))
+
+    before = resident_kb()
+    assert float(np.asarray(mapped).sum()) == 64 * 1024 * 16  # touches every page
+    assert resident_kb() - before > 3000
+    assert cache.release_pages(np.asarray(mapped)[3:], np.zeros(3)) == 1  # views find their map; plain arrays skip
+    assert resident_kb() - before < 1000
+    assert float(mapped[5, 5, 5]) == 1.0  # still readable

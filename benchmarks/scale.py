@@ -1,0 +1,421 @@
+"""Scale: a synthetic cohort of N subjects x 600 tokens streamed into the cache, trained on and embedded whole.
+
+For every size N (default 10,000 and 100,000), three phases, each in a fresh process so that its peak
+memory is its own:
+
+* ``build``: N subjects generated block by block (``--block`` subjects at a time) and streamed into a
+  cohort folder with ``data_adapters.cache.CohortWriter``: gene (300 tokens x 1 feature), brain (200
+  regions x 4 statistics, the last 10% of regions subcortical with volume only, 1% NaN) and behaviour (100 measures,
+  two of them categorical); 5% of subjects lack genotypes, 10% imaging, 5% behaviour, 3% of behaviour
+  tokens are missing. Participants hold a regression target and the confounds age, sex, site.
+* ``train``: ``NeuroOmicsDataModule(cohort_dir=...)`` through the CLI's own objects (``lightning_cli(...,
+  run=False)``) with the demo-size model ``configs/model/mot.yaml`` on CPU: setup (load the memory maps, make
+  the splits, fit the fold's confound regression and scaling on the training rows), then ``--steps`` timed
+  optimizer steps after ``--warmup`` untimed ones. Subjects per second = steps x batch size / seconds.
+* ``embed``: the calls ``mot-neuro embed`` makes (``EmbeddingWriter``, ``trainer.predict(...,
+  return_predictions=False)``) over all N subjects with the trained checkpoint, batches of
+  ``--embed-batch-size``; timed from the start of predict to the merged, sorted parquet file.
+
+Memory per phase: ``peak_rss`` is the process's ``ru_maxrss`` (everything resident, memory-mapped file
+pages included: what a scheduler sees), ``peak_anon`` the largest anonymous resident size sampled every
+20 ms from ``/proc/self/status`` (the process's own allocations), and ``rss_after_imports`` the resident
+size once torch and Lightning are imported. Flat memory means the 100,000-subject figures stay close to the
+10,000 ones (``flatness``: largest N's peak over smallest N's).
+
+    python benchmarks/scale.py                           # 10,000 and 100,000 subjects
+    python benchmarks/scale.py --sizes 2000 --steps 10   # quick look
+
+Data go into a temporary folder (``--dir`` to choose where; ~5 KB per subject) removed at the end. The last
+line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_CONFIG = ROOT / "configs" / "model" / "mot.yaml"
+GENE_TOKENS, BRAIN_REGIONS, BEHAVIOUR_MEASURES = 300, 200, 100  # defaults of --gene, --brain, --behaviour
+BRAIN_STATS = 4
+SUBCORTICAL_SHARE = 0.1  # of brain regions, with volume only
+CATEGORIES = {"handedness": ["left", "right", "ambidextrous"], "smoking": ["never", "former", "current"]}
+SITES = 5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="cohort sizes (subjects)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps before them")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch (the demo config's)")
+    p.add_argument("--embed-batch-size", type=int, default=256)
+    p.add_argument("--block", type=int, default=2048, help="subjects generated and written at a time")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gene", type=int, default=GENE_TOKENS, help="gene tokens (1 feature)")
+    p.add_argument("--brain", type=int, default=BRAIN_REGIONS, help=f"brain regions ({BRAIN_STATS} features)")
+    p.add_argument("--behaviour", type=int, default=BEHAVIOUR_MEASURES, help="behaviour measures (1 feature)")
+    p.add_argument("--dir", default=None, help="parent of the temporary data folder (default: the system's)")
+    p.add_argument("--keep", action="store_true", help="keep the data folder (its path is printed)")
+    # one phase in this process (what the driver runs in a subprocess per phase)
+    p.add_argument("--phase", choices=["build", "train", "embed"], help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--workdir", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------------------- memory
+def _status_kb(fields: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in fields:
+                out[key] = int(value.split()[0])
+    return out
+
+
+class MemorySampler:
+    """Largest RssAnon / RssFile of this process, sampled every ``interval`` s in a thread (Linux only)."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak = interval, {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.available = os.path.exists("/proc/self/status")
+
+    def _sample(self) -> None:
+        for key, kb in _status_kb(("RssAnon", "RssFile")).items():
+            self.peak[key] = max(self.peak[key], kb)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> MemorySampler:
+        if self.available:
+            self._sample()
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.available:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+
+def _memory_figures(sampler: MemorySampler, after_imports_kb: int) -> dict:
+    figures = {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kB on Linux
+        "rss_after_imports_mb": after_imports_kb / 1024,
+    }
+    if sampler.available:
+        figures["peak_anon_mb"] = sampler.peak["RssAnon"] / 1024
+        figures["peak_file_mb"] = sampler.peak["RssFile"] / 1024
+    return figures
+
+
+def _rss_now_kb() -> int:
+    return _status_kb(("VmRSS",)).get("VmRSS", 0) if os.path.exists("/proc/self/status") else 0
+
+
+# ---------------------------------------------------------------------------------------------- synthetic cohort
+def layouts(args) -> dict:
+    from data_adapters.cache import ModalityLayout
+
+    brain_mask = np.ones((args.brain, BRAIN_STATS), dtype=bool)
+    brain_mask[args.brain - int(SUBCORTICAL_SHARE * args.brain) :, 1:] = False  # subcortical regions: volume only
+    measures = [f"measure_{i:03d}" for i in range(args.behaviour - len(CATEGORIES))] + list(CATEGORIES)
+    return {
+        "gene": ModalityLayout([f"gene_{i:03d}" for i in range(args.gene)], feature_names=["burden"]),
+        "brain": ModalityLayout(
+            [f"region_{i:03d}" for i in range(args.brain)],
+            n_features=BRAIN_STATS,
+            feature_mask=brain_mask,
+            feature_names=["volume", "thickness", "area", "fa"],
+        ),
+        "behaviour": ModalityLayout(measures, feature_names=["value"], categories=CATEGORIES),
+    }
+
+
+def synthetic_block(start: int, n: int, seed: int, shapes: dict):
+    """Participants and (values, present) per modality of subjects ``start .. start + n - 1``; depends only on
+    ``(seed, start)``, so the cohort is the same for any block size that divides the same way."""
+    import pandas as pd
+
+    rng = np.random.default_rng((seed, start))
+    n_gene, n_behaviour = len(shapes["gene"].token_names), len(shapes["behaviour"].token_names)
+    brain_mask = shapes["brain"].feature_mask
+    has = {name: rng.random(n) >= share for name, share in (("gene", 0.05), ("brain", 0.10), ("behaviour", 0.05))}
+
+    gene = rng.standard_normal((n, n_gene, 1), dtype=np.float32)
+    gene_present = np.repeat(has["gene"][:, None], n_gene, axis=1)
+
+    brain = rng.standard_normal((n, *brain_mask.shape), dtype=np.float32) * brain_mask
+    brain[(rng.random(brain.shape) < 0.01) & brain_mask] = np.nan
+    brain_present = np.repeat(has["brain"][:, None], brain_mask.shape[0], axis=1)
+
+    behaviour = rng.standard_normal((n, n_behaviour, 1), dtype=np.float32)
+    behaviour[:, -len(CATEGORIES) :, 0] = rng.integers(0, 3, (n, len(CATEGORIES)))  # category indices
+    behaviour_present = (rng.random((n, n_behaviour)) >= 0.03) & has["behaviour"][:, None]
+
+    for values, present in ((gene, gene_present), (brain, brain_present), (behaviour, behaviour_present)):
+        values[~present] = 0.0
+    signal = gene[:, :10, 0].sum(1) + np.nan_to_num(brain[:, :10, 0]).sum(1) + behaviour[:, :5, 0].sum(1)
+    participants = pd.DataFrame(
+        {
+            "eid": (1_000_000 + start + np.arange(n)).astype(str),
+            "target": 0.3 * signal + rng.standard_normal(n),
+            "age": rng.normal(60.0, 8.0, n).round(1),
+            "sex": rng.integers(0, 2, n).astype(float),
+            "site": np.char.add("site_", rng.integers(0, SITES, n).astype(str)),
+        }
+    )
+    arrays = {
+        "gene": (gene, gene_present),
+        "brain": (brain, brain_present),
+        "behaviour": (behaviour, behaviour_present),
+    }
+    return participants, arrays
+
+
+def phase_build(args, workdir: Path) -> dict:
+    from data_adapters.cache import CohortWriter
+
+    shapes = layouts(args)
+    folder = workdir / "cohort"
+    started = time.perf_counter()
+    with CohortWriter(
+        folder, n_subjects=args.n, modalities=shapes, targets=["target"], confounds=["age", "sex", "site"]
+    ) as writer:
+        for start in range(0, args.n, args.block):
+            participants, arrays = synthetic_block(start, min(args.block, args.n - start), args.seed, shapes)
+            writer.append(participants, arrays)
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    return {"build_s": seconds, "build_subjects_per_s": args.n / seconds, "cohort_mb": size / 2**20}
+
+
+# ---------------------------------------------------------------------------------------------- train / embed
+def write_config(args, workdir: Path, batch_size: int, max_steps: int) -> Path:
+    import yaml
+
+    config = {
+        "seed_everything": args.seed,
+        "data": {
+            "cohort_dir": str(workdir / "cohort"),
+            "targets": ["target"],
+            "confounds": ["age", "sex", "site"],
+            "splits_file": str(workdir / "splits.json"),
+            "batch_size": batch_size,
+            "num_workers": 0,
+        },
+        "model": str(MODEL_CONFIG),
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": max_steps,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(workdir / "outputs"),
+        },
+    }
+    path = workdir / f"config-{batch_size}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def phase_train(args, workdir: Path) -> dict:
+    from lightning.pytorch.callbacks import Callback
+
+    from mot_neuro.cli import lightning_cli
+
+    class StepTimer(Callback):
+        def __init__(self, warmup: int):
+            self.warmup, self.started, self.ended = warmup, None, None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == self.warmup and self.started is None:
+                self.started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.ended = time.perf_counter()
+
+    config = write_config(args, workdir, args.batch_size, args.warmup + args.steps)
+    started = time.perf_counter()
+    cli = lightning_cli(["--config", str(config)], run=False)
+    setup = time.perf_counter() - started
+    timer = StepTimer(args.warmup)
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.save_checkpoint(workdir / "model.ckpt")
+    seconds = timer.ended - timer.started
+    return {
+        "train_setup_s": setup,
+        "train_step_ms": 1000 * seconds / args.steps,
+        "train_subjects_per_s": args.steps * args.batch_size / seconds,
+        "train_rows": int(len(cli.datamodule.rows["train"])),
+    }
+
+
+def phase_embed(args, workdir: Path) -> dict:
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    from mot_neuro.cli import lightning_cli
+    from mot_neuro.embed import EmbeddingWriter
+
+    config = write_config(args, workdir, args.embed_batch_size, 1)
+    output = workdir / "embeddings.parquet"
+    started = time.perf_counter()
+    cli = lightning_cli(["--config", str(config), "--data.predict_split", "all"], run=False)
+    setup = time.perf_counter() - started
+    writer = EmbeddingWriter(output, metadata={"config": str(config)})
+    cli.trainer.callbacks.append(writer)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+        cli.trainer.predict(
+            cli.model, datamodule=cli.datamodule, ckpt_path=str(workdir / "model.ckpt"), return_predictions=False
+        )
+    seconds = time.perf_counter() - started
+    rows = pq.ParquetFile(output).metadata.num_rows
+    if rows != args.n:
+        raise RuntimeError(f"embedded {rows} subjects, the cohort has {args.n}")
+    return {"embed_setup_s": setup, "embed_s": seconds, "embed_subjects_per_s": rows / seconds, "embedded": rows}
+
+
+def run_phase(args) -> None:
+    if args.phase == "build":
+        import data_adapters.cache  # noqa: F401  (no torch: the writer is usable without it)
+    else:
+        import lightning.pytorch  # noqa: F401  (imported before the baseline reading: in every real run)
+        import torch  # noqa: F401
+
+    after_imports = _rss_now_kb()
+    workdir = Path(args.workdir)
+    with MemorySampler() as sampler:
+        result = {"build": phase_build, "train": phase_train, "embed": phase_embed}[args.phase](args, workdir)
+    result.update({f"{args.phase}_{k}": v for k, v in _memory_figures(sampler, after_imports).items()})
+    print(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def _phase(args, phase: str, n: int, workdir: Path) -> dict:
+    command = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--n", str(n)]
+    command += ["--workdir", str(workdir), "--seed", str(args.seed), "--block", str(args.block)]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+    command += ["--embed-batch-size", str(args.embed_batch_size)]
+    command += ["--gene", str(args.gene), "--brain", str(args.brain), "--behaviour", str(args.behaviour)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+    if done.returncode != 0:
+        raise RuntimeError(f"phase {phase} at N={n} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.phase:
+        run_phase(args)
+        return {}
+    if args.steps < 1 or args.warmup < 0 or any(n < 10 for n in args.sizes):
+        raise SystemExit("need --steps >= 1, --warmup >= 0 and sizes of at least 10 subjects")
+    if min(args.gene, args.brain) < 1 or args.behaviour <= len(CATEGORIES):
+        raise SystemExit(f"need --gene, --brain >= 1 and --behaviour > {len(CATEGORIES)} (its categorical measures)")
+    root = Path(tempfile.mkdtemp(prefix="mot-neuro-scale-", dir=args.dir))
+    tokens = args.gene + args.brain + args.behaviour
+    results = []
+    try:
+        for n in args.sizes:
+            workdir = root / f"n{n}"
+            workdir.mkdir()
+            row = {"n_subjects": n, "tokens": tokens}
+            for phase in ("build", "train", "embed"):
+                row.update(_phase(args, phase, n, workdir))
+                print(f"N={n:>7} {phase:<5} done", flush=True)
+            results.append(row)
+            if not args.keep:
+                shutil.rmtree(workdir)
+    finally:
+        if args.keep:
+            print(f"data kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    columns = [
+        ("build_s", "build s", "{:.1f}"),
+        ("build_peak_rss_mb", "build RSS MB", "{:.0f}"),
+        ("train_setup_s", "train setup s", "{:.1f}"),
+        ("train_subjects_per_s", "train subj/s", "{:.0f}"),
+        ("train_peak_rss_mb", "train RSS MB", "{:.0f}"),
+        ("embed_subjects_per_s", "embed subj/s", "{:.0f}"),
+        ("embed_peak_rss_mb", "embed RSS MB", "{:.0f}"),
+    ]
+    print(f"\n{'subjects':>9}" + "".join(f"{title:>15}" for _, title, _ in columns))
+    for row in results:
+        print(f"{row['n_subjects']:>9}" + "".join(f"{fmt.format(row[key]):>15}" for key, _, fmt in columns))
+    flatness = {}
+    if len(results) > 1:
+        small, large = min(results, key=lambda r: r["n_subjects"]), max(results, key=lambda r: r["n_subjects"])
+        for key in sorted(k for k in small if k.endswith(("peak_rss_mb", "peak_anon_mb"))):
+            flatness[key] = large[key] / small[key]
+        print("largest N's peak memory / smallest N's: " + ", ".join(f"{k} {v:.2f}x" for k, v in flatness.items()))
+    summary = {
+        "benchmark": "scale",
+        "machine": _machine(),
+        "settings": {
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "batch_size": args.batch_size,
+            "embed_batch_size": args.embed_batch_size,
+            "block": args.block,
+            "tokens": {"gene": args.gene, "brain": args.brain, "behaviour": args.behaviour},
+            "model": str(MODEL_CONFIG.relative_to(ROOT)),
+        },
+        "results": results,
+        "flatness": flatness,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
