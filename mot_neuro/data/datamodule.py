@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -100,12 +100,15 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         predict_split: the rows ``predict_dataloader`` serves: ``all`` (train + val + test of the fold, in cohort
             order), ``train``, ``val`` or ``test``.
         generate_demo: a folder for the built-in synthetic demo cohort, written there if it does not exist.
+        cohort_dir: a cohort already saved as a folder (``data_adapters.cache.CohortWriter`` or ``save_cohort``),
+            used in place of ``participants`` + ``modalities`` (give one or the other): nothing is built, the
+            arrays are memory-mapped from there. ``targets`` and ``confounds`` must be its participants columns.
     """
 
     def __init__(
         self,
-        participants: str,
-        modalities: Mapping[str, Mapping],
+        participants: str | None = None,
+        modalities: Mapping[str, Mapping] | None = None,
         targets: Sequence[str] = ("target",),
         confounds: Sequence[str] = (),
         target_kinds: Mapping[str, str] | None = None,
@@ -127,10 +130,31 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         generate_demo: str | None = None,
         predict_split: str = "all",
+        cohort_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._check_predict_split(predict_split)
+        if cohort_dir is not None:
+            if participants is not None or modalities is not None:
+                raise AdapterError(
+                    "give either cohort_dir (a saved cohort) or participants and modalities (a data config to build"
+                    " one from), not both"
+                )
+            if not Path(cohort_dir).is_dir():
+                raise AdapterError(
+                    "cohort_dir not found; write one with data_adapters.cache.CohortWriter", file=cohort_dir
+                )
+            from data_adapters.cache import saved_cohort_info
+
+            modalities = saved_cohort_info(cohort_dir)["modalities"]  # names only: the arrays load in _prepare
+        elif participants is None or modalities is None:
+            given = {"participants": participants, "modalities": modalities}
+            lacking = [name for name, value in given.items() if value is None]
+            raise AdapterError(
+                f"no data: give participants and modalities (a data config; missing: {lacking}) or cohort_dir"
+                " (a saved cohort folder)"
+            )
         unknown = sorted(set(drop_modalities) - set(modalities))
         if unknown:
             raise AdapterError(f"drop_modalities names unknown modality(ies) {unknown}; known: {sorted(modalities)}")
@@ -139,6 +163,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         self.modality_names = list(modalities)
         self.kept = [m for m in modalities if m not in set(drop_modalities)]
         self._prepared = False
+        self._train_loader: ResumableLoader | None = None
+        self._train_resume: dict | None = None  # loader state from a checkpoint, applied to the next loader
 
     # ------------------------------------------------------------------ cohort, splits, preprocessing
     def _prepare(self) -> None:
@@ -148,16 +174,20 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         hp = self.hparams
         if hp.generate_demo:
             self._write_demo(Path(hp.generate_demo))
-        self.cohort, self.data_fingerprint = build_cached_cohort(
-            participants=hp.participants,
-            modalities=hp.modalities,
-            targets=list(hp.targets),
-            confounds=list(hp.confounds),
-            join=hp.join,
-            id_column=hp.id_column,
-            cache_dir=hp.cache_dir,
-        )
-        self.cohort_dir = Path(hp.cache_dir) / f"cohort-{self.data_fingerprint}"
+        if hp.cohort_dir is not None:
+            self.cohort, self.data_fingerprint = self._saved_cohort(Path(hp.cohort_dir))
+            self.cohort_dir = Path(hp.cohort_dir)
+        else:
+            self.cohort, self.data_fingerprint = build_cached_cohort(
+                participants=hp.participants,
+                modalities=hp.modalities,
+                targets=list(hp.targets),
+                confounds=list(hp.confounds),
+                join=hp.join,
+                id_column=hp.id_column,
+                cache_dir=hp.cache_dir,
+            )
+            self.cohort_dir = Path(hp.cache_dir) / f"cohort-{self.data_fingerprint}"
         participants = self.cohort.participants
         stratify = None
         if hp.stratify is not None:
@@ -194,6 +224,24 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             standardize=hp.standardize, confounds=list(hp.confounds), target_kinds=hp.target_kinds
         ).fit(self.cohort, self.rows["train"])
         self._prepared = True
+
+    def _saved_cohort(self, folder: Path):
+        """The cohort of ``cohort_dir`` (memory-mapped) with this config's targets and confounds, and its key."""
+        import dataclasses
+
+        from data_adapters.cache import cohort_fingerprint, load_cohort
+
+        cohort = load_cohort(folder, mmap=True)
+        targets, confounds = list(self.hparams.targets), list(self.hparams.confounds)
+        if (targets, confounds) != (cohort.targets, cohort.confounds):
+            try:
+                cohort = dataclasses.replace(cohort, targets=targets, confounds=confounds)
+            except AdapterError as err:
+                raise AdapterError(
+                    f"{err.reason}; the saved cohort's participants columns are {list(cohort.participants.columns)}",
+                    file=folder,
+                ) from err
+        return cohort, cohort_fingerprint(folder)
 
     @staticmethod
     def _write_demo(folder: Path) -> None:
@@ -259,7 +307,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         if len(rows) == 0:
             raise AdapterError(f"the {stage} set of fold {self.hparams.fold} is empty; check the split fractions")
         dataset = CohortBatches(self.cohort_dir, self.preprocessor.state_dict(), self.kept, self.split_of_row)
-        return DataLoader(
+        loader_class = ResumableLoader if stage == "train" else DataLoader
+        return loader_class(
             dataset,
             sampler=RowBatches(rows, self.hparams.batch_size, shuffle=shuffle, seed=self.hparams.split_seed),
             batch_size=None,  # the dataset returns whole batches
@@ -268,7 +317,30 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        loader = self._loader("train", shuffle=True)
+        loader.batches_done = self._train_batches_done  # a bound method: ddp_spawn pickles the loader
+        if self._train_resume is not None:
+            loader.load_state_dict(self._train_resume)
+            self._train_resume = None
+        self._train_loader = loader
+        return loader
+
+    # Mid-epoch resume goes through the DataModule's checkpoint state as well as Lightning's own
+    # loader-state mechanism: Lightning restores loader states only if it has not built the training
+    # loader yet, and it has whenever configure_optimizers asks for trainer.estimated_stepping_batches
+    # (ours does, for the LR schedule). The DataModule's state is restored before the loader is built.
+    def _train_batches_done(self) -> int:
+        """The training loop's own count of this epoch's finished batches (the loader is read ahead of it)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def state_dict(self) -> dict:
+        loader = getattr(self, "_train_loader", None)
+        return {"train_loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_resume = state_dict.get("train_loader")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -293,9 +365,18 @@ class RowBatches:
     def __init__(self, rows: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0):
         self.rows, self.batch_size, self.shuffle, self.seed = rows, int(batch_size), shuffle, int(seed)
         self.epoch = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already done): see resume_at
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next iteration, if it is of ``epoch``, starts after its first ``batches_done`` batches (this
+        rank's), as they were in the run that was interrupted; later iterations start at the beginning.
+
+        Sets the epoch too: on resume Lightning starts iterating before it calls :meth:`set_epoch`."""
+        self.set_epoch(epoch)
+        self._resume_at = (int(epoch), int(batches_done))
 
     def _shard(self) -> tuple[int, int]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -320,10 +401,39 @@ class RowBatches:
     def __iter__(self):
         batches = self._batches()
         rank, world = self._shard()
-        for batch_idx in range(math.ceil(len(batches) / world)):
+        start = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at = None
+            start = done if epoch == self.epoch else 0
+        for batch_idx in range(start, math.ceil(len(batches) / world)):
             yield batches[self._position(batch_idx, rank, world) % len(batches)].tolist()
 
     def __len__(self) -> int:
         _, world = self._shard()
         n_batches = math.ceil(len(self.rows) / self.batch_size)
         return math.ceil(n_batches / world)
+
+
+def _no_batches_done() -> int:
+    return 0
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, resumable mid-epoch: Lightning saves :meth:`state_dict` in checkpoints and
+    calls :meth:`load_state_dict` on resume, so a run restarted from a mid-epoch checkpoint goes on with the
+    batches the interrupted run had not trained on yet (without this, Lightning restarts the epoch's data).
+
+    ``batches_done`` counts the batches of the current epoch the training loop has finished; the DataModule
+    points it at the trainer's progress, since the loader itself is read ahead of the training loop.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_done: Callable[[], int] = _no_batches_done
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_done": int(self.batches_done())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches_done"])
