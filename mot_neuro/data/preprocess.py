@@ -121,6 +121,8 @@ class FoldPreprocessor:
         self._confound_specs: list[dict] = []
         self._modalities: dict[str, dict] = {}
         self._array_cache: dict[str, tuple] = {}  # emptied by fit
+        # per-cohort columns: (cohort, design of every row, rows with an unseen category per confound, targets)
+        self._cohort_columns: tuple | None = None
         self._targets: dict[str, dict] = {}
         self._n_train = 0
         self._cohort: Cohort | None = None
@@ -140,6 +142,7 @@ class FoldPreprocessor:
         self._confound_specs = self._fit_confounds(participants, rows)
         design = self._design(participants, rows)[0] if self.confounds else None
         self._array_cache = {}
+        self._cohort_columns = None
         self._modalities = {name: self._fit_modality(m, rows, design) for name, m in cohort.modalities.items()}
         self._fit_targets(cohort, rows)
         self._n_train = len(rows)
@@ -362,6 +365,28 @@ class FoldPreprocessor:
             )
         return self._array_cache[key]
 
+    def _columns(self, cohort: Cohort) -> tuple[np.ndarray | None, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The confound design matrix and the float target columns of every row of ``cohort``, made once.
+
+        Made per batch from pandas they cost about 2 ms, most of a demo batch's loading time; whole, they
+        are small (rows x confound columns) and each batch takes its rows with one fancy index."""
+        if self._cohort_columns is None or self._cohort_columns[0] is not cohort:
+            participants = cohort.participants
+            all_rows = np.arange(len(participants))
+            design, unseen = None, {}
+            if self.confounds and self._confound_specs:
+                design, _ = self._design(participants, all_rows)
+                for spec in self._confound_specs:
+                    if spec["kind"] == "categorical":
+                        series = participants[spec["name"]]
+                        known = series.astype(str).isin([str(c) for c in spec["categories"]]).to_numpy()
+                        unseen[spec["name"]] = series.notna().to_numpy() & ~known
+            targets = {
+                name: _as_float(participants[name]) for name in self._targets if name in participants.columns
+            }
+            self._cohort_columns = (cohort, design, unseen, targets)
+        return self._cohort_columns[1:]
+
     def transform(self, modality_name: str, rows, *, cohort: Cohort | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(values, missing)`` for ``rows`` of a modality (of ``cohort``, else of the cohort fitted on).
 
@@ -385,8 +410,10 @@ class FoldPreprocessor:
         slots, center, scale, beta = self._fitted_arrays(modality_name)
         design = None
         if beta is not None:
-            design, unseen = self._design(cohort.participants, rows)
-            for name, count in unseen.items():
+            all_design, unseen_rows, _ = self._columns(cohort)
+            design = all_design[rows]
+            for name, unseen in unseen_rows.items():
+                count = int(unseen[rows].sum())
                 if count:
                     warnings.warn(
                         f"confound {name!r}: {count} row(s) hold a category not seen in the training rows;"
@@ -425,7 +452,7 @@ class FoldPreprocessor:
         for name, spec in self._targets.items():
             if name not in cohort.participants.columns:
                 raise AdapterError("target column not in this cohort's participants", column=name)
-            values = _as_float(cohort.participants[name].iloc[rows])
+            values = self._columns(cohort)[2][name][rows]
             observed = values[~np.isnan(values)]
             if spec["kind"] == "regression":
                 values = (values - spec["mean"]) / spec["sd"]
