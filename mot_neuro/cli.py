@@ -165,6 +165,15 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                 " resumes from there with --ckpt_path last instead of from the last epoch's end",
             )
 
+        def _instantiate_trainer(self, config, callbacks):
+            from lightning.pytorch.callbacks import ProgressBar
+
+            if config.get("enable_progress_bar") is False and config.get("callbacks"):
+                # the trainer configs list a RichProgressBar; turning bars off (batch jobs) should just work
+                listed = config["callbacks"] if isinstance(config["callbacks"], list) else [config["callbacks"]]
+                config["callbacks"] = [c for c in listed if not isinstance(c, ProgressBar)]
+            return super()._instantiate_trainer(config, callbacks)
+
         def before_test(self) -> None:
             self.model.mask_at_test = self.config[self.subcommand].get("mask_at_test") or ()
 

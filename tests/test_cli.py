@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from mot_neuro.cli import main
 
@@ -44,3 +45,20 @@ def test_bad_layout_argument_names_the_value():
     )
     assert proc.returncode == 2
     assert "gene=lots" in proc.stderr
+
+
+def test_progress_bar_can_be_turned_off_although_the_trainer_config_lists_one(tmp_path, monkeypatch):
+    """configs/trainer/cpu.yaml lists a RichProgressBar; Lightning refuses it with enable_progress_bar false."""
+    import warnings
+
+    from mot_neuro.cli import lightning_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    config = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "demo.yaml"
+    cli = lightning_cli(
+        ["fit", "--config", str(config), "--trainer.max_epochs", "1", "--test_after_fit", "false"]
+        + ["--trainer.enable_progress_bar", "false"]
+    )
+    assert cli.trainer.state.finished and cli.trainer.progress_bar_callback is None
