@@ -56,6 +56,12 @@ def environment(workdir: Path, hold_at: str | None = None, **extra: str) -> dict
     return env
 
 
+def _default_sigint() -> None:
+    # A shell starting a job in the background (nohup ... &, some CI runners) ignores SIGINT, the child
+    # inherits that, and Python then never raises KeyboardInterrupt: give the process a user's terminal default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(workdir: Path, *args: str, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "mot_neuro.cli", *map(str, args)],
@@ -64,6 +70,7 @@ def start(workdir: Path, *args: str, env: dict) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 
