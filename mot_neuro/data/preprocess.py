@@ -381,9 +381,7 @@ class FoldPreprocessor:
                         series = participants[spec["name"]]
                         known = series.astype(str).isin([str(c) for c in spec["categories"]]).to_numpy()
                         unseen[spec["name"]] = series.notna().to_numpy() & ~known
-            targets = {
-                name: _as_float(participants[name]) for name in self._targets if name in participants.columns
-            }
+            targets = {name: _as_float(participants[name]) for name in self._targets if name in participants.columns}
             self._cohort_columns = (cohort, design, unseen, targets)
         return self._cohort_columns[1:]
 

@@ -439,7 +439,8 @@ class MoTBlock(nn.Module):
 
     Stage 1 (per tower): [norm] -> fused QKV projection [-> QK norm].
     Attention: one ``scaled_dot_product_attention`` over the whole sequence, all modalities.
-    Stage 2 (per tower): output projection [+ norm], residual, [norm] -> SwiGLU FFN [+ norm], residual.
+    Stage 2: output projection [+ norm] per tower, residual; [norm] -> SwiGLU FFN [+ norm] per tower,
+    residual (dropout and residuals over the whole sequence at once).
     """
 
     def __init__(self, cfg: MoTConfig) -> None:
@@ -506,6 +507,15 @@ class MoTBlock(nn.Module):
         h = x + self.dropout(self.attn_norm[towers.norm](attn))
         return h + self.dropout(self.ffn_norm[towers.norm](self._ffn(towers.ffn, h, weight, stats)))
 
+    def _project_attention(self, attn: torch.Tensor, towers: _Towers) -> torch.Tensor:
+        out = self.attn_out[towers.attention](attn)
+        return out if self.cfg.norm_placement == "pre" else self.attn_norm[towers.norm](out)
+
+    def _feed_forward(self, h: torch.Tensor, towers: _Towers) -> torch.Tensor:
+        if self.cfg.norm_placement == "pre":
+            return self.ffn[towers.ffn](self.ffn_norm[towers.norm](h))
+        return self.ffn_norm[towers.norm](self.ffn[towers.ffn](h))
+
     def _ffn(self, tower: str, h: torch.Tensor, weight, stats) -> torch.Tensor:
         ffn = self.ffn[tower]
         if not isinstance(ffn, MoESwiGLU):
@@ -529,7 +539,11 @@ class MoTBlock(nn.Module):
         )
         attn = route.from_attention(attn.transpose(1, 2).reshape(batch, seq, self.cfg.dim))
         if not self.has_moe:
-            return _apply_runs(route.runs.dim, route.runs.block, self._mix_and_ffn, x, attn)
+            # Only the projections are per tower; dropout and residuals run once over the whole sequence
+            # (with small towers, per-tower elementwise ops cost more than the matmuls).
+            runs = route.runs
+            h = x + self.dropout(_apply_runs(runs.dim, runs.qkv, self._project_attention, attn))
+            return h + self.dropout(_apply_runs(runs.dim, runs.block, self._feed_forward, h))
         stats: dict[str, RouterStats] = {}
 
         def mix_and_ffn(x: torch.Tensor, attn: torch.Tensor, *weight_and_towers) -> torch.Tensor:
