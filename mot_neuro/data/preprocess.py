@@ -181,8 +181,9 @@ class FoldPreprocessor:
                 )
         return specs
 
-    def _design(self, participants: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-        """Design matrix [len(rows), C] (intercept first) and the count of unseen categories per confound."""
+    def _design(self, participants: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Design matrix [len(rows), C] (intercept first) and, per categorical confound, which of the rows hold a
+        category not seen in the training rows (bool [len(rows)])."""
         columns = [np.ones((len(rows), 1))]
         unseen = {}
         for spec in self._confound_specs:
@@ -201,7 +202,7 @@ class FoldPreprocessor:
             block[known] = -np.asarray(spec["shares"])
             block[known, codes[known]] += 1.0
             columns.append(block)
-            unseen[spec["name"]] = int((observed & ~known).sum())
+            unseen[spec["name"]] = observed & ~known
         return np.hstack(columns), unseen
 
     @staticmethod
@@ -375,12 +376,7 @@ class FoldPreprocessor:
             all_rows = np.arange(len(participants))
             design, unseen = None, {}
             if self.confounds and self._confound_specs:
-                design, _ = self._design(participants, all_rows)
-                for spec in self._confound_specs:
-                    if spec["kind"] == "categorical":
-                        series = participants[spec["name"]]
-                        known = series.astype(str).isin([str(c) for c in spec["categories"]]).to_numpy()
-                        unseen[spec["name"]] = series.notna().to_numpy() & ~known
+                design, unseen = self._design(participants, all_rows)
             targets = {name: _as_float(participants[name]) for name in self._targets if name in participants.columns}
             self._cohort_columns = (cohort, design, unseen, targets)
         return self._cohort_columns[1:]
