@@ -17,6 +17,7 @@ A :class:`TokenizedModality` holds, for N subjects and T tokens of one modality:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ import pandas as pd
 
 DEFAULT_ID_COLUMN = "eid"
 IDS_FILENAME = "ids.npy"
+# "1.00012E+06": how a spreadsheet shows, then saves, a long numeric ID; its lost digits cannot be recovered
+_SCIENTIFIC_ID = re.compile(r"[+-]?\d\.\d+[eE][+-]?\d+")
 
 
 class AdapterError(ValueError):
@@ -61,7 +64,8 @@ def normalize_ids(
 ) -> np.ndarray:
     """Subject IDs as strings, the same whichever file they come from (``1001``, ``1001.0``, ``" 1001"``).
 
-    Raises on missing or duplicated IDs, naming the file and the first offenders.
+    Raises on missing or duplicated IDs, and on IDs in scientific notation (``1.00012E+06``, a spreadsheet's
+    rewrite that lost digits), naming the file and the first offenders.
     """
     series = pd.Series(list(ids) if not isinstance(ids, pd.Series) else ids, dtype=object)
     if series.isna().any():
@@ -79,6 +83,15 @@ def normalize_ids(
         return text
 
     out = np.array([one(v) for v in series], dtype=object)
+    scientific = [i for i, text in enumerate(out) if _SCIENTIFIC_ID.fullmatch(text)]
+    if scientific:
+        raise AdapterError(
+            f"ID written in scientific notation ({len(scientific)} of {len(out)} IDs are): a spreadsheet rewrote"
+            " them and dropped digits; export the ID column as text",
+            file=file,
+            column=column,
+            subject=str(out[scientific[0]]),
+        )
     empty = np.flatnonzero(out == "")
     if len(empty):
         raise AdapterError(f"empty subject ID in row(s) {empty[:5].tolist()}", file=file, column=column)

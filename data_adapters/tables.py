@@ -30,6 +30,7 @@ def read_table(
     """
     if isinstance(path_or_df, pd.DataFrame):
         df = path_or_df
+        check_unique_columns(df.columns, file=None, what=what)
         if id_column is not None and id_column not in df.columns and df.index.name == id_column:
             df = df.reset_index()
         return df.copy(), None
@@ -44,17 +45,48 @@ def read_table(
         raise AdapterError(f"unknown {what} format {suffix or '(no extension)'!r}; use one of {known}", file=path)
     try:
         if TABLE_SUFFIXES[suffix] is None:
+            import pyarrow.parquet as pq
+
+            # parquet may store two columns of one name; pandas then fails with an arrow message
+            check_unique_columns(pq.read_schema(path).names, file=path, what=what)
             df = pd.read_parquet(path)
         else:
-            # IDs as text: "007" must not become 7, nor 1001 become 1001.0 when a row is blank.
+            sep = TABLE_SUFFIXES[suffix]
+            # pandas renames a repeated header "x" to "x.1": only the raw header row shows the repeat.
+            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False)
+            check_unique_columns(header.iloc[0].tolist() if len(header) else [], file=path, what=what)
+            # IDs as text: "007" must not become 7, "1.00012E+06" must stay visible as what a spreadsheet wrote,
+            # and 1001 must not become 1001.0 when a row is blank.
             ids_as_text = None if id_column is None else {id_column: str}
-            df = pd.read_csv(path, sep=TABLE_SUFFIXES[suffix], dtype=ids_as_text)
+            df = pd.read_csv(path, sep=sep, dtype=ids_as_text)
     except pd.errors.EmptyDataError as err:
         raise AdapterError(f"{what} is empty (no header, no rows)", file=path) from err
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        if isinstance(err, AdapterError):
+            raise
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise AdapterError(f"cannot read the {what}: {first_line}", file=path) from err
+    check_unique_columns(df.columns, file=path, what=what)  # parquet keeps repeated names as they are
     return df, str(path)
+
+
+def check_unique_columns(columns, *, file: str | os.PathLike | None, what: str = "table") -> None:
+    """Refuse a header that names a column twice (also when the two differ only by surrounding spaces, or are
+    ``1`` and ``"1"``): one of them would be used without a word, and which one depends on the reader."""
+    seen: dict[str, int] = {}
+    for position, column in enumerate(columns):
+        key = str(column).strip()
+        if not key:  # empty names (trailing commas) are no one's: pandas calls them "Unnamed: <i>"
+            continue
+        if key in seen:
+            raise AdapterError(
+                f"the {what}'s header names this column twice (columns {seen[key] + 1} and {position + 1}); a"
+                f" reader would use one of them without a word (pandas renames the second {key + '.1'!r}):"
+                " rename or remove one",
+                file=file,
+                column=key,
+            )
+        seen[key] = position
 
 
 def require_id_column(df: pd.DataFrame, id_column: str, file: str | None) -> None:

@@ -9,7 +9,12 @@ A data config names, for every modality, an adapter of ``data_adapters`` and its
       behaviour: {adapter: measures_table, path_or_df: demo_cohort/behaviour.csv, categorical: [handedness]}
 
 The arguments are the adapter function's own keyword arguments (``help(data_adapters.gene.plink)``);
-the modality's name is passed as ``name``. The aligned cohort is saved under ``cache_dir`` in a folder
+the modality's name is passed as ``name``, and the data-level ``id_column`` to every adapter that takes one
+unless its spec sets its own. Modality names follow :mod:`mot_neuro.names` (identifiers of at most 64
+characters; they become parameter keys, folders and MLflow keys) and are checked before any file is opened.
+``min_match`` (see :mod:`data_adapters.cohort`) accepts a modality that matches only part of the participants.
+
+The aligned cohort is saved under ``cache_dir`` in a folder
 keyed by a fingerprint of every input file (manifests *and* the files they list) and of the settings, and
 loaded memory-mapped from there: NIfTI and PLINK parsing run once. Confirming that the cache is fresh opens
 only files whose size, mtime, ctime or inode changed since they were last hashed (the stat index
@@ -31,8 +36,10 @@ from pathlib import Path
 
 from data_adapters import behaviour, brain, embeddings, gene
 from data_adapters.cache import STAT_INDEX, fingerprint, load_cohort, save_cohort
-from data_adapters.cohort import Cohort, build_cohort
+from data_adapters.cohort import DEFAULT_MIN_MATCH, Cohort, build_cohort
 from data_adapters.core import DEFAULT_ID_COLUMN, AdapterError
+
+from ..names import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,31 @@ def _resolve(value, base: Path):
     return value
 
 
-def _adapter_call(modality: str, spec: Mapping, base: Path) -> tuple[Callable, dict]:
+def check_modality_names(modalities) -> None:
+    """The data config's modality names against the one rule (:mod:`mot_neuro.names`), before any file is read.
+
+    Two names differing only in case are refused too: their cache folders would be one folder on
+    case-insensitive file systems (macOS, Windows)."""
+    if not isinstance(modalities, Mapping):
+        raise AdapterError(f"modalities must be a mapping of name -> adapter spec, got {type(modalities).__name__}")
+    if not modalities:
+        raise AdapterError("data config lists no modalities")
+    by_case: dict[str, str] = {}
+    for name in modalities:
+        problem = name_problem(name)
+        if problem:
+            raise AdapterError(f"data config: {problem}")
+        if name.lower() in by_case:
+            raise AdapterError(
+                f"data config: modality names {by_case[name.lower()]!r} and {name!r} differ only in case; their"
+                " cache folders would collide on case-insensitive file systems: rename one"
+            )
+        by_case[name.lower()] = name
+
+
+def _adapter_call(
+    modality: str, spec: Mapping, base: Path, id_column: str = DEFAULT_ID_COLUMN
+) -> tuple[Callable, dict]:
     if not isinstance(spec, Mapping) or "adapter" not in spec:
         raise AdapterError(
             f"modality {modality!r}: give a mapping with 'adapter' (one of {sorted(ADAPTERS)}) and its arguments"
@@ -69,6 +100,8 @@ def _adapter_call(modality: str, spec: Mapping, base: Path) -> tuple[Callable, d
     function = ADAPTERS[name]
     kwargs = {k: _resolve(v, base) for k, v in spec.items() if k != "adapter"}
     accepted = set(inspect.signature(function).parameters) - {"name"}
+    if "id_column" in accepted and "id_column" not in kwargs:
+        kwargs["id_column"] = id_column  # the data-level ID column: "the same name in every table"
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise AdapterError(
@@ -110,15 +143,20 @@ def build_cached_cohort(
     id_column: str = DEFAULT_ID_COLUMN,
     cache_dir: str | os.PathLike = "outputs/cache",
     base_dir: str | os.PathLike | None = None,
+    min_match: float | Mapping[str, float] = DEFAULT_MIN_MATCH,
 ) -> tuple[Cohort, str]:
-    """The aligned cohort (memory-mapped from the cache) and its fingerprint."""
+    """The aligned cohort (memory-mapped from the cache) and its fingerprint.
+
+    ``min_match``: the fraction of a modality's subjects that must be participants, and of the participants
+    that must be in the modality (a number for all, or modality -> number); below it the build stops with
+    the ID styles of both files. Lower it for a modality that really covers only part of the cohort.
+    """
+    check_modality_names(modalities)  # first: a bad name must not cost a NIfTI pass before it is refused
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     participants = _resolve(participants, base)
     if not Path(participants).is_file():
         raise AdapterError("participants table not found", file=participants)
-    if not modalities:
-        raise AdapterError("data config lists no modalities")
-    calls = {m: _adapter_call(m, spec, base) for m, spec in modalities.items()}
+    calls = {m: _adapter_call(m, spec, base, id_column) for m, spec in modalities.items()}
     inputs = [participants]
     for modality, spec in modalities.items():
         inputs += _input_files(spec["adapter"], calls[modality][1])
@@ -128,6 +166,7 @@ def build_cached_cohort(
         "confounds": list(confounds),
         "join": join,
         "id_column": id_column,
+        "min_match": dict(min_match) if isinstance(min_match, Mapping) else min_match,
     }
     key = fingerprint(inputs, settings, stat_index=Path(cache_dir) / STAT_INDEX)
     folder = Path(cache_dir) / f"cohort-{key}"
@@ -139,7 +178,14 @@ def build_cached_cohort(
             shutil.rmtree(folder, ignore_errors=True)
     log.info("building the cohort into %s", folder)
     built = {m: function(**kwargs, name=m) for m, (function, kwargs) in calls.items()}
-    cohort = build_cohort(participants, built, targets=targets, confounds=confounds, join=join, id_column=id_column)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    cohort = build_cohort(
+        participants,
+        built,
+        targets=targets,
+        confounds=confounds,
+        join=join,
+        id_column=id_column,
+        min_match=min_match,
+    )
     save_cohort(cohort, folder)
     return load_cohort(folder, mmap=True), key

@@ -12,34 +12,26 @@ Two ways to say it, one per routing path of the backbone:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..names import MAX_NAME_LENGTH, MAX_TOWER_NAME_LENGTH, MODULEDICT_ATTRIBUTES, check_names
+
 PAD_ID = -1
 """Modality id of a padding token (general routing path)."""
 
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # used with fullmatch: "$" would let a trailing newline through
 _TAKEN = frozenset(dir(nn.ModuleDict()))  # attribute names a ModuleDict refuses as keys ("training", "values", ...)
 
 
 def check_modality_names(names: Sequence[str], what: str = "modality") -> None:
-    """Names become parameter keys (``blocks.0.ffn.gene``), so they must be identifiers."""
-    if len(names) == 0:
-        raise ValueError(f"at least one {what} is needed")
-    for name in names:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ValueError(
-                f"{what} name {name!r} is not usable: use letters, digits and '_' (not starting with a digit)"
-            )
-        if name in _TAKEN:
-            raise ValueError(f"{what} name {name!r} is taken by torch.nn.ModuleDict's own attributes: rename it")
-    duplicated = sorted({n for n in names if list(names).count(n) > 1})
-    if duplicated:
-        raise ValueError(f"{what} names must be unique; repeated: {duplicated}")
+    """Names become parameter keys (``blocks.0.ffn.gene``), so they follow the one rule of :mod:`mot_neuro.names`
+    (identifiers, at most 64 characters; 129 for a tower, which may join two), checked here against the
+    installed torch's ModuleDict attributes too."""
+    max_length = MAX_TOWER_NAME_LENGTH if what == "tower" else MAX_NAME_LENGTH
+    check_names(names, what, reserved=MODULEDICT_ATTRIBUTES | _TAKEN, max_length=max_length)
 
 
 @dataclass(frozen=True)
