@@ -13,7 +13,7 @@ import pytest
 from data_adapters.cache import load_cohort, save_cohort
 from data_adapters.cohort import build_cohort
 from data_adapters.core import AdapterError, TokenizedModality
-from mot_neuro.data.preprocess import FoldPreprocessor
+from mot_neuro.data.preprocess import FoldPreprocessor, decide_targets
 
 N = 400
 SITE_EFFECT = {"a": 0.0, "b": 6.0, "c": -4.0}
@@ -124,8 +124,10 @@ def test_non_training_rows_change_nothing_that_is_fitted(confounds):
     assert not np.array_equal(
         np.asarray(wild.modalities["brain"].values), np.asarray(cohort.modalities["brain"].values)
     )
-    first = fitted(cohort, train, confounds=confounds)
-    second = fitted(wild, train, confounds=confounds)
+    # target kinds are the cohort's, decided once (decide_targets); given them, nothing else depends on other rows
+    specs = decide_targets(cohort, {"y_cls": "multiclass"})
+    first = fitted(cohort, train, confounds=confounds, target_specs=specs)
+    second = fitted(wild, train, confounds=confounds, target_specs=specs)
     assert canonical(first.state_dict()) == canonical(second.state_dict())
     for name in ("brain", "gene"):
         for a, b in zip(first.transform(name, train), second.transform(name, train), strict=True):
@@ -342,12 +344,16 @@ def test_target_kinds_are_inferred_or_declared():
 
 def test_held_out_class_labels_unknown_to_training_are_refused():
     cohort = make_cohort()
+    specs = decide_targets(cohort, {"y_cls": "multiclass"})  # 4 classes, decided before the label is changed
     table = cohort.participants.reset_index()
     train = train_rows()
     held_out = np.setdiff1d(np.arange(N), train)
     table.loc[held_out[0], "y_cls"] = 9
     cohort = build_cohort(table, cohort.modalities, targets=cohort.targets, confounds=cohort.confounds)
-    pre = fitted(cohort, train)
+    # decided from the whole cohort, label 9 leaves classes 4..8 without a subject: refused before any fit
+    with pytest.raises(AdapterError, match="no subject of class 4"):
+        fitted(cohort, train)
+    pre = fitted(cohort, train, target_specs=specs)
     pre.transform_targets(train)
     with pytest.raises(AdapterError, match=r"labels outside 0\.\.3"):
         pre.transform_targets(held_out)

@@ -142,8 +142,10 @@ def test_load_or_make_splits_makes_once_then_reuses(tmp_path):
     assert path.is_file()
     again = load_or_make_splits(path, list(reversed(IDS)), stratify=CASES, seed=4)
     assert again == made
-    # the saved file wins over other settings (only logged)
-    assert load_or_make_splits(path, IDS, seed=99) == made
+    # a saved file made with other settings is refused, naming them (saved and asked), never silently used
+    with pytest.raises(AdapterError, match="seed 4 saved, 99 asked") as err:
+        load_or_make_splits(path, IDS, stratify=CASES, seed=99)
+    assert "delete the file" in str(err.value)
 
 
 def test_load_or_make_splits_refuses_a_file_with_other_subjects_by_count_never_by_id(tmp_path):

@@ -10,6 +10,11 @@ the rows it needs: cohorts larger than RAM work. A batch is::
 
 Sizes the model needs (tokens and features per modality, target kinds) are in :attr:`model_inputs`,
 available right after construction, so the CLI links them into the model config (no copying by hand).
+
+Checks made while preparing, so that a run never trains on a wrong number: option ranges (at construction),
+target kinds decided once for the cohort, every fold's training part holding every class, a saved splits
+file matching the settings, and the fold's held-out rows transformed once (about a quarter of the fit's
+reading) so that a value the training statistics would make non-finite stops the run before any step.
 """
 
 from __future__ import annotations
@@ -18,24 +23,84 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
+import pandas as pd
 import torch
+from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt, restricted_number_type
 from torch.utils.data import DataLoader, Dataset
 
 from data_adapters.cache import load_cohort
+from data_adapters.cohort import DEFAULT_MIN_MATCH
 from data_adapters.core import AdapterError
 
-from .preprocess import FoldPreprocessor
-from .sources import build_cached_cohort
-from .splits import Splits, load_or_make_splits
+from .preprocess import FoldPreprocessor, class_labels, decide_targets
+from .sources import build_cached_cohort, check_modality_names
+from .splits import SCHEMES, Splits, load_or_make_splits
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 """Code of each split in ``batch["split"]`` (int8); -1 marks a row in none of the fold's splits."""
 PREDICT_SPLITS = ("all", *STAGES)
+JOINS = ("inner", "outer")
+TARGET_KIND = Literal["regression", "binary", "multiclass"]
+# types the CLI's parser checks when it reads the option, so a bad value is refused (naming it) before any run
+AtLeastTwoInt = restricted_number_type("AtLeastTwoInt", int, (">=", 2))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_data_options(
+    *,
+    batch_size,
+    num_workers,
+    scheme,
+    n_folds,
+    fold,
+    val_fraction,
+    test_fraction,
+    split_seed,
+    join,
+    predict_split,
+) -> None:
+    """Range checks of the DataModule's options, for the Python API (the CLI's parser already checks the
+    types): a ValueError naming the option as it is written in a config (``data.batch_size``)."""
+    problems = []
+    if not _is_int(batch_size) or batch_size < 1:
+        problems.append(f"data.batch_size must be a positive integer, got {batch_size!r}")
+    if not _is_int(num_workers) or num_workers < 0:
+        problems.append(f"data.num_workers must be an integer >= 0, got {num_workers!r}")
+    if scheme not in SCHEMES:
+        problems.append(f"data.scheme must be one of {list(SCHEMES)}, got {scheme!r}")
+    if not _is_int(n_folds) or n_folds < 2:
+        problems.append(f"data.n_folds must be an integer >= 2, got {n_folds!r}")
+    for option, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value < 1:
+            problems.append(f"data.{option} must be between 0 and 1 (exclusive), got {value!r}")
+    if not _is_int(split_seed) or split_seed < 0:
+        problems.append(f"data.split_seed must be an integer >= 0, got {split_seed!r}")
+    if join not in JOINS:
+        problems.append(f"data.join must be one of {list(JOINS)}, got {join!r}")
+    if predict_split not in PREDICT_SPLITS:
+        problems.append(f"data.predict_split must be one of {list(PREDICT_SPLITS)}, got {predict_split!r}")
+    if problems:
+        raise ValueError(problems[0])
+    n_available = n_folds if scheme == "kfold" else 1
+    if not _is_int(fold) or not 0 <= fold < n_available:
+        valid = f"0..{n_folds - 1} (data.n_folds is {n_folds})" if scheme == "kfold" else "0 (holdout has one fold)"
+        raise ValueError(f"data.fold {fold!r} does not exist: the {scheme} splits have fold(s) {valid}")
+    held_out = val_fraction + (1 / n_folds if scheme == "kfold" else test_fraction)
+    if held_out >= 1:
+        test = f"1/n_folds = {1 / n_folds:.3g}" if scheme == "kfold" else f"data.test_fraction = {test_fraction}"
+        raise ValueError(
+            f"data.val_fraction ({val_fraction}) + {test} leaves no training subjects; lower data.val_fraction or"
+            " the test size"
+        )
 
 
 class CohortBatches(Dataset):
@@ -91,11 +156,15 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         participants: participants table (CSV/TSV/parquet) with the ID, targets and confounds.
         modalities: modality name -> ``{adapter: <name>, <its arguments>}`` (see ``mot_neuro.data.sources``).
         targets: target columns of participants; ``target_kinds`` may fix their kind
-            (``regression``, ``binary``, ``multiclass``), otherwise inferred from the training values.
+            (``regression``, ``binary``, ``multiclass``), otherwise inferred once from the whole cohort
+            (0/1 or PLINK's 1/2 -> binary, else regression), the same for every fold. A constant target, or
+            one beyond float32's range, is refused; so is a fold whose training part lacks a class.
         confounds: participants columns regressed out of every numeric input feature (training fold fit).
         drop_modalities: modalities left out of the inputs (leave-one-modality-out) without touching files.
         splits_file: the saved folds; made on first use (stratified by ``stratify``, grouped by ``group``),
-            then reused by every experiment that points at it.
+            then reused by every experiment that points at it. A saved file made with other settings (scheme,
+            folds, fractions, seed, stratify, group) is refused, as are saved folds where a group crosses
+            train/val/test: delete it, or point here another path, to make new splits.
         fold: which fold trains (k-fold: ``0 .. n_folds-1``).
         predict_split: the rows ``predict_dataloader`` serves: ``all`` (train + val + test of the fold, in cohort
             order), ``train``, ``val`` or ``test``.
@@ -103,6 +172,10 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         cohort_dir: a cohort already saved as a folder (``data_adapters.cache.CohortWriter`` or ``save_cohort``),
             used in place of ``participants`` + ``modalities`` (give one or the other): nothing is built, the
             arrays are memory-mapped from there. ``targets`` and ``confounds`` must be its participants columns.
+        min_match: the share of a modality's subjects that must be participants, and of the participants that must
+            be in the modality (a number, or modality -> number); below it the IDs are taken to be written
+            differently (leading zeros, a ``sub-`` prefix) and the build stops. Lower it for a modality that
+            really covers part of the cohort (e.g. ``{brain: 0.1}`` when a tenth were scanned).
     """
 
     def __init__(
@@ -111,30 +184,43 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         modalities: Mapping[str, Mapping] | None = None,
         targets: Sequence[str] = ("target",),
         confounds: Sequence[str] = (),
-        target_kinds: Mapping[str, str] | None = None,
-        join: str = "outer",
+        target_kinds: Mapping[str, TARGET_KIND] | None = None,
+        join: Literal["inner", "outer"] = "outer",
         id_column: str = "eid",
         drop_modalities: Sequence[str] = (),
         cache_dir: str = "outputs/cache",
         splits_file: str = "outputs/splits.json",
-        scheme: str = "kfold",
-        n_folds: int = 5,
-        fold: int = 0,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
+        scheme: Literal["kfold", "holdout"] = "kfold",
+        n_folds: AtLeastTwoInt = 5,
+        fold: NonNegativeInt = 0,
+        val_fraction: OpenUnitInterval = 0.1,
+        test_fraction: OpenUnitInterval = 0.2,
         stratify: str | None = None,
         group: str | None = None,
-        split_seed: int = 0,
+        split_seed: NonNegativeInt = 0,
         standardize: bool = True,
-        batch_size: int = 32,
-        num_workers: int = 0,
+        batch_size: PositiveInt = 32,
+        num_workers: NonNegativeInt = 0,
         generate_demo: str | None = None,
-        predict_split: str = "all",
+        predict_split: Literal["all", "train", "val", "test"] = "all",
         cohort_dir: str | None = None,
+        min_match: float | dict[str, float] = DEFAULT_MIN_MATCH,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._check_predict_split(predict_split)
+        # before anything is read or tracked: a bad option costs nothing and names itself
+        check_data_options(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            scheme=scheme,
+            n_folds=n_folds,
+            fold=fold,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            split_seed=split_seed,
+            join=join,
+            predict_split=predict_split,
+        )
         if cohort_dir is not None:
             if participants is not None or modalities is not None:
                 raise AdapterError(
@@ -155,6 +241,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 f"no data: give participants and modalities (a data config; missing: {lacking}) or cohort_dir"
                 " (a saved cohort folder)"
             )
+        # names become parameter keys, folders and MLflow keys: one rule, checked before anything is read
+        check_modality_names(dict.fromkeys(modalities))
         unknown = sorted(set(drop_modalities) - set(modalities))
         if unknown:
             raise AdapterError(f"drop_modalities names unknown modality(ies) {unknown}; known: {sorted(modalities)}")
@@ -186,14 +274,17 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 join=hp.join,
                 id_column=hp.id_column,
                 cache_dir=hp.cache_dir,
+                min_match=hp.min_match,
             )
             self.cohort_dir = Path(hp.cache_dir) / f"cohort-{self.data_fingerprint}"
         participants = self.cohort.participants
+        # a target's kind is the cohort's, decided once: every fold trains the same kind of head
+        self.target_specs = decide_targets(self.cohort, hp.target_kinds)
         stratify = None
         if hp.stratify is not None:
             if hp.stratify not in participants.columns:
                 raise AdapterError(f"stratify column {hp.stratify!r} is not a target/confound of the cohort")
-            stratify = participants[hp.stratify].to_numpy()
+            stratify = participants[hp.stratify]  # a named Series: the splits file records the column
         groups = None
         if hp.group is not None:
             if hp.group not in participants.columns:
@@ -201,10 +292,12 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                     f"group column {hp.group!r} is not in the cohort's participants columns"
                     f" {list(participants.columns)}; list it under confounds or targets"
                 )
-            groups = participants[hp.group].astype(str).to_numpy()
+            groups = participants[hp.group].astype(str)
         self.splits: Splits = load_or_make_splits(
             hp.splits_file,
             self.cohort.subject_ids,
+            class_targets=self._class_targets(),
+            fold=hp.fold,
             scheme=hp.scheme,
             n_folds=hp.n_folds,
             val_fraction=hp.val_fraction,
@@ -221,9 +314,26 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         for stage, code in SPLIT_CODES.items():
             self.split_of_row[self.rows[stage]] = code
         self.preprocessor = FoldPreprocessor(
-            standardize=hp.standardize, confounds=list(hp.confounds), target_kinds=hp.target_kinds
+            standardize=hp.standardize,
+            confounds=list(hp.confounds),
+            target_kinds=hp.target_kinds,
+            target_specs=self.target_specs,
         ).fit(self.cohort, self.rows["train"])
+        # fit bounded the training rows; a held-out value that the training statistics make non-finite stops
+        # the run here, before any step (and outside DataLoader workers, whose errors come wrapped)
+        held_out = np.concatenate([self.rows["val"], self.rows["test"]])
+        self.preprocessor.check_rows(held_out, self.kept)
         self._prepared = True
+
+    def _class_targets(self) -> dict[str, tuple[np.ndarray, list[float]]]:
+        """Raw labels (in cohort order) and class labels of each categorical target, for the splits' checks."""
+        out = {}
+        for name, spec in self.target_specs.items():
+            if spec["kind"] == "regression":
+                continue
+            labels = pd.to_numeric(self.cohort.participants[name]).to_numpy(dtype=np.float64, na_value=np.nan)
+            out[name] = (labels, class_labels(spec))
+        return out
 
     def _saved_cohort(self, folder: Path):
         """The cohort of ``cohort_dir`` (memory-mapped) with this config's targets and confounds, and its key."""
@@ -283,6 +393,9 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             }
             for name in self.hparams.targets
         }
+        for name, target in targets.items():
+            if fitted[name].get("coding"):  # raw labels of classes 0 and 1 (PLINK's 1/2), recorded with the model
+                target["coding"] = list(fitted[name]["coding"])
         return {"modalities": specs, "targets": targets, "fingerprint": self.data_fingerprint}
 
     # ------------------------------------------------------------------ Lightning hooks

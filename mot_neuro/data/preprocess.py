@@ -16,10 +16,21 @@ processed on its own, in this order:
 A missing or unseen category of a confound gives an all-zero row in its centred one-hot block, i.e. the
 training average, like a missing numeric confound (z = 0). Categorical tokens (names in
 ``modality.categories``) pass through as category indices (0 where missing). Regression targets are
-standardized with training mean and SD; binary and multiclass targets pass through. NaN targets stay NaN.
+standardized with training mean and SD; binary and multiclass targets pass through (a binary target coded
+1/2, PLINK's control/case, becomes 0/1). NaN targets stay NaN.
 
-Nothing is computed from rows outside ``train_rows``: the fitted state (:meth:`FoldPreprocessor.state_dict`)
-is identical whatever the other rows hold.
+A target's kind (and a multiclass target's number of classes, a binary target's coding) is a property of the
+cohort, not of a fold: :func:`decide_targets` decides it once from every row, so a rare class absent from one
+fold's training rows cannot turn the target into regression on that fold. Every class must then be present in
+the training rows. Apart from that decision, nothing is computed from rows outside ``train_rows``: given the
+same ``target_specs``, the fitted state (:meth:`FoldPreprocessor.state_dict`) is identical whatever the other
+rows hold.
+
+Numbers that would become infinite are refused, never trained on: statistics are float64 (a confound's mean and
+SD computed on values scaled by their largest magnitude, so they cannot overflow) and checked finite at fit; a
+target or confound beyond float32's range is refused for the whole cohort; the standardized values of the
+training rows are bounded at fit time, and every transformed block is checked with one ``np.isfinite`` (the
+error names the modality, token, feature and one subject).
 
 Memory is flat in the number of subjects: fitting holds ``block_rows`` rows at a time, and after every block
 read from a memory-mapped modality (by fit or transform) the pages it mapped are dropped from the process's
@@ -48,6 +59,8 @@ TARGET_KINDS = ("regression", "binary", "multiclass")
 IMPUTE = ("mean",)
 RIDGE = 1e-8
 MIN_SD = 1e-12
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # batches are float32: anything larger becomes inf
+PLINK_CODING = (1.0, 2.0)  # a binary target coded control = 1, case = 2
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +96,166 @@ def _blocks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def _slot_error(modality, slot: int, subject: str | None, problem: str) -> AdapterError:
+    """An error naming the modality, the token and feature of a flat slot, and (when known) one subject."""
+    token = modality.token_names[slot // modality.n_features]
+    feature = slot % modality.n_features
+    names = getattr(modality, "feature_names", None)
+    feature_text = f"feature {names[feature]!r}" if names and len(names) > feature else f"feature {feature}"
+    return AdapterError(
+        f"modality {modality.name!r}, token {token!r} ({feature_text}): {problem}; check the modality's input"
+        " (preprocessing must not give the model a non-finite number)",
+        subject=subject,
+    )
+
+
+def _label(value: float) -> str:
+    """A class label as written in a table: 1 rather than 1.0."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _check_target_kinds(target_kinds: Mapping[str, str] | None) -> dict[str, str]:
+    declared = dict(target_kinds or {})
+    for name, kind in declared.items():
+        if kind not in TARGET_KINDS:
+            raise AdapterError(f"target kind must be one of {TARGET_KINDS}, got {kind!r}", column=name)
+    return declared
+
+
+def check_cohort_range(cohort: Cohort) -> None:
+    """Refuse a target or numeric confound holding a value beyond float32's range anywhere in the cohort
+    (batches are float32, where it would be infinite; the cohort build already refuses infinite values)."""
+    participants = cohort.participants
+    for role, columns in (("target", cohort.targets), ("confound", cohort.confounds)):
+        for name in columns:
+            if name not in participants.columns or not _is_numeric(participants[name]):
+                continue
+            values = _as_float(participants[name])
+            huge = np.abs(values) > FLOAT32_MAX  # NaN compares False
+            if huge.any():
+                row = int(np.flatnonzero(huge)[0])
+                raise AdapterError(
+                    f"{role} holds a value beyond float32's range (|x| > 3.4e38: {values[row]:.3g}) in"
+                    f" {int(huge.sum())} row(s); it would be infinite in the float32 batches: fix the value or"
+                    " rescale the column",
+                    column=name,
+                    subject=str(participants.index[row]),
+                )
+
+
+def decide_targets(cohort: Cohort, target_kinds: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """Each target's kind, from the whole cohort (every row): ``{name: {"kind", ["n_classes"], ["coding"]}}``.
+
+    Declared kinds (``target_kinds``) win; otherwise a numeric target holding exactly 0 and 1 is binary, one
+    holding exactly 1 and 2 is binary in PLINK's coding (1 = control -> 0, 2 = case -> 1: ``coding`` [1, 2]),
+    anything else is regression (multiclass is never inferred; two other values are regression with a
+    warning, and binary when declared: the lower is class 0). A multiclass target's ``n_classes`` is
+    K for labels 0..K-1, and every label must be used. Refused, naming the column: text, no observed value, a
+    single distinct value (nothing to learn), values beyond float32's range.
+    """
+    declared = _check_target_kinds(target_kinds)
+    unknown = sorted(set(declared) - set(cohort.targets))
+    if unknown:
+        raise AdapterError(
+            f"target_kinds names column(s) that are not targets of the cohort (targets: {cohort.targets})",
+            column=unknown[0],
+        )
+    check_cohort_range(cohort)
+    specs = {}
+    for name in cohort.targets:
+        series = cohort.participants[name]
+        if not _is_numeric(series):
+            raise AdapterError(
+                "target holds text; encode classes as integers 0..K-1 and declare"
+                f" target_kinds={{{name!r}: 'multiclass'}} (or 'binary' for 0/1)",
+                column=name,
+            )
+        values = _as_float(series)
+        values = values[~np.isnan(values)]
+        if len(values) == 0:
+            raise AdapterError("target has no observed value in the cohort; fill it in or drop it", column=name)
+        distinct = np.unique(values)
+        if len(distinct) == 1:
+            raise AdapterError(
+                f"target is constant (every observed value is {_label(distinct[0])}): there is nothing to learn;"
+                " check the column, or drop it from targets",
+                column=name,
+            )
+        integer = bool(np.all(distinct == np.round(distinct)))
+        pair = tuple(distinct.tolist()) if len(distinct) == 2 else None
+        kind = declared.get(name)
+        if kind is None:
+            kind = "binary" if pair in ((0.0, 1.0), PLINK_CODING) else "regression"
+            if kind == "regression" and pair is not None:
+                log.warning(
+                    "target %r holds exactly two values (%s, %s) and is treated as regression; declare"
+                    " target_kinds={%r: 'binary'} if they are classes",
+                    name,
+                    _label(pair[0]),
+                    _label(pair[1]),
+                    name,
+                )
+            elif kind == "regression" and integer and 3 <= len(distinct) <= 20:
+                log.info(
+                    "target %r has %d integer values and is treated as regression; declare"
+                    " target_kinds={%r: 'multiclass'} for classes",
+                    name,
+                    len(distinct),
+                    name,
+                )
+        spec: dict = {"kind": kind}
+        if kind == "binary":
+            if pair is None:
+                raise AdapterError(
+                    "binary target must hold only 0 and 1 (or two other values, the lower one read as class 0);"
+                    f" it holds {len(distinct)} distinct values (first: {', '.join(_label(v) for v in distinct[:4])})",
+                    column=name,
+                )
+            if pair != (0.0, 1.0):  # recorded, so that labels, predictions and metrics all use classes 0/1
+                spec["coding"] = list(pair)
+                convention = "PLINK's coding, 1 = control and 2 = case" if pair == PLINK_CODING else "binary"
+                log.warning(
+                    "target %r holds %s and %s: read as %s (%s = class 0, %s = class 1); probabilities are those of %s",
+                    name,
+                    _label(pair[0]),
+                    _label(pair[1]),
+                    convention,
+                    _label(pair[0]),
+                    _label(pair[1]),
+                    _label(pair[1]),
+                )
+        elif kind == "multiclass":
+            if not integer or distinct.min() < 0:
+                raise AdapterError("multiclass target must hold integer class labels 0..K-1", column=name)
+            spec["n_classes"] = int(distinct.max()) + 1
+            unused = np.setdiff1d(np.arange(spec["n_classes"]), distinct)
+            if len(unused):
+                raise AdapterError(
+                    f"multiclass target has no subject of class {int(unused[0])} ({len(unused)} of the labels"
+                    f" 0..{spec['n_classes'] - 1} are unused); number the classes 0..K-1 without gaps",
+                    column=name,
+                )
+        specs[name] = spec
+    return specs
+
+
+def class_labels(spec: Mapping) -> list[float]:
+    """The raw labels of a categorical target's classes, in class order (none for regression)."""
+    if spec["kind"] == "binary":
+        return list(spec.get("coding") or (0.0, 1.0))
+    if spec["kind"] == "multiclass":
+        return [float(c) for c in range(int(spec["n_classes"]))]
+    return []
+
+
 class FoldPreprocessor:
     """Fits on a cohort's training rows, then transforms any rows of a modality (see the module docstring).
 
     ``target_kinds`` declares targets as ``"regression"``, ``"binary"`` or ``"multiclass"``; undeclared ones
-    are inferred from the training values (numeric with exactly the values 0 and 1 -> binary, else
-    regression). Multiclass is never inferred: declare it (labels must be integers 0..K-1).
+    are inferred from the whole cohort's values by :func:`decide_targets` (0/1 or 1/2 -> binary, else
+    regression). Multiclass is never inferred: declare it (labels must be integers 0..K-1). ``target_specs``
+    (the output of :func:`decide_targets`) skips that decision: a DataModule decides once and gives every fold
+    the same specs.
     """
 
     def __init__(
@@ -99,6 +266,7 @@ class FoldPreprocessor:
         impute: str = "mean",
         block_rows: int = 4096,
         target_kinds: Mapping[str, str] | None = None,
+        target_specs: Mapping[str, Mapping] | None = None,
     ) -> None:
         if impute not in IMPUTE:
             raise AdapterError(f"impute must be one of {IMPUTE}, got {impute!r}")
@@ -107,15 +275,15 @@ class FoldPreprocessor:
         confounds = [confounds] if isinstance(confounds, str) else [str(c) for c in confounds]
         if len(set(confounds)) != len(confounds):
             raise AdapterError(f"confounds {confounds} list a column twice")
-        declared = dict(target_kinds or {})
-        for name, kind in declared.items():
-            if kind not in TARGET_KINDS:
-                raise AdapterError(f"target kind must be one of {TARGET_KINDS}, got {kind!r}", column=name)
+        declared = _check_target_kinds(target_kinds)
+        if target_specs is not None:
+            _check_target_kinds({name: spec.get("kind") for name, spec in target_specs.items()})
         self.standardize = bool(standardize)
         self.confounds = confounds
         self.impute = impute
         self.block_rows = int(block_rows)
         self.declared_kinds = declared
+        self.target_specs = None if target_specs is None else {k: dict(v) for k, v in target_specs.items()}
         self.target_kinds: dict[str, str] = {}
         self.n_classes: dict[str, int] = {}
         self._confound_specs: list[dict] = []
@@ -139,15 +307,45 @@ class FoldPreprocessor:
                 raise AdapterError(
                     f"confound not in participants (columns: {list(participants.columns)[:20]})", column=column
                 )
+        specs = self.target_specs if self.target_specs is not None else decide_targets(cohort, self.declared_kinds)
+        self._check_confound_range(cohort)
         self._confound_specs = self._fit_confounds(participants, rows)
         design = self._design(participants, rows)[0] if self.confounds else None
         self._array_cache = {}
         self._cohort_columns = None
-        self._modalities = {name: self._fit_modality(m, rows, design) for name, m in cohort.modalities.items()}
-        self._fit_targets(cohort, rows)
+        self._modalities, extremes = {}, {}
+        for name, modality in cohort.modalities.items():
+            self._modalities[name], extremes[name] = self._fit_modality(modality, rows, design)
+        self._fit_targets(cohort, rows, specs)
         self._n_train = len(rows)
         self._cohort = cohort
+        self._array_cache = {}
+        for name, too_large in extremes.items():
+            if too_large:  # some training value leaves float32's range once transformed: find and name it
+                for block in _blocks(len(rows), self.block_rows):
+                    self.transform(name, rows[block], cohort=cohort)  # raises, naming the subject
+                raise AdapterError(
+                    f"modality {name!r}: a training value leaves float32's range after preprocessing (fitted"
+                    " statistics are extreme); check the modality's values"
+                )
         return self
+
+    def _check_confound_range(self, cohort: Cohort) -> None:
+        """Confounds are float64, but beyond float32's range they are data errors, as in targets and features."""
+        for column in self.confounds:
+            series = cohort.participants[column]
+            if not _is_numeric(series):
+                continue
+            values = _as_float(series)
+            huge = np.abs(values) > FLOAT32_MAX  # NaN compares False
+            if huge.any():
+                row = int(np.flatnonzero(huge)[0])
+                raise AdapterError(
+                    f"confound holds a value beyond float32's range (|x| > 3.4e38: {values[row]:.3g}) in"
+                    f" {int(huge.sum())} row(s); its regression would overflow: fix the value or rescale the column",
+                    column=column,
+                    subject=str(cohort.participants.index[row]),
+                )
 
     def _fit_confounds(self, participants: pd.DataFrame, rows: np.ndarray) -> list[dict]:
         specs = []
@@ -159,15 +357,15 @@ class FoldPreprocessor:
                 )
             if _is_numeric(series):
                 values = _as_float(series)
-                sd = float(np.nanstd(values))
-                specs.append(
-                    {
-                        "name": column,
-                        "kind": "numeric",
-                        "mean": float(np.nanmean(values)),
-                        "sd": sd if sd > MIN_SD else 1.0,
-                    }
-                )
+                # scaled by the largest magnitude first: squares of values near 1e300 overflow float64
+                magnitude = float(np.nanmax(np.abs(values))) or 1.0
+                mean = magnitude * float(np.nanmean(values / magnitude))
+                sd = magnitude * float(np.nanstd(values / magnitude))
+                if not (np.isfinite(mean) and np.isfinite(sd)):
+                    raise AdapterError(
+                        "confound's training mean or SD is not finite; check the column's values", column=column
+                    )
+                specs.append({"name": column, "kind": "numeric", "mean": mean, "sd": sd if sd > MIN_SD else 1.0})
             else:
                 labels = series.dropna().astype(str)
                 counts = labels.value_counts().sort_index()
@@ -220,6 +418,10 @@ class FoldPreprocessor:
         raw = np.asarray(modality.values[rows]).reshape(len(rows), -1)[:, slots].astype(np.float64)
         observed = np.asarray(modality.present[rows])[:, tokens] & ~np.isnan(raw)
         release_pages(modality.values, modality.present)  # see the module docstring: flat memory
+        infinite = observed & np.isinf(raw)
+        if infinite.any():
+            row, slot = (int(i[0]) for i in np.nonzero(infinite))
+            raise _slot_error(modality, int(slots[slot]), str(modality.subject_ids[rows[row]]), "the value is infinite")
         return np.where(observed, raw, 0.0), observed
 
     def _fit_modality(self, modality, rows: np.ndarray, design: np.ndarray | None) -> dict:
@@ -260,17 +462,34 @@ class FoldPreprocessor:
         offset = np.zeros(n_slots) if regress else mean
         first = np.zeros(n_slots)
         second = np.zeros(n_slots)
+        # the extreme deviations bound what transform gives the training rows: checked below, cheaply
+        low = np.zeros(n_slots)
+        high = np.zeros(n_slots)
         for block in _blocks(len(rows), self.block_rows):
             y, observed = self._read(modality, rows[block], slots, tokens)
             base = design[block] @ beta.T if regress else mean
             deviation = np.where(observed, y - base, 0.0)
             first += deviation.sum(axis=0)
             second += (deviation * deviation).sum(axis=0)
+            if len(deviation):
+                low = np.minimum(low, deviation.min(axis=0))
+                high = np.maximum(high, deviation.max(axis=0))
         safe = np.maximum(count, 1)
         shift = np.where(count > 0, first / safe, 0.0)
         center = offset + shift
         sd = np.sqrt(np.maximum(second / safe - shift * shift, 0.0))
         scale = np.where((count > 0) & (sd >= MIN_SD), sd, 1.0)
+        fitted = [center, scale] + ([] if beta is None else [beta])
+        for statistic in fitted:
+            bad = ~np.isfinite(statistic.reshape(n_slots, -1)).all(axis=1)
+            if bad.any():
+                slot = int(slots[np.flatnonzero(bad)[0]])
+                raise _slot_error(modality, slot, None, "a fitted mean, SD or confound coefficient is not finite")
+        if self.standardize:
+            bounds = np.maximum(np.abs(low - shift), np.abs(high - shift)) / scale
+        else:
+            bounds = np.maximum(np.abs(low + offset), np.abs(high + offset))
+        too_large = bool((~np.isfinite(bounds) | (bounds > FLOAT32_MAX)).any())
         unobserved = int((count == 0).sum())
         if unobserved:
             log.warning(
@@ -279,7 +498,7 @@ class FoldPreprocessor:
                 unobserved,
                 n_slots,
             )
-        return {
+        stats = {
             "token_names": list(modality.token_names),
             "n_features": int(modality.n_features),
             "slots": slots.tolist(),
@@ -289,8 +508,10 @@ class FoldPreprocessor:
             "center": center.tolist(),
             "scale": scale.tolist(),
         }
+        return stats, too_large
 
-    def _fit_targets(self, cohort: Cohort, rows: np.ndarray) -> None:
+    def _fit_targets(self, cohort: Cohort, rows: np.ndarray, specs: Mapping[str, Mapping]) -> None:
+        """Training statistics of the targets, whose kinds ``specs`` decided for the whole cohort."""
         unknown = sorted(set(self.declared_kinds) - set(cohort.targets))
         if unknown:
             raise AdapterError(
@@ -299,45 +520,30 @@ class FoldPreprocessor:
             )
         self._targets, self.target_kinds, self.n_classes = {}, {}, {}
         for name in cohort.targets:
-            series = cohort.participants[name].iloc[rows]
-            if not _is_numeric(series):
-                raise AdapterError(
-                    "target holds text; encode classes as integers 0..K-1 and declare"
-                    f" target_kinds={{{name!r}: 'multiclass'}} (or 'binary' for 0/1)",
-                    column=name,
-                )
-            values = _as_float(series)
+            if name not in specs:
+                raise AdapterError("target has no decided kind (target_specs lacks it)", column=name)
+            spec = {key: value for key, value in specs[name].items() if key in ("kind", "n_classes", "coding")}
+            values = _as_float(cohort.participants[name].iloc[rows])
             values = values[~np.isnan(values)]
             if len(values) == 0:
                 raise AdapterError("target has no observed value in the training rows", column=name)
-            distinct = np.unique(values)
-            integer = bool(np.all(distinct == np.round(distinct)))
-            kind = self.declared_kinds.get(name)
-            if kind is None:
-                kind = "binary" if len(distinct) == 2 and set(distinct.tolist()) == {0.0, 1.0} else "regression"
-                if kind == "regression" and integer and 3 <= len(distinct) <= 20:
-                    log.info(
-                        "target %r has %d integer values and is treated as regression; declare"
-                        " target_kinds={%r: 'multiclass'} for classes",
-                        name,
-                        len(distinct),
-                        name,
-                    )
-            spec = {"kind": kind}
-            if kind == "binary" and not set(distinct.tolist()) <= {0.0, 1.0}:
-                raise AdapterError("binary target must hold only 0 and 1 in the training rows", column=name)
-            if kind == "multiclass":
-                if not integer or distinct.min() < 0:
+            kind = spec["kind"]
+            for label in class_labels(spec):
+                if not (values == label).any():
                     raise AdapterError(
-                        "multiclass target must hold integer class labels 0..K-1 in the training rows", column=name
+                        f"{kind} target has no subject of class {_label(label)} in the training rows; the model"
+                        " cannot learn a class it never sees: stratify the splits by this target or use fewer folds",
+                        column=name,
                     )
-                spec["n_classes"] = int(distinct.max()) + 1
-                if spec["n_classes"] < 2:
-                    raise AdapterError("multiclass target has a single class in the training rows", column=name)
-                self.n_classes[name] = spec["n_classes"]
+            if kind == "multiclass":
+                self.n_classes[name] = int(spec["n_classes"])
             if kind == "regression":
-                sd = float(values.std())
-                spec["mean"] = float(values.mean())
+                magnitude = float(np.abs(values).max()) or 1.0  # scaled: no overflow near float32's range
+                mean = magnitude * float((values / magnitude).mean())
+                sd = magnitude * float((values / magnitude).std())
+                if not (np.isfinite(mean) and np.isfinite(sd)):
+                    raise AdapterError("target's training mean or SD is not finite", column=name)
+                spec["mean"] = mean
                 spec["sd"] = sd if sd >= MIN_SD else 1.0
             self._targets[name] = spec
             self.target_kinds[name] = kind
@@ -433,10 +639,41 @@ class FoldPreprocessor:
                 if self.standardize:
                     flat = (flat - center) / scale
                 flat = np.where(observed, flat, fill)
-                out.reshape(len(raw), -1)[:, slots] = flat.astype(np.float32)
+                with np.errstate(over="ignore"):  # an overflow is found, and named, just below
+                    flat = flat.astype(np.float32)
+                finite = np.isfinite(flat)
+                if not finite.all():
+                    self._refuse_non_finite(modality, rows[block], slots, finite, raw, beta is not None)
+                out.reshape(len(raw), -1)[:, slots] = flat
             values[block] = out
             missing[block] = miss
         return values, missing
+
+    def check_rows(self, rows, modalities: Sequence[str] | None = None, *, cohort: Cohort | None = None) -> None:
+        """Transform ``rows`` (of ``modalities``, default all, and the targets) block by block, keeping nothing:
+        each block's checks (finite values, known labels) raise, naming the modality, token and subject.
+
+        Run over a fold's held-out rows before training, it stops a run on a value that the training
+        statistics would turn infinite before any step is taken, instead of at a batch (in a DataLoader
+        worker the error reaches the main process wrapped in a traceback). Costs one read of those rows."""
+        cohort = self._bound(cohort)
+        rows = _rows(rows, cohort.n_subjects, "rows")
+        for name in self._modalities if modalities is None else modalities:
+            for block in _blocks(len(rows), self.block_rows):
+                self.transform(name, rows[block], cohort=cohort)
+        self.transform_targets(rows, cohort=cohort)
+
+    def _refuse_non_finite(self, modality, rows, slots, finite, raw, regressed: bool) -> None:
+        """Name the first value of a block that preprocessing made non-finite (modality, token, subject, why)."""
+        row, column = (int(i[0]) for i in np.nonzero(~finite))
+        value = float(raw.reshape(len(raw), -1)[row, slots[column]])
+        if not np.isfinite(value):
+            problem = "the value is infinite"
+        else:
+            step = "confound regression and standardization" if regressed else "standardization"
+            step = step if self.standardize else "confound regression"
+            problem = f"the value {value:.3g} leaves float32's range after {step} with the training statistics"
+        raise _slot_error(modality, int(slots[column]), str(modality.subject_ids[rows[row]]), problem)
 
     def transform_targets(self, rows, *, cohort: Cohort | None = None) -> dict[str, np.ndarray]:
         """float32 targets of ``rows``: regression standardized with the training mean/SD; NaN stays NaN."""
@@ -450,8 +687,21 @@ class FoldPreprocessor:
             observed = values[~np.isnan(values)]
             if spec["kind"] == "regression":
                 values = (values - spec["mean"]) / spec["sd"]
-            elif spec["kind"] == "binary" and not np.isin(observed, (0.0, 1.0)).all():
-                raise AdapterError("binary target holds values other than 0/1 in these rows", column=name)
+                huge = np.abs(values) > FLOAT32_MAX
+                if huge.any():
+                    raise AdapterError(
+                        "target value leaves float32's range once standardized; fix the value",
+                        column=name,
+                        subject=str(cohort.participants.index[rows[int(np.flatnonzero(huge)[0])]]),
+                    )
+            elif spec["kind"] == "binary":
+                coding = spec.get("coding") or [0.0, 1.0]
+                if not np.isin(observed, coding).all():
+                    raise AdapterError(
+                        f"binary target holds values other than {_label(coding[0])}/{_label(coding[1])} in these rows",
+                        column=name,
+                    )
+                values = self.code_target(name, values)
             elif spec["kind"] == "multiclass":
                 valid = (observed == np.round(observed)) & (observed >= 0) & (observed < spec["n_classes"])
                 if not valid.all():
@@ -462,6 +712,17 @@ class FoldPreprocessor:
                     )
             out[name] = values.astype(np.float32)
         return out
+
+    def code_target(self, name: str, values) -> np.ndarray:
+        """Raw values of a target as the model sees its classes: a binary target coded 1/2 becomes 0/1 (NaN stays
+        NaN); other targets are returned as float64, unscaled. For tools that read targets from participants."""
+        if name not in self._targets:
+            raise AdapterError(f"not a fitted target (fitted: {sorted(self._targets)})", column=name)
+        values = np.asarray(values, dtype=np.float64)
+        coding = self._targets[name].get("coding")
+        if self._targets[name]["kind"] != "binary" or not coding:
+            return values.copy()
+        return np.where(values == coding[1], 1.0, np.where(values == coding[0], 0.0, np.nan))
 
     def inverse_target(self, name: str, values) -> np.ndarray:
         """Undo the standardization of a regression target (e.g. predictions, for MAE in original units)."""

@@ -24,7 +24,7 @@ import inspect
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -374,14 +374,130 @@ def make_splits(
     return Splits(scheme=scheme, folds=folds, settings=settings)
 
 
-def load_or_make_splits(path: str | os.PathLike, subject_ids: Sequence, **make_kwargs) -> Splits:
-    """The splits saved at ``path`` when it exists (they must hold exactly ``subject_ids``), else new splits
-    from :func:`make_splits` (``make_kwargs``), saved there. A saved file always wins over ``make_kwargs``:
-    a difference in settings is logged, not acted on."""
+def _settings_differences(saved: dict, asked: dict) -> list[str]:
+    """``"key saved X, asked Y"`` for each setting that differs. A column name saved as ``"array"`` (splits made
+    from a bare array, which records no name) matches any asked name: the content checks cover those."""
+    differences = []
+    for key, value in asked.items():
+        if key not in saved:
+            continue
+        before = saved[key]
+        if key in ("stratify", "groups") and "array" in (before, value) and None not in (before, value):
+            continue
+        if before != value:
+            differences.append(
+                f"{key} {'none' if before is None else repr(before)} saved,"
+                f" {'none' if value is None else repr(value)} asked"
+            )
+    return differences
+
+
+def groups_crossing(splits: Splits, subject_ids: np.ndarray, groups) -> list[tuple[int, int]]:
+    """``(fold, number of groups)`` for each fold where some group has subjects in more than one of
+    train/val/test; empty when every group stays inside one part."""
+    ids = _check_ids(subject_ids)
+    codes = pd.factorize(_aligned(groups, ids, "groups").astype(str), sort=True)[0]
+    group_of = dict(zip(ids.tolist(), codes.tolist(), strict=True))
+    crossing = []
+    for k, fold in enumerate(splits.folds):
+        parts_of_group: dict[int, set[str]] = {}
+        for part in PARTS:
+            for sid in fold[part]:
+                parts_of_group.setdefault(group_of[sid], set()).add(part)
+        count = sum(len(parts) > 1 for parts in parts_of_group.values())
+        if count:
+            crossing.append((k, count))
+    return crossing
+
+
+def _label(value) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def check_classes(
+    splits: Splits,
+    subject_ids: Sequence,
+    class_targets: Mapping[str, tuple],
+    *,
+    warn_folds: Sequence[int] | None = None,
+    file=None,
+) -> None:
+    """Refuse splits where a fold's training part lacks a class of a categorical target; warn (counts only,
+    never IDs) for each fold in ``warn_folds`` (default: every fold) whose val or test part lacks one, where
+    metrics that need every class are undefined.
+
+    ``class_targets``: target name -> (raw labels, one per subject in the order of ``subject_ids``, NaN where
+    missing; the target's class labels). Every fold's training part is checked: a class missing from one
+    fold's training rows makes that fold's model unable to predict it, and the folds are meant to be run
+    together.
+    """
+    ids = _check_ids(subject_ids)
+    position = {sid: i for i, sid in enumerate(ids.tolist())}
+    warnings_to_give = []
+    folds = range(splits.n_folds()) if warn_folds is None else warn_folds
+    for name, (labels, classes) in class_targets.items():
+        labels = np.asarray(labels, dtype=np.float64)
+        for k, fold in enumerate(splits.folds):
+            for part in PARTS:
+                rows = np.fromiter((position[sid] for sid in fold[part]), dtype=np.int64, count=len(fold[part]))
+                held = labels[rows]
+                lacking = [c for c in classes if not (held == c).any()]
+                if not lacking:
+                    continue
+                if part == "train":
+                    n_class = int((labels == lacking[0]).sum())
+                    again = "; delete the splits file (or point splits_file elsewhere) to make new ones" if file else ""
+                    raise AdapterError(
+                        f"the training part of fold {k} has no subject of class {_label(lacking[0])} of this target"
+                        f" ({n_class} subject(s) of that class in the cohort), so that fold's model could never"
+                        f" predict it; stratify the splits by {name!r} or use fewer folds{again}",
+                        file=file,
+                        column=name,
+                    )
+                if k in folds:
+                    n_observed = int((~np.isnan(held)).sum())
+                    warnings_to_give.append(
+                        f"splits: target {name!r}: the {part} part of fold {k} has no subject of class(es)"
+                        f" {', '.join(_label(c) for c in lacking)} ({n_observed} subject(s) with this target there);"
+                        " metrics that need every class (AUROC, AUPRC) are undefined (NaN) on it"
+                    )
+    for text in warnings_to_give:
+        log.warning(text)
+
+
+def load_or_make_splits(
+    path: str | os.PathLike,
+    subject_ids: Sequence,
+    *,
+    class_targets: Mapping[str, tuple] | None = None,
+    fold: int | None = None,
+    **make_kwargs,
+) -> Splits:
+    """The splits saved at ``path`` when it exists, else new splits from :func:`make_splits` (``make_kwargs``),
+    saved there.
+
+    A saved file must hold exactly ``subject_ids`` and have been made with the settings asked for: any
+    difference (a grouping or stratification not applied, another seed or number of folds) is refused,
+    naming the settings, saved and asked, since using it silently would ignore the configuration. With
+    ``groups``, the saved folds are also checked: no group may cross train/val/test. ``class_targets`` (see
+    :func:`check_classes`) are checked before new splits are saved; warnings are given for every fold of new
+    splits, and for ``fold`` (when given) of saved ones.
+    """
     path = Path(path)
     ids = _check_ids(subject_ids)
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(make_splits).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(make_kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(f"load_or_make_splits got unexpected keyword argument(s) {unknown}")
     if not path.exists():
         splits = make_splits(ids, **make_kwargs)
+        if class_targets:
+            check_classes(splits, ids, class_targets)  # before saving: a refused split is not left behind
         splits.save(path)
         log.info("splits: made %s with %d fold(s), saved to %s", splits.scheme, splits.n_folds(), path)
         return splits
@@ -394,19 +510,26 @@ def load_or_make_splits(path: str | os.PathLike, subject_ids: Sequence, **make_k
             " or point to another splits path",
             file=path,
         )
-    defaults = {
-        name: parameter.default
-        for name, parameter in inspect.signature(make_splits).parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(make_kwargs) - set(defaults))
-    if unknown:
-        raise TypeError(f"load_or_make_splits got unexpected keyword argument(s) {unknown}")
     asked = {**defaults, **make_kwargs}
     _check_arguments(*(asked[key] for key in ("scheme", "n_folds", "val_fraction", "test_fraction", "seed", "n_bins")))
     expected = {"scheme": asked["scheme"], **_settings(**asked)}
-    saved_settings = {"scheme": splits.scheme, **splits.settings}
-    differing = [key for key, value in expected.items() if key in saved_settings and saved_settings[key] != value]
+    differing = _settings_differences({"scheme": splits.scheme, **splits.settings}, expected)
     if differing:
-        log.warning("splits: using the saved file %s; its settings %s differ from the ones asked for", path, differing)
+        raise AdapterError(
+            f"the saved splits were made with other settings than asked ({'; '.join(differing)}); delete the file"
+            " to make new splits with these settings, or point splits_file at another path",
+            file=path,
+        )
+    if asked["groups"] is not None:
+        crossing = groups_crossing(splits, ids, asked["groups"])
+        if crossing:
+            k, count = crossing[0]
+            raise AdapterError(
+                f"in the saved splits, {count} group(s) of {expected['groups']!r} cross train/val/test in fold {k}"
+                f" ({len(crossing)} fold(s) affected): they were not made with this grouping; delete the file to"
+                " make grouped splits, or point splits_file at another path",
+                file=path,
+            )
+    if class_targets:
+        check_classes(splits, ids, class_targets, warn_folds=[] if fold is None else [fold], file=path)
     return splits
