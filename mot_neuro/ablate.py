@@ -19,6 +19,7 @@ one seed and every fold.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import shlex
@@ -42,6 +43,12 @@ OVERRIDES_TAG = "mot_neuro.cell_overrides"
 
 MERGE_PREFIX = "mot_merge_"  # mot_merge_brain+behaviour: MoT with those modalities sharing one tower
 AT_TEST = "@test"  # dropped="brain@test": the full model's checkpoint tested with the brain tokens hidden
+
+
+def overrides_digest(extra: list[str]) -> str:
+    """What the parent run records of a grid's overrides: a digest, since they may hold anything a user passes (a
+    list of subject IDs included), and equal digests are all that resuming needs to know."""
+    return hashlib.sha256(json.dumps(extra).encode()).hexdigest()[:16]
 
 
 def variant_overrides(variant: str, modalities: list[str]) -> list[str]:
@@ -138,8 +145,8 @@ def _cell_args(
             "test",
             "--config",
             config,
-            *cell.overrides(modalities),
             *extra,
+            *cell.overrides(modalities),
             *logging_args,
             "--ckpt_path",
             checkpoint,
@@ -150,8 +157,8 @@ def _cell_args(
         "fit",
         "--config",
         config,
-        *cell.overrides(modalities),
         *extra,
+        *cell.overrides(modalities),  # last: an override of the whole model or data must not undo the cell
         *logging_args,
         "--checkpoint_dir",
         str(_checkpoints(out_dir, cell)),
@@ -186,13 +193,14 @@ class Ablation:
         runs = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{ABLATION_TAG}` = '{self.name}'", max_results=1
         )
-        overrides = json.dumps(self.extra)
+        overrides = overrides_digest(self.extra)
         if runs:
             recorded = runs[0].data.tags.get(OVERRIDES_TAG, overrides)
             if recorded != overrides:
                 raise ValueError(
-                    f"ablation {self.name!r} already ran its cells with --set {json.loads(recorded)}, not"
-                    f" {self.extra}; finished cells would mix settings. Use another --name for new settings"
+                    f"ablation {self.name!r} already ran its cells with other overrides (--set, --data, --model,"
+                    " --trainer) than this command's; finished cells would mix settings. Use another --name for new"
+                    " settings, or the overrides of the first command"
                 )
             return runs[0].info.run_id
         tags = {ABLATION_TAG: self.name, "mot_neuro.config": self.config, OVERRIDES_TAG: overrides}
@@ -308,16 +316,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true", help="print unfinished cells as fit commands")
     mode.add_argument("--summarize", action="store_true", help="only collect finished cells")
-    return p.parse_args(argv)
+    args, unparsed = p.parse_known_args(argv)
+    from mot_neuro.cli import experiment_overrides, set_overrides
+
+    # --data/--model/--trainer mean what they mean in fit, and reach every cell like --set
+    args.extra = [*experiment_overrides("ablate", unparsed), *set_overrides(args.set)]
+    return args
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     name = args.name or Path(args.config).stem + "-ablation"
     out_dir = Path(args.out or Path("outputs") / "ablation" / name)
-    from mot_neuro.cli import set_overrides
-
-    extra = set_overrides(args.set)
+    extra = args.extra
     ablation = Ablation(args.config, name, out_dir, extra)
     folds = args.folds if args.folds is not None else list(range(ablation.n_folds))
     drops = args.drop if args.drop is not None else ["none", *ablation.modalities]
@@ -370,9 +381,17 @@ def main(argv: list[str]) -> int:
 def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> None:
     summary, metric = report["summary"], report["metric"]
     shown = summary[summary["metric"] == metric]
-    columns = [c for c in ("variant", "dropped", "n", "mean", "sd", "mean_diff", "p_value", "q_value") if c in shown]
-    print(f"\nablation {name!r}: {metric}")
+    columns = ("variant", "dropped", "n_cells", "n", "mean", "sd", "mean_diff", "p_value", "q_value")
+    columns = [c for c in columns if c in shown]
+    print(f"\nablation {name!r}: {metric} (n: cells where it is defined, of n_cells run)")
     print(shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    # a metric undefined on some cells' sets (NaN, e.g. AUROC of a fold holding one class) is left out, and said
+    partial = shown[shown["n"] < shown["n_cells"]] if {"n", "n_cells"} <= set(shown.columns) else shown.iloc[:0]
+    for _, row in partial.iterrows():
+        print(
+            f"  {row['variant']}/{row['dropped']}: {metric} undefined (NaN) in {row['n_cells'] - row['n']} of"
+            f" {row['n_cells']} cell(s), left out of its mean and paired test"
+        )
     if report["steps"] is not None:
         print("\nsteps to the dense model's best val/loss (ratio of steps; the MoT paper: 0.35-0.56 at 7B)")
         print(report["steps"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -15,6 +15,11 @@ Wilcoxon signed-rank test of "median difference = 0" (``scipy.stats.wilcoxon`` w
 are dropped, the test is exact for small samples without ties, a permutation test with ties). The test needs no
 normality assumption, which five or ten fold-level differences cannot support anyway.
 
+Undefined values: a metric that was undefined on a cell's evaluated set (AUROC on a test fold holding one class,
+r2 of a constant target) is logged as NaN. It is never averaged or paired as a number: ``n_cells`` counts the
+cells run, ``n`` the defined ones that ``mean`` and ``sd`` use (NaN when none, ``sd`` when fewer than 2), ``n_pairs``
+the pairs defined on both sides, and the ``note`` says how many were left out.
+
 Multiple comparisons: within each metric, all cells are tested against the same reference, so the p-values of one
 metric form one family and are adjusted with Benjamini-Hochberg (``scipy.stats.false_discovery_control``): the
 ``q_value`` is the smallest false discovery rate at which that comparison would be called a discovery. Metrics are
@@ -78,6 +83,7 @@ _SUMMARY_COLUMNS = [
     "variant",
     "dropped",
     "metric",
+    "n_cells",
     "n",
     "mean",
     "sd",
@@ -184,7 +190,8 @@ def summarize(
 ) -> pd.DataFrame:
     """One row per (variant, dropped, metric): the cell's spread and its paired comparison with ``reference``.
 
-    Columns: ``variant, dropped, metric, n, mean, sd`` (over seeds x folds, ``sd`` with ddof=1), then, versus the
+    Columns: ``variant, dropped, metric, n_cells`` (cells with a value, NaN included), ``n, mean, sd`` (over the
+    cells where the metric is defined, i.e. not NaN; ``sd`` with ddof=1), then, versus the
     reference cell matched on (seed, fold): ``n_pairs, mean_diff`` (cell - reference), ``sd_diff, p_value``
     (two-sided Wilcoxon signed-rank), ``q_value`` (Benjamini-Hochberg across the comparisons of the same metric),
     ``worse`` (the mean difference points the wrong way for that metric), ``higher_is_better``, ``is_reference``
@@ -192,7 +199,8 @@ def summarize(
     than 6 non-zero pairs, for which the smallest attainable p is 2 / 2**n >= 0.0625). The reference rows have
     ``n_pairs`` 0, NaN differences, p and q, and ``worse`` False.
 
-    Pairs with a missing value on either side are left out. ``higher_is_better`` maps metric names to a
+    Pairs with a missing or undefined (NaN) value on either side are left out, and the note says how many.
+    ``higher_is_better`` maps metric names to a
     direction; other names are recognised by their ending (see the module docstring) or rejected.
     """
     results = tidy_results(results)
@@ -209,10 +217,12 @@ def summarize(
     rows = []
     for (variant, dropped, metric), cell in results.groupby(["variant", "dropped", "metric"], sort=True):
         values = cell["value"].dropna()
+        undefined = int(cell["value"].isna().sum())
         row = {
             "variant": variant,
             "dropped": dropped,
             "metric": metric,
+            "n_cells": int(len(cell)),
             "n": int(values.size),
             "mean": float(values.mean()) if values.size else np.nan,
             "sd": float(values.std(ddof=1)) if values.size > 1 else np.nan,
@@ -225,15 +235,18 @@ def summarize(
             "is_reference": variant == ref_variant and dropped == ref_dropped,
             "note": "",
         }
+        undefined_note = (
+            f"{undefined} of {len(cell)} cell(s) undefined (NaN), left out of mean, sd and pairs" if undefined else ""
+        )
         if row["is_reference"]:
-            row["note"] = "reference"
+            row["note"] = "; ".join(filter(None, ["reference", undefined_note]))
             rows.append(row)
             continue
         paired = cell.set_index(["metric", "seed", "fold"])["value"].to_frame().join(ref_values, how="inner")
         paired = paired.dropna()
         diffs = (paired["value"] - paired["ref_value"]).to_numpy(dtype=float)
         row["n_pairs"] = int(diffs.size)
-        notes: list[str] = []
+        notes: list[str] = [undefined_note] if undefined_note else []
         if diffs.size == 0:
             notes.append("no (seed, fold) shared with the reference")
         else:
@@ -446,11 +459,14 @@ def plot_ablation(summary: pd.DataFrame, metric: str, path: str | Path, *, title
         left.text(0.5, 0.5, "no leave-one-modality-out cells", ha="center", va="center", transform=left.transAxes)
     else:
         x = np.arange(len(contrib))
-        heights = contrib["contribution"].fillna(0.0).to_numpy()
+        undefined = contrib["contribution"].isna().to_numpy()
+        heights = contrib["contribution"].fillna(0.0).to_numpy()  # no bar where undefined; "n/a" says so
         errs = contrib["sd"].fillna(0.0).to_numpy()
         colors = ["tab:blue" if h >= 0 else "tab:gray" for h in heights]
         left.bar(x, heights, yerr=errs, capsize=4, color=colors)
         left.axhline(0.0, color="black", linewidth=0.8)
+        for xi in x[undefined]:
+            left.annotate("n/a", (xi, 0.0), ha="center", va="bottom", fontsize=9, color="dimgray")
         for xi, h, e, q in zip(x, heights, errs, contrib["q_value"], strict=True):
             if np.isfinite(q) and q < 0.05:
                 y = h + e if h >= 0 else h - e
@@ -469,6 +485,8 @@ def plot_ablation(summary: pd.DataFrame, metric: str, path: str | Path, *, title
         capsize=4,
         color=["tab:orange" if v == "dense" else "tab:blue" for v in full.index],
     )
+    for xi in x[full["mean"].isna().to_numpy()]:
+        right.annotate("n/a", (xi, 0.0), ha="center", va="bottom", fontsize=9, color="dimgray")
     right.set_xticks(x, list(full.index), rotation=20, ha="right")
     right.set_ylabel(f"{metric} (mean ± sd)")
     right.set_title(f"variants, nothing left out ({direction})")

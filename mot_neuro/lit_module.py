@@ -6,8 +6,16 @@ tokens, and with ``modality_mask_prob`` a whole modality of a subject, and recon
 modality), or ``both`` (weighted by ``supervised_weight`` and ``masked_weight``). ``modality_dropout``
 hides a whole modality of a subject during training (present -> False).
 
-Logged per stage: ``<stage>/loss``; ``<stage>/<target>/<metric>`` (classification: auroc, auprc, brier,
-ece; regression: r2, mae in the target's units, pearson); ``<stage>/recon/<modality>`` for masked modelling.
+Logged per stage: ``<stage>/loss``; ``<stage>/<target>/<metric>`` (binary: auroc, auprc, brier, ece;
+multiclass: auroc, auprc, accuracy (plain, not balanced), ece; regression: r2, mae in the target's units, pearson);
+``<stage>/recon/<modality>`` for masked modelling. A metric that is undefined on the evaluated set (AUROC of a set
+holding one class, r2 of a constant target, pearson of a constant prediction, anything on fewer than two observed
+values) is logged as NaN with one warning line saying why, never as torchmetrics' 0 (see :func:`metric_rules`).
+Multiclass AUROC and AUPRC average one-vs-rest over the classes present in the set, and say so when one is absent.
+
+A NaN or infinite training or validation loss stops fit at the epoch's end with :class:`NonFiniteLossError`
+(a ValueError: one line and exit status 2 through the CLI, the MLflow run FAILED), before the checkpoint
+callbacks of that epoch run, so no checkpoint is ever chosen on a NaN ``val/loss``.
 
 GPU readiness: a step (loss, masks, metric bookkeeping) asks the host nothing about the data. Predictions are
 kept on the device with their "target observed" flags and the metrics see the observed ones once per epoch,
@@ -20,13 +28,25 @@ parameter names, and so checkpoints, are the same with and without it.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchmetrics
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from mot_neuro.model import count_parameters
@@ -36,6 +56,11 @@ from mot_neuro.model.tokenizers import ModalityDecoder, ModalitySpec
 OBJECTIVES = ("supervised", "masked", "both")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 """Values of ``compile`` besides ``True``/``False`` (``True`` = ``"default"``): ``torch.compile`` modes."""
+log = logging.getLogger(__name__)
+
+# Option types that LightningCLI (jsonargparse) checks while parsing, so `--model.dim -4` ends with one line naming
+# model.dim before anything is built or logged. NeuroOmicsModule.__init__ checks the same ranges for Python callers.
+UnitIntervalOpenAbove = restricted_number_type("UnitIntervalOpenAbove", float, [(">=", 0), ("<", 1)], join="and")
 
 
 def compile_mode(value: bool | str | None) -> str | None:
@@ -50,6 +75,7 @@ def compile_mode(value: bool | str | None) -> str | None:
 
 
 def _metrics(kind: str, n_classes: int | None) -> torchmetrics.MetricCollection:
+    # compute_groups=False: each metric is updated and computed on its own (an undefined one is skipped)
     if kind == "binary":
         return torchmetrics.MetricCollection(
             {
@@ -57,24 +83,165 @@ def _metrics(kind: str, n_classes: int | None) -> torchmetrics.MetricCollection:
                 "auprc": torchmetrics.classification.BinaryAveragePrecision(),
                 "brier": torchmetrics.MeanSquaredError(),  # on probabilities: the Brier score
                 "ece": torchmetrics.classification.BinaryCalibrationError(n_bins=10),
-            }
+            },
+            compute_groups=False,
         )
     if kind == "multiclass":
         return torchmetrics.MetricCollection(
             {
-                "auroc": torchmetrics.classification.MulticlassAUROC(num_classes=n_classes),
-                "auprc": torchmetrics.classification.MulticlassAveragePrecision(num_classes=n_classes),
-                "accuracy": torchmetrics.classification.MulticlassAccuracy(num_classes=n_classes),
+                # per class, averaged here over the classes present (torchmetrics scores an absent class 0)
+                "auroc": torchmetrics.classification.MulticlassAUROC(num_classes=n_classes, average=None),
+                "auprc": torchmetrics.classification.MulticlassAveragePrecision(num_classes=n_classes, average=None),
+                # plain accuracy, as `mot-neuro probe` reports (torchmetrics' default is macro = balanced accuracy)
+                "accuracy": torchmetrics.classification.MulticlassAccuracy(num_classes=n_classes, average="micro"),
                 "ece": torchmetrics.classification.MulticlassCalibrationError(num_classes=n_classes, n_bins=10),
-            }
+            },
+            compute_groups=False,
         )
     return torchmetrics.MetricCollection(
         {
             "r2": torchmetrics.R2Score(),
             "mae": torchmetrics.MeanAbsoluteError(),
             "pearson": torchmetrics.PearsonCorrCoef(),
-        }
+        },
+        compute_groups=False,
     )
+
+
+METRIC_NAMES = {
+    "binary": ("auroc", "auprc", "brier", "ece"),
+    "multiclass": ("auroc", "auprc", "accuracy", "ece"),
+    "regression": ("r2", "mae", "pearson"),
+}
+SET_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+def metric_rules(
+    kind: str,
+    *,
+    target: str,
+    stage: str,
+    n_observed: int,
+    class_counts: Sequence[int] | None = None,
+    truth_range: tuple[float, float] | None = None,
+    prediction_range: tuple[float, float] | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Which metrics of ``target`` are undefined on the evaluated set, and which are defined with a caveat.
+
+    ``n_observed``: observed values of the target in the set; ``class_counts``: observed values per class
+    (classification); ``truth_range``/``prediction_range``: (min, max) of the truth and of the predictions
+    (regression). Returns ``(undefined, notes)``: metric -> why it is NaN, and metric -> a note on what it was
+    computed from (multiclass AUROC/AUPRC averaged over the classes present when one is absent).
+
+    The rules: nothing is computed on fewer than 2 observed values; AUROC and AUPRC need both classes (binary)
+    or at least 2 classes present (multiclass); r2 needs a truth that varies; pearson needs a truth and a
+    prediction that both vary. Brier, ECE, accuracy and MAE are defined on any set of 2 or more values.
+    """
+    names = METRIC_NAMES["regression" if kind not in METRIC_NAMES else kind]
+    where = f"the {SET_NAMES.get(stage, stage)} set"
+    if n_observed < 2:
+        what = "no observed value" if n_observed == 0 else "1 observed value"
+        return {name: f"{where} holds {what} of {target} (needs >= 2)" for name in names}, {}
+    undefined: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    if kind in ("binary", "multiclass"):
+        counts = list(class_counts or [])
+        present = [c for c, n in enumerate(counts) if n > 0]
+        if len(present) < 2:
+            reason = f"{where} holds one class ({present[0] if present else '?'}) of {target}"
+            undefined.update(auroc=reason, auprc=reason)
+        elif kind == "multiclass" and len(present) < len(counts):
+            absent = [c for c, n in enumerate(counts) if n == 0]
+            note = (
+                f"one-vs-rest average over the {len(present)} classes present; class(es) {absent} absent from {where}"
+            )
+            notes.update(auroc=note, auprc=note)
+        return undefined, notes
+    low, high = truth_range if truth_range is not None else (math.nan, math.nan)
+    if low == high:
+        reason = f"{target} is constant ({low:.6g}) in {where}"
+        undefined.update(r2=reason, pearson=reason)
+    elif prediction_range is not None and prediction_range[0] == prediction_range[1]:
+        undefined["pearson"] = f"the model predicts one constant value ({prediction_range[0]:.6g}) for {where}"
+    return undefined, notes
+
+
+def _option_int(name: str, value) -> int:
+    """``value`` as a plain int, or a ValueError naming ``model.<name>`` (bools and fractions are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"model.{name}={value!r}: expected a whole number")
+    return int(value)
+
+
+def _option_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"model.{name}={value!r}: expected a finite number")
+    return float(value)
+
+
+# option -> (lowest, lowest allowed?, highest, highest allowed?): the same ranges as the signature's types
+_OPTION_RANGES = {
+    "dim": (1, True, math.inf, False),
+    "n_layers": (1, True, math.inf, False),
+    "n_heads": (1, True, math.inf, False),
+    "n_summary_tokens": (0, True, math.inf, False),
+    "warmup_steps": (0, True, math.inf, False),
+    "dropout": (0.0, True, 1.0, False),
+    "modality_dropout": (0.0, True, 1.0, False),
+    "mask_fraction": (0.0, True, 1.0, True),
+    "modality_mask_prob": (0.0, True, 1.0, True),
+    "min_lr_ratio": (0.0, True, 1.0, True),
+    "lr": (0.0, False, math.inf, False),
+    "weight_decay": (0.0, True, math.inf, False),
+    "supervised_weight": (0.0, True, math.inf, False),
+    "masked_weight": (0.0, True, math.inf, False),
+}
+
+
+def _check_option_ranges(options: Mapping) -> None:
+    """One ValueError naming the first option out of its range, for callers that bypass the CLI's parser."""
+    for name, (low, low_ok, high, high_ok) in _OPTION_RANGES.items():
+        value = options[name]
+        if value < low or (value == low and not low_ok) or value > high or (value == high and not high_ok):
+            interval = f"{'[' if low_ok else '('}{low:g}, {high:g}{']' if high_ok else ')'}"
+            raise ValueError(f"model.{name}={value!r} is out of range: use a value in {interval}")
+    if options["dim"] % options["n_heads"]:
+        raise ValueError(
+            f"model.dim={options['dim']} is not divisible by model.n_heads={options['n_heads']}: each attention head"
+            " gets dim / n_heads channels"
+        )
+    if options["pooling"] == "summary" and options["n_summary_tokens"] < 1:
+        raise ValueError('model.n_summary_tokens=0 with model.pooling="summary": use >= 1, or pooling "mean"')
+
+
+def _with_option_prefix(message: str) -> str:
+    """Errors of the model's own config checks start with the option's bare name: say it is a ``model.`` option."""
+    options = set(inspect.signature(NeuroOmicsModule.__init__).parameters) - {"self"}
+    head = message
+    for separator in ("[", ":", "=", " "):
+        head = head.split(separator)[0]
+    return f"model.{message}" if head in options else message
+
+
+class NonFiniteLossError(ValueError):
+    """The training or validation loss became NaN or infinite: fit stops (a ValueError: one line, exit 2)."""
+
+
+class FiniteLossGuard(Callback):
+    """Stops fit at the end of an epoch (and of each validation) whose loss was NaN or infinite.
+
+    Lightning runs the callbacks a module returns from ``configure_callbacks`` before any ModelCheckpoint (it
+    moves those last), and a callback's ``on_validation_epoch_end`` before every ``on_validation_end``, where
+    ModelCheckpoint saves: so the error comes before a checkpoint of that epoch is written or chosen."""
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit":
+            if not trainer.sanity_checking:
+                pl_module.check_finite_loss("train")  # a mid-epoch validation comes after some training steps
+            pl_module.check_finite_loss("val")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pl_module.check_finite_loss("train")
 
 
 class NeuroOmicsModule(pl.LightningModule):
@@ -99,28 +266,28 @@ class NeuroOmicsModule(pl.LightningModule):
     def __init__(
         self,
         data_spec: Mapping | None = None,
-        dim: int = 64,
-        n_layers: int = 2,
-        n_heads: int = 4,
-        untie: Sequence[str] = ("attention", "ffn", "norm"),
+        dim: PositiveInt = 64,
+        n_layers: PositiveInt = 2,
+        n_heads: PositiveInt = 4,
+        untie: Sequence[Literal["attention", "ffn", "norm"]] = ("attention", "ffn", "norm"),
         towers: Mapping[str, str] | None = None,
-        norm_placement: str = "pre",
+        norm_placement: Literal["pre", "output"] = "pre",
         qk_norm: bool = False,
-        dropout: float = 0.1,
-        projection: str = "per_token",
-        n_summary_tokens: int = 1,
-        pooling: str = "summary",
-        objective: str = "supervised",
-        supervised_weight: float = 1.0,
-        masked_weight: float = 1.0,
-        mask_fraction: float = 0.15,
-        modality_mask_prob: float = 0.1,
-        modality_dropout: float = 0.0,
-        lr: float = 1e-3,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 50,
-        min_lr_ratio: float = 0.1,
-        ffn_hidden_dims: Mapping[str, int] | None = None,
+        dropout: UnitIntervalOpenAbove = 0.1,
+        projection: Literal["per_token", "shared"] = "per_token",
+        n_summary_tokens: NonNegativeInt = 1,
+        pooling: Literal["summary", "mean"] = "summary",
+        objective: Literal["supervised", "masked", "both"] = "supervised",
+        supervised_weight: NonNegativeFloat = 1.0,
+        masked_weight: NonNegativeFloat = 1.0,
+        mask_fraction: ClosedUnitInterval = 0.15,
+        modality_mask_prob: ClosedUnitInterval = 0.1,
+        modality_dropout: UnitIntervalOpenAbove = 0.0,
+        lr: PositiveFloat = 1e-3,
+        weight_decay: NonNegativeFloat = 0.01,
+        warmup_steps: NonNegativeInt = 50,
+        min_lr_ratio: ClosedUnitInterval = 0.1,
+        ffn_hidden_dims: Mapping[str, PositiveInt] | None = None,
         moe: Mapping[str, Mapping] | None = None,
         warm_start_from: str | None = None,
         freeze_towers: Sequence[str] = (),
@@ -134,8 +301,38 @@ class NeuroOmicsModule(pl.LightningModule):
                 " pass NeuroOmicsModule(data_spec=datamodule.model_inputs, ...)"
             )
         if objective not in OBJECTIVES:
-            raise ValueError(f"objective={objective!r}: choose one of {OBJECTIVES}")
+            raise ValueError(f"model.objective={objective!r}: choose one of {OBJECTIVES}")
         mode = compile_mode(compile)
+        # Plain Python numbers from here on: jsonargparse hands over its restricted subclasses (PositiveInt, ...),
+        # which would go into the checkpoint's hyperparameters and fail its weights_only loading.
+        dim, n_layers, n_heads, n_summary_tokens, warmup_steps = (
+            _option_int(name, value)
+            for name, value in (
+                ("dim", dim),
+                ("n_layers", n_layers),
+                ("n_heads", n_heads),
+                ("n_summary_tokens", n_summary_tokens),
+                ("warmup_steps", warmup_steps),
+            )
+        )
+        dropout, supervised_weight, masked_weight, mask_fraction, modality_mask_prob, modality_dropout = (
+            _option_float(name, value)
+            for name, value in (
+                ("dropout", dropout),
+                ("supervised_weight", supervised_weight),
+                ("masked_weight", masked_weight),
+                ("mask_fraction", mask_fraction),
+                ("modality_mask_prob", modality_mask_prob),
+                ("modality_dropout", modality_dropout),
+            )
+        )
+        lr, weight_decay, min_lr_ratio = (
+            _option_float(name, value)
+            for name, value in (("lr", lr), ("weight_decay", weight_decay), ("min_lr_ratio", min_lr_ratio))
+        )
+        if ffn_hidden_dims:
+            ffn_hidden_dims = {str(k): _option_int(f"ffn_hidden_dims.{k}", v) for k, v in ffn_hidden_dims.items()}
+        _check_option_ranges(locals())
         self.save_hyperparameters()
         specs = [
             ModalitySpec(
@@ -149,22 +346,25 @@ class NeuroOmicsModule(pl.LightningModule):
         ]
         self.specs = {s.name: s for s in specs}
         self.active = [s.name for s in specs if s.n_tokens > 0]
-        self.encoder_config = EncoderConfig(
-            modalities=specs,
-            dim=dim,
-            n_layers=n_layers,
-            n_heads=n_heads,
-            untie=tuple(untie),
-            towers=dict(towers) if towers else None,
-            norm_placement=norm_placement,
-            qk_norm=qk_norm,
-            dropout=dropout,
-            projection=projection,
-            n_summary_tokens=n_summary_tokens,
-            pooling=pooling,
-            ffn_hidden_dims=dict(ffn_hidden_dims) if ffn_hidden_dims else None,
-            moe={tower: dict(spec) for tower, spec in moe.items()} if moe else None,
-        )
+        try:
+            self.encoder_config = EncoderConfig(
+                modalities=specs,
+                dim=dim,
+                n_layers=n_layers,
+                n_heads=n_heads,
+                untie=tuple(untie),
+                towers=dict(towers) if towers else None,
+                norm_placement=norm_placement,
+                qk_norm=qk_norm,
+                dropout=dropout,
+                projection=projection,
+                n_summary_tokens=n_summary_tokens,
+                pooling=pooling,
+                ffn_hidden_dims=dict(ffn_hidden_dims) if ffn_hidden_dims else None,
+                moe={tower: dict(spec) for tower, spec in moe.items()} if moe else None,
+            )
+        except ValueError as err:  # the encoder's own checks name the bare option: say it is a model option
+            raise ValueError(_with_option_prefix(str(err))) from err
         self.encoder = NeuroOmicsEncoder(self.encoder_config)
         self.targets = dict(data_spec.get("targets") or {})
         supervised = objective in ("supervised", "both")
@@ -187,6 +387,11 @@ class NeuroOmicsModule(pl.LightningModule):
         self._mask_at_test: tuple[str, ...] = ()
         # per stage and target: (prediction, truth, observed) of each step, on the device, until the epoch ends
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        # per stage: "every loss of this epoch was finite", a device tensor (no host sync per step)
+        self._loss_finite: dict[str, torch.Tensor] = {}
+        # "<stage>/<target>/<metric>" -> why it is NaN ("undefined: ...") or how it was computed: for RunSummary
+        self.metric_notes: dict[str, str] = {}
+        self._warned: set[tuple[str, str]] = set()
         if warm_start_from:
             self._warm_start(warm_start_from)
         for tower in reinit_towers:
@@ -361,6 +566,10 @@ class NeuroOmicsModule(pl.LightningModule):
                 for key, load in self.encoder.backbone.expert_load().items():
                     for expert, share in enumerate(load):
                         self.log(f"train/expert_load/{key}/e{expert}", share, batch_size=batch_size, on_step=True)
+        if stage in ("train", "val"):
+            finite = torch.isfinite(loss.detach())
+            seen = self._loss_finite.get(stage)
+            self._loss_finite[stage] = finite if seen is None else seen & finite
         # evaluation losses averaged over ranks (one all-reduce per epoch); training steps stay sync-free
         self.log(
             f"{stage}/loss",
@@ -399,23 +608,51 @@ class NeuroOmicsModule(pl.LightningModule):
         scale = self.targets[name].get("scale") or {}
         return value * float(scale.get("sd", 1.0)) + float(scale.get("mean", 0.0))
 
-    def _update_metrics(self, stage: str, name: str) -> None:
-        """Feed the metrics the stage's observed predictions of this epoch (one host sync per target and epoch)."""
+    def _epoch_predictions(self, stage: str, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """The epoch's observed (prediction, truth) of ``name`` on this rank, and how many rows it saw."""
         outputs = self._outputs.pop(f"{stage}__{name}", [])
         if not outputs:
-            return
+            return torch.empty(0, device=self.device), torch.empty(0, dtype=torch.long, device=self.device), 0
         prediction, truth, observed = (torch.cat(parts) for parts in zip(*outputs, strict=True))
-        keep = observed.nonzero().squeeze(-1)
-        if keep.numel() < 2:
-            return
-        prediction, truth = prediction[keep], truth[keep]
-        metrics = self.metrics[f"{stage}__{name}"]
-        if self.targets[name]["kind"] == "binary":
-            metrics["brier"].update(prediction, truth.float())
-            for key in ("auroc", "auprc", "ece"):
-                metrics[key].update(prediction, truth)
+        keep = observed.nonzero().squeeze(-1)  # one host sync per target and epoch
+        return prediction[keep], truth[keep], int(observed.numel())
+
+    def _set_statistics(self, name: str, prediction: torch.Tensor, truth: torch.Tensor, rows: int) -> dict:
+        """What decides whether a metric is defined, over every rank: row and observed counts, class counts
+        (classification) or the ranges of truth and prediction (regression)."""
+        kind = self.targets[name]["kind"]
+        device = self.device
+        head = torch.tensor([float(rows), float(truth.numel())], device=device)
+        if kind in ("binary", "multiclass"):
+            n_classes = 2 if kind == "binary" else int(self.targets[name]["n_classes"])
+            # a comparison, not bincount: bincount has no deterministic CUDA kernel (trainer.deterministic=true)
+            classes = torch.arange(n_classes, device=device)
+            tail = (truth.long().reshape(-1, 1) == classes).sum(0).float()
+            stats = torch.cat([head, tail])
         else:
-            metrics.update(prediction, truth)
+            values = [truth.float().reshape(-1), prediction.float().reshape(-1)]
+            ranges = []
+            for v in values:
+                ranges += [v.min(), v.max()] if v.numel() else [torch.tensor(math.inf), torch.tensor(-math.inf)]
+            stats = torch.cat([head, torch.stack([r.to(device) for r in ranges])])
+        if self._run_state("world_size", 1) > 1:
+            gathered = self.all_gather(stats)  # [world, k]
+            totals = gathered.sum(0)
+            if kind not in ("binary", "multiclass"):
+                totals[2], totals[4] = gathered[:, 2].min(), gathered[:, 4].min()
+                totals[3], totals[5] = gathered[:, 3].max(), gathered[:, 5].max()
+            stats = totals
+        values = stats.tolist()
+        out = {"rows": int(values[0]), "n_observed": int(values[1])}
+        if kind in ("binary", "multiclass"):
+            out["class_counts"] = [int(v) for v in values[2:]]
+        else:
+            out["truth_range"], out["prediction_range"] = (values[2], values[3]), (values[4], values[5])
+        return out
+
+    def _run_state(self, name: str, alone):
+        """``trainer.<name>``, or ``alone`` when the module runs without a trainer (hooks called by hand)."""
+        return alone if self._trainer is None else getattr(self._trainer, name)
 
     def _clear_outputs(self, stage: str) -> None:
         """Drop what an interrupted epoch of ``stage`` left behind."""
@@ -423,17 +660,76 @@ class NeuroOmicsModule(pl.LightningModule):
             del self._outputs[key]
 
     def _log_metrics(self, stage: str) -> None:
+        """Compute and log the epoch's metrics of every target; undefined ones as NaN with a one-line warning."""
+        for key in [key for key in self.metric_notes if key.startswith(f"{stage}/")]:
+            del self.metric_notes[key]
         for name in self.heads:
-            self._update_metrics(stage, name)
+            kind = self.targets[name]["kind"]
+            prediction, truth, rows = self._epoch_predictions(stage, name)
+            stats = self._set_statistics(name, prediction, truth, rows)
             metrics = self.metrics[f"{stage}__{name}"]
-            try:
-                values = metrics.compute()
-            except (ValueError, RuntimeError):  # e.g. nothing observed this epoch
+            if stats["rows"] == 0:  # this stage evaluated no batch: nothing to report
                 metrics.reset()
                 continue
-            for key, value in values.items():
-                self.log(f"{stage}/{name}/{key}", value, sync_dist=False)
+            undefined, notes = metric_rules(
+                kind,
+                target=name,
+                stage=stage,
+                n_observed=stats["n_observed"],
+                class_counts=stats.get("class_counts"),
+                truth_range=stats.get("truth_range"),
+                prediction_range=stats.get("prediction_range"),
+            )
+            if truth.numel():
+                for metric_name, metric in metrics.items():
+                    metric.update(prediction, truth.float() if metric_name == "brier" else truth)
+            present = None
+            if stats.get("class_counts") is not None:
+                present = torch.tensor([n > 0 for n in stats["class_counts"]], device=self.device)
+            for metric_name, metric in metrics.items():
+                key = f"{stage}/{name}/{metric_name}"
+                if metric_name in undefined:
+                    value = torch.tensor(math.nan, device=self.device)
+                    self._note(key, f"undefined: {undefined[metric_name]}", warn=f"{key} is undefined")
+                else:
+                    with warnings.catch_warnings():
+                        # torchmetrics warns for a class absent from the set; averaged over present ones below
+                        warnings.simplefilter("ignore", UserWarning)
+                        value = metric.compute()
+                    if value.numel() > 1:  # per-class multiclass AUROC/AUPRC
+                        value = value[present].mean()
+                    if metric_name in notes:
+                        self._note(key, notes[metric_name], warn=key)
+                self.log(key, value.float(), sync_dist=False)
             metrics.reset()
+
+    def _note(self, key: str, text: str, warn: str) -> None:
+        """Record a metric's note for the summary and warn once per run (not once per epoch)."""
+        if self._run_state("sanity_checking", False):  # a couple of batches: real epochs will say it if it holds
+            return
+        self.metric_notes[key] = text
+        if (key, text) not in self._warned and self._run_state("global_rank", 0) == 0:
+            self._warned.add((key, text))
+            detail = text.removeprefix("undefined: ")
+            log.warning("%s: %s; logged as NaN" if warn.endswith("undefined") else "%s: %s", warn, detail)
+
+    def check_finite_loss(self, stage: str) -> None:
+        """Raise :class:`NonFiniteLossError` when a loss of ``stage`` was NaN or infinite in this epoch (one host
+        sync, and one all-reduce so that every rank stops together)."""
+        seen = self._loss_finite.get(stage)
+        bad = torch.zeros((), device=self.device) if seen is None else (~seen).float()
+        if self._run_state("world_size", 1) > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if float(bad) == 0:
+            return
+        trainer = self.trainer
+        when = "in the sanity check before training" if trainer.sanity_checking else f"in epoch {trainer.current_epoch}"
+        raise NonFiniteLossError(
+            f"{stage}/loss became NaN or infinite {when} (global step {trainer.global_step}); training stopped"
+            f" and no checkpoint was saved from it. Check the learning rate (model.lr={self.hparams.lr:g}: try"
+            f" 10x lower, or a longer model.warmup_steps) and the input scale (extreme values in a modality or"
+            " a target)"
+        )
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
@@ -446,9 +742,11 @@ class NeuroOmicsModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._clear_outputs("train")
+        self._loss_finite.pop("train", None)
 
     def on_validation_epoch_start(self) -> None:
         self._clear_outputs("val")
+        self._loss_finite.pop("val", None)
 
     def on_test_epoch_start(self) -> None:
         self._clear_outputs("test")
@@ -501,7 +799,7 @@ class NeuroOmicsModule(pl.LightningModule):
         # per-batch seeds: a resumed run draws the same dropout and masks as an uninterrupted one
         from mot_neuro.resume import StepSeed
 
-        return [StepSeed()]
+        return [StepSeed(), FiniteLossGuard()]
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -518,7 +816,21 @@ class NeuroOmicsModule(pl.LightningModule):
             lr=self.hparams.lr,
             fused=fused or None,
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        estimated = self.trainer.estimated_stepping_batches
+        if not math.isfinite(estimated):
+            raise ValueError(
+                "the learning-rate schedule (warm-up, then cosine decay to the run's last step) needs a run of known"
+                " length: set trainer.max_epochs or trainer.max_steps"
+            )
+        total = max(int(estimated), 1)
+        smoke_run = getattr(self.trainer, "fast_dev_run", False)  # a smoke run's one step says nothing of the schedule
+        if self.hparams.warmup_steps >= total and not smoke_run and getattr(self.trainer, "global_rank", 0) == 0:
+            log.warning(
+                "model.warmup_steps=%d is not below the run's %d training steps: the learning rate never reaches"
+                " model.lr; lower model.warmup_steps or train longer",
+                self.hparams.warmup_steps,
+                total,
+            )
         warmup = min(self.hparams.warmup_steps, max(total - 1, 0))
         floor = self.hparams.min_lr_ratio
 
