@@ -4,7 +4,7 @@ Cache layout (one folder per entry, under ``cache_dir``)::
 
     <name>-<slot>/            slot = hash of the input paths and the adapter settings
         manifest.json         format, fingerprint, settings, per-input details, token/feature names, categories,
-                              source, and the shape, dtype and byte size of every array
+                              source, and the shape, dtype, byte size, blake2b and CRC-32 of every array
         values.npy            float32 [N, T, F]
         present.npy           bool [N, T]
         feature_mask.npy      bool [T, F]
@@ -27,15 +27,27 @@ does with "racily clean" entries. A missing or unreadable index only costs a re-
 
 ``save_cohort``/``load_cohort`` store a whole aligned :class:`~data_adapters.cohort.Cohort` the same way
 (participants as parquet, one folder per modality). :class:`CohortWriter` writes the same folder block by
-block of subjects, for cohorts larger than memory. Loading checks shapes, sizes and names but does not read
-the values (they were checked for +-inf when written; ``verify=True`` re-hashes them), so opening a cohort
-of any size takes milliseconds and touches none of its values. :func:`release_pages` drops the pages a reader has
-touched from the process's resident set (they stay in the page cache), keeping a full pass over a large
-cohort at flat memory.
+block of subjects, for cohorts larger than memory.
+
+Content verification. Every array's CRC-32 (and blake2b, the content key) is recorded in the manifest as it
+is written. Loading checks shapes, sizes and names, and by default (``verify=True``) reads every array once,
+sequentially, and compares its CRC-32: rows rewritten in place with the same size and mtime are caught (a
+built cohort is then rebuilt; a saved ``cohort_dir`` is refused, naming the file). The values are not
+scanned again for +-inf (they were when written, and the checksum says they are those bytes). Cost: ~0.3 s
+for the 525 MB of a 100,000-subject cohort from the page cache (BENCHMARKS.md), the disk's read time when
+cold; a file whose stat is unchanged since it was verified in this process is not read again.
+``verify=False`` opens any cohort in milliseconds without reading a value.
+
+:func:`release_pages` drops the pages a reader has touched from the process's resident set (they stay in
+the page cache), keeping a full pass over a large cohort at flat memory.
+
+A write that fails (a full or read-only folder) removes its temporary folder and raises one
+:class:`AdapterError` naming the folder and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -46,6 +58,7 @@ import shutil
 import time
 import uuid
 import weakref
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +85,9 @@ PARTICIPANTS = "participants.parquet"
 ARRAY_NAMES = ("values", "present", "feature_mask", "subject_ids")
 STAT_INDEX = ".fingerprint-index.json"
 STAT_INDEX_FORMAT = 1
+CHECKSUM = "crc32"
+"""The per-array checksum recorded at write time and verified on every load (a fast sequential read)."""
+VERIFY_BLOCK_BYTES = 8 << 20
 RACY_SECONDS = 2.0
 """A file modified this recently when hashed is not recorded in the stat index (coarse file-system clocks)."""
 
@@ -80,6 +96,33 @@ log = logging.getLogger(__name__)
 
 class CorruptEntry(AdapterError):
     """A cache entry or saved cohort that cannot be trusted (missing, truncated or inconsistent files)."""
+
+
+def _nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB left for us on ``folder``'s file system."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < (1 << 20)
+
+
+def storage_failure(err: OSError, folder: Path, what: str) -> AdapterError:
+    """One line for a write that failed in ``folder`` (full, read-only ...), saying what to do; the callers
+    have removed what they had written."""
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG) or (
+        err.errno is None and _nearly_full(folder)  # numpy's short write: "N requested and M written", no errno
+    ):
+        cause = "no space left on the device (or quota exceeded)"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        cause = "not writable (read-only file system or permissions)"
+    else:
+        cause = err.strerror or str(err) or type(err).__name__
+    return AdapterError(
+        f"{what} failed: {cause}; nothing partial was kept. Free space or make the folder writable, or choose"
+        " another one (cache_dir, or the cohort's folder)",
+        file=folder,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints
@@ -268,11 +311,13 @@ def write_modality(modality: TokenizedModality, folder: str | os.PathLike, extra
     described = {}
     for array_name, array in arrays.items():
         size = _fsync_write_npy(folder / f"{array_name}.npy", array)
+        blake2b, crc32 = _checksums(folder / f"{array_name}.npy")
         described[array_name] = {
             "shape": list(array.shape),
             "dtype": array.dtype.str,
             "bytes": size,
-            "blake2b": _hash_path(folder / f"{array_name}.npy"),
+            "blake2b": blake2b,
+            CHECKSUM: crc32,
         }
     _write_json(folder / MANIFEST, _modality_manifest(modality, described, extra))
 
@@ -299,6 +344,64 @@ def _hash_path(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _blocks(path: Path):
+    """The bytes of ``path`` in large blocks, read into one reused buffer (no allocation per block)."""
+    buffer = bytearray(VERIFY_BLOCK_BYTES)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buffer)
+            if not n:
+                return
+            yield view[:n]
+
+
+def _checksums(path: Path) -> tuple[str, int]:
+    """blake2b (the content key) and CRC-32 (what loading verifies) of a file just written, in one read."""
+    digest, crc = hashlib.blake2b(digest_size=16), 0
+    for block in _blocks(path):
+        digest.update(block)
+        crc = zlib.crc32(block, crc)
+    return digest.hexdigest(), crc
+
+
+def _crc32_path(path: Path) -> int:
+    crc = 0
+    for block in _blocks(path):
+        crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+# file identity and stat -> checksum it was verified to have, in this process (forked loader workers inherit
+# it): a cohort opened again by the same run (the dataset in each worker, ablation cells) is not re-read.
+# Any write to the file changes its ctime, which no user can set back, so a changed file is read again.
+_VERIFIED: dict[tuple[int, ...], object] = {}
+
+
+def _verify_array(path: Path, meta: Mapping) -> None:
+    """Raise :class:`CorruptEntry` unless the file's content has the checksum recorded when it was written."""
+    expected = meta.get(CHECKSUM)
+    kind = CHECKSUM if expected is not None else "blake2b"
+    if expected is None:
+        expected = meta.get("blake2b")  # entries written before CRC-32 was recorded
+    key = _stat_key(path)
+    if _VERIFIED.get(key) == (kind, expected):
+        return
+    actual = _crc32_path(path) if kind == CHECKSUM else _hash_path(path)
+    if actual != expected:
+        raise CorruptEntry(
+            f"content differs from the {kind} checksum recorded when it was written (changed or damaged"
+            " since); write or build it again",
+            file=path,
+        )
+    _VERIFIED[key] = (kind, expected)
+
+
 def _read_manifest(folder: Path) -> dict:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -311,10 +414,12 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def read_modality(folder: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> TokenizedModality:
+def read_modality(folder: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> TokenizedModality:
     """A modality written by :func:`write_modality`, memory-mapped read-only when ``mmap``.
 
-    Raises :class:`CorruptEntry` when a file is missing or truncated, or shapes and names disagree.
+    ``verify``: read every array once and compare its CRC-32 with the one recorded when it was written (the
+    cost is a sequential read; see BENCHMARKS.md); ``False`` checks sizes, shapes and names only.
+    Raises :class:`CorruptEntry` when a file is missing, truncated or changed, or shapes and names disagree.
     """
     folder = Path(folder)
     manifest = _read_manifest(folder)
@@ -332,8 +437,8 @@ def read_modality(folder: str | os.PathLike, *, mmap: bool = True, verify: bool 
             raise CorruptEntry(
                 f"{path.stat().st_size} bytes, the manifest says {meta.get('bytes')} (truncated?)", file=path
             )
-        if verify and _hash_path(path) != meta.get("blake2b"):
-            raise CorruptEntry("content hash differs from the manifest", file=path)
+        if verify:
+            _verify_array(path, meta)
         try:
             # subject IDs are read whole: they become Python strings anyway
             array = np.load(path, mmap_mode="r" if mmap and array_name != "subject_ids" else None, allow_pickle=False)
@@ -373,8 +478,6 @@ def read_modality(folder: str | os.PathLike, *, mmap: bool = True, verify: bool 
         # plain ndarray views of the maps, as TokenizedModality itself would hold them
         modality.values, modality.present = np.asarray(arrays["values"]), np.asarray(arrays["present"])
         modality.subject_ids = subject_ids
-        if verify:
-            modality.validate()
     except AdapterError as err:
         raise CorruptEntry(f"entry does not make a valid modality: {err}", file=folder) from err
     return modality
@@ -405,11 +508,14 @@ def replace_folder(tmp: Path, final: Path) -> None:
 def temporary_folder(parent: Path, label: str) -> Path:
     """A fresh name (not yet created) in ``parent``: beside the final folder, on the same file system, so
     that the last rename is atomic."""
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_failure(err, parent, f"creating {parent}") from err
     return parent / f".tmp-{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _inspect(folder: Path, key: str, verify: bool = False) -> tuple[str, str, TokenizedModality | None]:
+def _inspect(folder: Path, key: str, verify: bool = True) -> tuple[str, str, TokenizedModality | None]:
     """("fresh" | "missing" | "stale" | "corrupt", why, the loaded modality when fresh) for ``folder``."""
     if not folder.exists():
         return "missing", "no entry yet", None
@@ -431,7 +537,7 @@ def cache_status(
     settings: Mapping | None = None,
     *,
     name: str | None = None,
-    verify: bool = False,
+    verify: bool = True,
 ) -> tuple[str, str]:
     """``(status, why)`` of the entry :func:`cached_modality` would use: fresh, missing, stale or corrupt."""
     folder = Path(cache_dir) / _slot(inputs, settings, name)
@@ -447,7 +553,7 @@ def cached_modality(
     settings: Mapping | None = None,
     *,
     name: str | None = None,
-    verify: bool = False,
+    verify: bool = True,
 ) -> TokenizedModality:
     """``build_fn()`` once, then memory-mapped loads while ``inputs`` (every file read) and ``settings``
     (every option of the adapter) stay the same.
@@ -474,6 +580,8 @@ def cached_modality(
         extra = {"fingerprint": key, "settings": _jsonable(settings), "inputs": details}
         write_modality(modality, tmp, extra=extra)
         replace_folder(tmp, folder)
+    except OSError as err:
+        raise storage_failure(err, cache_dir, f"writing cache entry {folder.name}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return read_modality(folder, mmap=True)
@@ -481,8 +589,13 @@ def cached_modality(
 
 # ---------------------------------------------------------------------------------------------- whole cohort
 def _safe_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
-        raise AdapterError(f"modality name {name!r} cannot be a folder name; use letters, digits, '_', '-', '.'")
+    # the model's rule (names become parameter keys and MLflow keys too), checked here so that a cohort written
+    # for mot-neuro cannot hold a name training would refuse; mot_neuro.names imports nothing but re
+    from mot_neuro.names import name_problem
+
+    problem = name_problem(name)
+    if problem:
+        raise AdapterError(problem)
     return name
 
 
@@ -498,9 +611,14 @@ def _write_participants(table: pd.DataFrame, subject_ids, id_column: str, path: 
         table.reset_index().to_parquet(path, index=False)
     except (ValueError, TypeError, ImportError) as err:
         raise AdapterError(f"participants cannot be written as parquet: {err}", file=folder) from err
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _write_cohort_manifest(folder: Path, **entries) -> None:
+    """cohort.json, with the CRC-32 of the participants table written before it (targets, confounds: checked
+    on load like the arrays)."""
+    entries["participants_" + CHECKSUM] = _crc32_path(folder / PARTICIPANTS)
     _write_json(folder / COHORT_MANIFEST, {"format": CACHE_FORMAT, **entries})
 
 
@@ -529,6 +647,8 @@ def save_cohort(cohort: Cohort, folder: str | os.PathLike) -> Path:
             build_info=_jsonable(cohort.build_info, strict=False),
         )
         replace_folder(tmp, folder)
+    except OSError as err:
+        raise storage_failure(err, folder.parent, f"writing the cohort {folder.name}") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
@@ -575,7 +695,7 @@ class _ModalityStream:
         self.with_data = 0
         folder.mkdir(parents=True)
         _fsync_write_npy(folder / "feature_mask.npy", np.ascontiguousarray(template.feature_mask))
-        self.files, self.digests = {}, {}
+        self.files, self.digests, self.crcs = {}, {}, {}
         for array_name, dtype, shape in (
             ("values", np.float32, (n_subjects, n_tokens, n_features)),
             ("present", np.bool_, (n_subjects, n_tokens)),
@@ -588,8 +708,10 @@ class _ModalityStream:
             del header
             fh = open(path, "r+b")  # closed by finish() or close()
             digest = hashlib.blake2b(digest_size=16)
-            digest.update(fh.read(offset))
+            head = fh.read(offset)
+            digest.update(head)
             self.files[array_name], self.digests[array_name] = fh, digest
+            self.crcs[array_name] = zlib.crc32(head)
 
     def check(self, values, present, n: int, block: int, subject_ids: np.ndarray, file: Path):
         name = self.template.name
@@ -614,6 +736,7 @@ class _ModalityStream:
             data = memoryview(array).cast("B")
             self.files[array_name].write(data)
             self.digests[array_name].update(data)
+            self.crcs[array_name] = zlib.crc32(data, self.crcs[array_name])
         self.with_data += int(present.any(axis=1).sum())
 
     def finish(self, subject_ids: np.ndarray) -> None:
@@ -625,15 +748,22 @@ class _ModalityStream:
         ids = subject_ids if len(subject_ids) else subject_ids.astype("<U1")
         _fsync_write_npy(self.folder / "subject_ids.npy", ids)
         n = len(subject_ids)
+        streamed = {name: (self.digests[name].hexdigest(), self.crcs[name]) for name in self.files}
         arrays = {
-            "values": ((n, *self.shape), np.dtype(np.float32).str, self.digests["values"].hexdigest()),
-            "present": ((n, self.shape[0]), np.dtype(bool).str, self.digests["present"].hexdigest()),
-            "feature_mask": (self.shape, np.dtype(bool).str, _hash_path(self.folder / "feature_mask.npy")),
-            "subject_ids": ((n,), ids.dtype.str, _hash_path(self.folder / "subject_ids.npy")),
+            "values": ((n, *self.shape), np.dtype(np.float32).str, streamed["values"]),
+            "present": ((n, self.shape[0]), np.dtype(bool).str, streamed["present"]),
+            "feature_mask": (self.shape, np.dtype(bool).str, _checksums(self.folder / "feature_mask.npy")),
+            "subject_ids": ((n,), ids.dtype.str, _checksums(self.folder / "subject_ids.npy")),
         }
-        for array_name, (shape, dtype, digest) in arrays.items():
+        for array_name, (shape, dtype, (digest, crc)) in arrays.items():
             size = (self.folder / f"{array_name}.npy").stat().st_size
-            described[array_name] = {"shape": list(shape), "dtype": dtype, "bytes": size, "blake2b": digest}
+            described[array_name] = {
+                "shape": list(shape),
+                "dtype": dtype,
+                "bytes": size,
+                "blake2b": digest,
+                CHECKSUM: crc,
+            }
         _write_json(self.folder / MANIFEST, _modality_manifest(self.template, described))
 
     def close(self) -> None:
@@ -688,7 +818,10 @@ class CohortWriter:
         self._columns: list[str] | None = None
         self._streams: dict[str, _ModalityStream] = {}
         self._tmp = temporary_folder(self.folder.parent, self.folder.name)
-        self._tmp.mkdir()
+        try:
+            self._tmp.mkdir()
+        except OSError as err:
+            raise storage_failure(err, self.folder.parent, f"writing the cohort {self.folder.name}") from err
         self._open = True
         # a writer dropped without close() or a with block (an exception in the caller's loop) still cleans up
         self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmp, ignore_errors=True)
@@ -698,8 +831,10 @@ class CohortWriter:
                     raise AdapterError(f"modality {name!r}: expected a ModalityLayout, got {type(layout).__name__}")
                 folder = self._tmp / "modalities" / _safe_name(str(name))
                 self._streams[str(name)] = _ModalityStream(str(name), layout, folder, self.n_subjects)
-        except BaseException:
+        except BaseException as err:
             self.abort()
+            if isinstance(err, OSError):
+                raise storage_failure(err, self.folder.parent, f"writing the cohort {self.folder.name}") from err
             raise
 
     @property
@@ -768,8 +903,10 @@ class CohortWriter:
         try:
             for name, (values, present) in checked.items():
                 self._streams[name].write(values, present)
-        except BaseException:
+        except BaseException as err:
             self.abort()  # a half-written block cannot be taken back
+            if isinstance(err, OSError):
+                raise storage_failure(err, self.folder.parent, f"writing the cohort {self.folder.name}") from err
             raise
         self._columns = list(table.columns)
         self._tables.append(table)
@@ -815,6 +952,8 @@ class CohortWriter:
                 build_info=_jsonable(build_info, strict=False),
             )
             replace_folder(self._tmp, self.folder)
+        except OSError as err:
+            raise storage_failure(err, self.folder.parent, f"writing the cohort {self.folder.name}") from err
         finally:
             self.abort()
         return self.folder
@@ -868,16 +1007,21 @@ def cohort_fingerprint(folder: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_cohort(folder: str | os.PathLike, *, mmap: bool = True, verify: bool = False) -> Cohort:
+def load_cohort(folder: str | os.PathLike, *, mmap: bool = True, verify: bool = True) -> Cohort:
     """A cohort written by :func:`save_cohort` or :class:`CohortWriter`; modality arrays memory-mapped read-only
     when ``mmap``.
 
-    Raises :class:`CorruptEntry` (an :class:`AdapterError`) when any file is missing, truncated or
+    ``verify`` (default): every array's content is checked against the CRC-32 recorded when it was written
+    (once per file and change in a process; see :func:`read_modality`).
+    Raises :class:`CorruptEntry` (an :class:`AdapterError`) when any file is missing, truncated, changed or
     inconsistent: save the cohort again.
     """
     folder = Path(folder)
     meta = saved_cohort_info(folder)
     names, id_column = meta["modalities"], meta["id_column"]
+    recorded = meta.get("participants_" + CHECKSUM)
+    if verify and recorded is not None and (folder / PARTICIPANTS).is_file():  # None: saved before it was recorded
+        _verify_array(folder / PARTICIPANTS, {CHECKSUM: recorded})
     try:
         table = pd.read_parquet(folder / PARTICIPANTS)
     except (OSError, ValueError) as err:

@@ -23,6 +23,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mot_neuro.checkpoint_io import CheckpointWriteError, check_writable_folder
+
 
 def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
     """A 63-bit seed for one training batch; distinct inputs give independent streams (numpy SeedSequence)."""
@@ -52,6 +54,10 @@ class SaveOnSigterm(Callback):
     only where the state is whole (between training batches): a signal during validation leaves the last
     periodic checkpoint as the resume point. The name starts with ``last``, so ``--ckpt_path last`` (the
     newest ``last*.ckpt``) resumes from it.
+
+    It also checks, when fit starts, that the checkpoint folder takes files (read-only or full: one line and
+    exit 2 before any training), and a ``last-sigterm.ckpt`` that cannot be written still marks the MLflow
+    run FAILED.
     """
 
     FILENAME = "last-sigterm.ckpt"
@@ -65,6 +71,24 @@ class SaveOnSigterm(Callback):
         if trainer.received_sigterm and trainer.world_size == 1:
             raise SIGTERMException()
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # a read-only or full checkpoint folder is found now, not when the first epoch's checkpoint is saved
+        # (ModelCheckpoint has resolved its folder in setup, which runs before this hook)
+        folder = self.checkpoint.dirpath
+        # local folders only (s3:// and co. are Lightning's), on every rank: one raising alone would hang the rest
+        if folder and "://" not in str(folder):
+            check_writable_folder(
+                folder,
+                "writing to the checkpoint folder",
+                "make it writable, free space or choose another folder (--checkpoint_dir)",
+            )
+
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.training and self.checkpoint.dirpath:
-            trainer.save_checkpoint(Path(self.checkpoint.dirpath) / self.FILENAME)  # written atomically
+            try:
+                trainer.save_checkpoint(Path(self.checkpoint.dirpath) / self.FILENAME)  # written atomically
+            except CheckpointWriteError:
+                # raising here skips Lightning's own marking of the loggers (it comes after the callbacks)
+                for logger in trainer.loggers:
+                    logger.finalize("failed")
+                raise

@@ -134,15 +134,15 @@ def test_corrupt_entries_are_detected_and_rebuilt(tmp_path, table, build, damage
     assert cache_status(tmp_path / "c", table, {})[0] == "fresh"
 
 
-def test_same_size_bit_flip_is_caught_with_verify(tmp_path, table, build):
+def test_same_size_bit_flip_is_caught_by_default(tmp_path, table, build):
     cached_modality(tmp_path / "c", build, table, {})
     values = entry_folder(tmp_path / "c") / "values.npy"
     data = bytearray(values.read_bytes())
     data[-1] ^= 0xFF
     values.write_bytes(bytes(data))
-    assert cache_status(tmp_path / "c", table, {})[0] == "fresh"  # sizes and shapes still agree
-    assert cache_status(tmp_path / "c", table, {}, verify=True)[0] == "corrupt"
-    cached_modality(tmp_path / "c", build, table, {}, verify=True)
+    assert cache_status(tmp_path / "c", table, {}, verify=False)[0] == "fresh"  # sizes and shapes still agree
+    assert cache_status(tmp_path / "c", table, {})[0] == "corrupt"  # the recorded CRC-32 does not
+    cached_modality(tmp_path / "c", build, table, {})
     assert build.calls == 2
 
 
@@ -535,11 +535,13 @@ def test_loading_does_not_read_the_values(tmp_path, wide_cohort, monkeypatch):
         "check_finite_or_missing",
         lambda values, **k: scans.append(len(values)) or real(values, **k),
     )
-    load_cohort(tmp_path / "c")
+    load_cohort(tmp_path / "c", verify=False)
     assert scans and max(scans) <= 1  # only the first row, for the names and shapes
     scans.clear()
-    load_cohort(tmp_path / "c", verify=True)
-    assert max(scans) == 11
+    # the default verification compares each file's CRC-32 with the one recorded when it was written (already
+    # scanned for +-inf then): the bytes are read once, sequentially, but never scanned again as values
+    load_cohort(tmp_path / "c")
+    assert scans and max(scans) <= 1
 
 
 def test_release_pages_drops_mapped_pages(tmp_path):
