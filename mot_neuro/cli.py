@@ -4,8 +4,13 @@
   ``--print_config`` to see the resolved config). The DataModule's ``model_inputs`` (tokens and features
   per modality, target kinds) are linked into the model, never copied by hand between config files.
 * ``ablate``: dense vs MoT variants and leave-one-modality-out over seeds and folds (``mot_neuro.ablate``).
-* ``embed``: per-subject embeddings of a checkpoint to parquet, streamed and merged by subject ID.
+* ``embed``: per-subject embeddings of a checkpoint to parquet, streamed and merged by subject ID; the model's
+  settings come from the checkpoint (as for ``test --ckpt_path``).
 * ``probe``: scikit-learn probes on subject embeddings vs early fusion of raw features (``mot_neuro.probe``).
+
+Every command takes the same experiment file (keys only ``fit`` acts on, such as ``checkpoint_every_n_steps``,
+are accepted and ignored elsewhere), and ``embed`` and ``probe`` take ``--data``/``--model``/``--trainer``
+overrides with the meaning they have in ``fit``.
 * ``describe``: build a MoT backbone and its dense twin for a token layout and print parameter
   counts and training FLOPs per token (measured with torch's FlopCounterMode).
 
@@ -119,8 +124,11 @@ TOOL_COMMANDS = {
 }
 
 
-def lightning_cli(args: list[str] | None, run: bool = True):
-    """Lightning's CLI with mot-neuro's model, data, MLflow config saving and data -> model links."""
+def lightning_cli(args: list[str] | None, run: bool = True, model_checkpoint: str | None = None):
+    """Lightning's CLI with mot-neuro's model, data, MLflow config saving and data -> model links.
+
+    ``model_checkpoint`` (with ``run=False``): the model's settings come from that checkpoint's hyper_parameters,
+    as Lightning does for ``test --ckpt_path``; the data, trainer and seed still come from ``args``."""
     from lightning.pytorch.cli import LightningCLI
 
     from mot_neuro.data.datamodule import NeuroOmicsDataModule
@@ -131,38 +139,62 @@ def lightning_cli(args: list[str] | None, run: bool = True):
         def add_arguments_to_parser(self, parser) -> None:
             # sizes from the data reach the model at instantiation, never copied by hand
             parser.link_arguments("data.model_inputs", "model.data_spec", apply_on="instantiate")
+            # every command (and the tools' run=False parse) accepts what an experiment file for fit may hold:
+            # one experiment file serves fit, test, embed, probe and ablate; only fit acts on these
+            parser.add_argument(
+                "--test_after_fit",
+                type=bool,
+                default=True,
+                help="fit: after fit, evaluate the best checkpoint (else the last weights) on the test set",
+            )
+            parser.add_argument(
+                "--checkpoint_dir",
+                type=str | None,
+                default=None,
+                help="fit: folder for this run's checkpoints instead of the trainer config's (one per ablation cell)",
+            )
+            parser.add_argument(
+                "--checkpoint_every_n_steps",
+                type=int,
+                default=0,
+                help="fit: also save last-step.ckpt every N training steps (0: off), so that a run killed mid-epoch"
+                " resumes from there with --ckpt_path last instead of from the last epoch's end",
+            )
+
+        def _parse_ckpt_path(self) -> None:
+            if model_checkpoint is None:
+                super()._parse_ckpt_path()  # fit/test/...: Lightning reads --ckpt_path's hyper_parameters
+                return
+            # a tool (embed) has no subcommand, so Lightning would build the config's model and then fail to load
+            # another variant's weights: take the model's settings from the checkpoint, as test --ckpt_path does
+            hparams = checkpoint_model_settings(model_checkpoint)
+            if not hparams:
+                return
+            configured = self.config.get("model")
+            differ = [
+                key
+                for key, value in hparams.items()
+                if key not in _TRAINING_ONLY_SETTINGS and configured is not None and configured.get(key) != value
+            ]
+            if differ:
+                print(
+                    f"note: the model is built from the checkpoint's settings ({', '.join(sorted(differ))} differ"
+                    " from the config's)",
+                    file=sys.stderr,
+                )
+            self.config = self.parser.parse_object({"model": hparams}, self.config)
 
         def _add_subcommands(self, parser, **kwargs) -> None:
             super()._add_subcommands(parser, **kwargs)
             for name in LIGHTNING_COMMANDS:
                 # checkpoints hold tensors and plain data only: load them without running pickled code
                 parser._subcommands_action._name_parser_map[name].set_defaults(weights_only=True)
-            fit = parser._subcommands_action._name_parser_map["fit"]
-            fit.add_argument(
-                "--test_after_fit",
-                type=bool,
-                default=True,
-                help="after fit, evaluate the best checkpoint (else the last weights) on the test set",
-            )
             test = parser._subcommands_action._name_parser_map["test"]
             test.add_argument(
                 "--mask_at_test",
                 type=list[str],
                 default=[],
                 help="modalities whose tokens are hidden at test time (a cheap complement to leave-one-out)",
-            )
-            fit.add_argument(
-                "--checkpoint_dir",
-                type=str | None,
-                default=None,
-                help="folder for this run's checkpoints instead of the trainer config's (one per ablation cell)",
-            )
-            fit.add_argument(
-                "--checkpoint_every_n_steps",
-                type=int,
-                default=0,
-                help="also save last-step.ckpt every N training steps (0: off), so that a run killed mid-epoch"
-                " resumes from there with --ckpt_path last instead of from the last epoch's end",
             )
 
         def _instantiate_trainer(self, config, callbacks):
@@ -172,6 +204,10 @@ def lightning_cli(args: list[str] | None, run: bool = True):
                 # the trainer configs list a RichProgressBar; turning bars off (batch jobs) should just work
                 listed = config["callbacks"] if isinstance(config["callbacks"], list) else [config["callbacks"]]
                 config["callbacks"] = [c for c in listed if not isinstance(c, ProgressBar)]
+            from mot_neuro.checkpoint_io import with_atomic_checkpoint_io
+
+            # every checkpoint written to a temporary file in its own folder, fsynced and renamed
+            config["plugins"] = with_atomic_checkpoint_io(config.get("plugins"))
             return super()._instantiate_trainer(config, callbacks)
 
         def before_test(self) -> None:
@@ -239,11 +275,85 @@ def set_overrides(items: list[str]) -> list[str]:
     return out
 
 
+EXPERIMENT_OPTIONS = ("data", "model", "trainer", "seed_everything")
+"""Option groups the tools (embed, probe) pass to the experiment's parser, with the meaning they have in fit."""
+EXPERIMENT_HELP = (
+    "Experiment overrides, as in mot-neuro fit: --data FILE, --model FILE, --trainer FILE (a config of that part)"
+    " or --data.KEY VALUE, --model.KEY VALUE, --trainer.KEY VALUE, --seed_everything N; and --set KEY=VALUE."
+)
+
+
+def experiment_overrides(command: str, unparsed: list[str]) -> list[str]:
+    """What ``parse_known_args`` left of a tool's arguments, checked to be experiment overrides (in their order).
+
+    Passed through unchanged, they mean in ``embed`` and ``probe`` what they mean in ``fit``: the same parser
+    reads them. Anything else is refused naming the option, instead of being silently ignored."""
+    for position, token in enumerate(unparsed):
+        if token.startswith("--"):
+            root = token[2:].partition("=")[0].split(".")[0]
+            if root not in EXPERIMENT_OPTIONS:
+                raise ValueError(
+                    f"unrecognized option {token.partition('=')[0]!r}; mot-neuro {command} --help lists its own"
+                    f" options, and it takes experiment overrides --data, --model, --trainer (a file, or"
+                    f" --data.KEY VALUE), --seed_everything, --set KEY=VALUE"
+                )
+        elif position == 0:
+            raise ValueError(f"unexpected argument {token!r} (mot-neuro {command} takes options only; see --help)")
+    return list(unparsed)
+
+
+# settings that only act when a model is built for training: the checkpoint's weights replace what they do, and
+# a warm start would reload a source checkpoint that may no longer exist
+_TRAINING_ONLY_SETTINGS = {"warm_start_from": None, "freeze_towers": [], "reinit_towers": [], "compile": False}
+
+
+def checkpoint_model_settings(path: str) -> dict:
+    """The model's constructor settings saved in a checkpoint (``hyper_parameters``), for building that model.
+
+    Empty when the checkpoint has none (then the config's model is built and must match). Only keys the model
+    accepts are kept, so a checkpoint of an older version with a removed setting still loads."""
+    import inspect
+
+    import torch
+
+    from mot_neuro.lit_module import NeuroOmicsModule
+
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = dict(saved.get("hyper_parameters") or {}) if isinstance(saved, dict) else {}
+    accepted = set(inspect.signature(NeuroOmicsModule.__init__).parameters) - {"self", "data_spec"}
+    settings = {key: value for key, value in hparams.items() if key in accepted}  # data_spec: linked from the data
+    if settings:
+        settings.update(_TRAINING_ONLY_SETTINGS)
+    return settings
+
+
+def _variant(untie) -> str:
+    return "mot" if untie else "dense"
+
+
+def _state_dict_mismatch(checkpoint: str, settings: dict, model, err: RuntimeError) -> ValueError:
+    """One line for weights that do not fit the model built from the config (a checkpoint without settings)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    built = f"{_variant(model.hparams.untie)} (untie {list(model.hparams.untie)}, dim {model.hparams.dim})"
+    saved = (
+        f"{_variant(settings.get('untie'))} (untie {list(settings.get('untie') or [])}, dim {settings.get('dim')})"
+        if settings
+        else "unknown (it saves no hyper_parameters)"
+    )
+    return ValueError(
+        f"{checkpoint}: its weights do not fit the model of the config: checkpoint's model {saved}, config's model"
+        f" {built} ({first[:120]}); pass --model with the config the checkpoint was trained with"
+    )
+
+
 def embed_main(argv: list[str]) -> int:
     """``mot-neuro embed``: per-subject embeddings of a checkpoint to parquet (see ``mot_neuro.embed``)."""
     parser = argparse.ArgumentParser(
         prog="mot-neuro embed",
-        description="Write one parquet row per subject: eid, split, fold, the pooled embedding and one per modality.",
+        description="Write one parquet row per subject: eid, split, fold, the pooled embedding and one per modality."
+        " The model's settings (dense or MoT, sizes) come from the checkpoint; the data from the experiment.",
+        epilog=EXPERIMENT_HELP,
+        allow_abbrev=False,  # an abbreviation must not swallow an experiment override such as --data
     )
     parser.add_argument("--config", required=True, help="the experiment config the checkpoint was trained with")
     parser.add_argument("--ckpt_path", required=True, help="checkpoint to embed with")
@@ -251,29 +361,60 @@ def embed_main(argv: list[str]) -> int:
     parser.add_argument("--layer", type=int, default=None, help="encoder block (0-based, -1 = last); default: output")
     parser.add_argument("--split", choices=["all", "train", "val", "test"], default="all", help="subjects to embed")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
-    args = parser.parse_args(argv)
+    args, unparsed = parser.parse_known_args(argv)
+    overrides = experiment_overrides("embed", unparsed)
     if not Path(args.ckpt_path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.ckpt_path}")
     from mot_neuro.embed import EmbeddingWriter
 
-    overrides = [*set_overrides(args.set), "--data.predict_split", args.split, "--trainer.logger", "false"]
-    cli = lightning_cli(["--config", args.config, *overrides], run=False)
+    settings = checkpoint_model_settings(args.ckpt_path)
+    # every subject of the split, always: a smoke trainer (fast_dev_run, limit_predict_batches) would write a
+    # partial file that probes and analyses then take for the cohort
+    whole = ["--trainer.fast_dev_run", "false", "--trainer.limit_predict_batches", "1.0"]
+    overrides = [*overrides, *set_overrides(args.set), "--data.predict_split", args.split, "--trainer.logger", "false"]
+    overrides += whole
+    cli = lightning_cli(["--config", args.config, *overrides], run=False, model_checkpoint=args.ckpt_path)
     writer = EmbeddingWriter(args.output, layer=args.layer, metadata={"config": args.config})
     cli.trainer.callbacks.append(writer)
     with warnings.catch_warnings():
         # whole batches come from the dataset (batch_size=None), so Lightning cannot list indices: not needed
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
-        cli.trainer.predict(
-            cli.model, datamodule=cli.datamodule, ckpt_path=args.ckpt_path, return_predictions=False, weights_only=True
-        )
+        try:
+            cli.trainer.predict(
+                cli.model,
+                datamodule=cli.datamodule,
+                ckpt_path=args.ckpt_path,
+                return_predictions=False,
+                weights_only=True,
+            )
+        except RuntimeError as err:
+            if "state_dict" not in str(err):
+                raise
+            raise _state_dict_mismatch(args.ckpt_path, settings, cli.model, err) from err
     if cli.trainer.global_rank == 0:
-        print(f"embeddings of {writer.rows_written} subjects (rank 0) written to {args.output}")
+        print(
+            f"embeddings of {writer.rows_written} subjects (rank 0) written to {args.output}"
+            f" ({_variant(cli.model.hparams.untie)} model of the checkpoint)"
+        )
     return 0
 
 
 def _error_line(command: str, err: BaseException) -> str:
     """One line for stderr: jsonargparse and some libraries put newlines and indentation in their messages."""
-    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip()) or type(err).__name__
+    from data_adapters.core import AdapterError
+
+    cause = err
+    while cause is not None and not isinstance(cause, AdapterError):
+        cause = cause.__cause__
+    # jsonargparse wraps an error raised while a class is built ("Does not validate against any of the Union
+    # subtypes ... Given value: Namespace(...)"): the AdapterError inside names the file or folder
+    err = cause if cause is not None else err
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if any(line.startswith("Original Traceback") for line in lines):
+        # raised in a DataLoader worker: torch re-raises it with the worker's traceback as its message, whose
+        # last line is "<ExceptionClass>: <the message>"
+        lines = [lines[-1].partition(": ")[2] or lines[-1]]
+    text = " ".join(lines) or type(err).__name__
     if len(text) > 800:
         text = text[:800] + " ..."
     return f"mot-neuro {command}: error: {text}"
@@ -316,12 +457,24 @@ def _unsafe_checkpoint_line(command: str, err: BaseException) -> str:
     )
 
 
+def _trainer_named(err: BaseException, misconfiguration: type) -> BaseException:
+    """Lightning's refusals of trainer settings ("No supported gpu backend found!") name no option: say where."""
+    if not isinstance(err, misconfiguration):
+        return err
+    return ValueError(
+        f"the trainer settings cannot run here: {err} (check --trainer and the experiment's trainer config:"
+        " accelerator, devices, strategy)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     from_console = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("MOT_NEURO_DEBUG", "") not in ("", "0")
     if argv and argv[0] in TOOL_COMMANDS:
         import importlib
+
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
 
         from data_adapters.core import AdapterError
 
@@ -330,10 +483,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             return getattr(importlib.import_module(module), function)(argv[1:])
-        except (AdapterError, ValueError, FileNotFoundError, argparse.ArgumentError) as err:
+        except (
+            AdapterError,
+            ValueError,
+            FileNotFoundError,
+            argparse.ArgumentError,
+            MisconfigurationException,  # a --trainer setting this machine cannot run (e.g. a GPU trainer on a CPU)
+        ) as err:
             if debug:
                 raise
-            print(_error_line(argv[0], err), file=sys.stderr)
+            print(_error_line(argv[0], _trainer_named(err, MisconfigurationException)), file=sys.stderr)
             return 2
         except pickle.UnpicklingError as err:
             if debug:
@@ -353,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         except (AdapterError, ValueError, FileNotFoundError, MisconfigurationException, argparse.ArgumentError) as err:
             if debug:
                 raise
-            print(_error_line(argv[0], err), file=sys.stderr)
+            print(_error_line(argv[0], _trainer_named(err, MisconfigurationException)), file=sys.stderr)
             if isinstance(err, argparse.ArgumentError):  # parse errors no longer print the usage
                 print(f"mot-neuro {argv[0]} --help lists the options", file=sys.stderr)
             return 2

@@ -12,6 +12,11 @@ logistic regression), fitted on the train + val subjects that have the target; t
 set (ridge: efficient leave-one-out over ``alphas``; logistic: stratified ``inner_folds``-fold CV on log loss).
 The test subjects are never seen by the fit. Test metrics carry percentile bootstrap 95% CIs over test subjects
 resampled with replacement; a resample where a metric is undefined (e.g. one class only) is skipped and counted.
+
+With groups (the data config's ``group``: site, family, a subject's repeated visits) no group is on both sides
+of an inner split (ridge: grouped ``inner_folds``-fold CV, since leave-one-out would tune on a left-out row's
+relatives; logistic: stratified group k-fold), and the bootstrap draws whole test groups (a cluster bootstrap):
+rows of one group are not independent, and resampling them one by one gives CIs that are too narrow.
 Every (feature set, target) draws the same resamples when they have the same test subjects, so CIs of feature
 sets are comparable resample by resample.
 
@@ -39,7 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -163,8 +168,22 @@ def _metric_values(kind: str, counts: np.ndarray, y: np.ndarray, pred: np.ndarra
     }
 
 
-def _bootstrap(kind, y, pred, classes, n_bootstrap: int, seed: int) -> dict[str, tuple[float, float, float, int]]:
-    """metric -> (value, ci_low, ci_high, resamples used)."""
+def _resample_counts(rng: np.random.Generator, size: int, n: int, groups: np.ndarray | None) -> np.ndarray:
+    """``[size, n]`` bootstrap weights: how often each subject is drawn in each resample.
+
+    Without ``groups`` subjects are drawn with replacement. With ``groups`` (a code 0..G-1 per subject) whole
+    groups are drawn with replacement (a cluster bootstrap): a subject weighs as often as its group is drawn, so
+    the CI reflects the group, not the visit or relative, as the unit of independent data."""
+    units = n if groups is None else int(groups.max()) + 1 if len(groups) else 0
+    picks = rng.integers(0, units, size=(size, units)) + units * np.arange(size)[:, None]
+    counts = np.bincount(picks.ravel(), minlength=size * units).reshape(size, units).astype(np.float64)
+    return counts if groups is None else counts[:, groups]
+
+
+def _bootstrap(
+    kind, y, pred, classes, n_bootstrap: int, seed: int, groups: np.ndarray | None = None
+) -> dict[str, tuple[float, float, float, int]]:
+    """metric -> (value, ci_low, ci_high, resamples used); ``groups``: resample whole groups (codes 0..G-1)."""
     n = len(y)
     point = _metric_values(kind, np.ones((1, n)), y, pred, classes)
     rng = np.random.default_rng(seed)
@@ -172,8 +191,7 @@ def _bootstrap(kind, y, pred, classes, n_bootstrap: int, seed: int) -> dict[str,
     block = max(1, _BLOCK_CELLS // max(n, 1))
     for start in range(0, n_bootstrap, block):
         size = min(block, n_bootstrap - start)
-        picks = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]
-        counts = np.bincount(picks.ravel(), minlength=size * n).reshape(size, n).astype(np.float64)
+        counts = _resample_counts(rng, size, n, groups)
         for name, values in _metric_values(kind, counts, y, pred, classes).items():
             draws[name].append(values)
     out = {}
@@ -186,20 +204,48 @@ def _bootstrap(kind, y, pred, classes, n_bootstrap: int, seed: int) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------------- probe
-def _pipeline(kind: str, n_folds: int, seed: int) -> Pipeline:
+def _pipeline(kind: str, n_folds: int, seed: int, inner_splits: list | None = None) -> Pipeline:
+    """``inner_splits``: the inner CV's (train, test) positions, given when a group must stay on one side."""
     if kind == "regression":
-        model = RidgeCV(alphas=RIDGE_ALPHAS)  # efficient leave-one-out over the alphas
+        if inner_splits is None:
+            model = RidgeCV(alphas=RIDGE_ALPHAS)  # efficient leave-one-out over the alphas
+        else:  # leave-one-out would tune on visits of a subject whose other visits it trained on
+            model = RidgeCV(alphas=RIDGE_ALPHAS, cv=inner_splits, scoring="neg_mean_squared_error")
     else:
         # binary and multiclass alike: lbfgs fits the multinomial loss when there are more than 2 classes
         model = LogisticRegressionCV(
             Cs=LOGISTIC_CS,
             l1_ratios=(0.0,),
-            cv=StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed),
+            cv=inner_splits or StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed),
             scoring="neg_log_loss",  # a proper score: picks the C with the best probabilities, not just labels
             max_iter=LOGISTIC_MAX_ITER,
             use_legacy_attributes=False,
         )
     return Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler()), ("model", model)])
+
+
+def grouped_inner_splits(kind: str, y: np.ndarray, groups: np.ndarray, inner_folds: int, seed: int) -> list:
+    """Inner CV splits that keep every group on one side: ``[(train positions, test positions), ...]``.
+
+    Regression: ``GroupKFold``; classification: ``StratifiedGroupKFold``, with fewer folds when a class occurs
+    in fewer groups than that, down to 2. Empty when no split can be made (fewer than 2 groups, or no number
+    of folds gives every inner training part every class)."""
+    labels = np.unique(y)
+    n_groups = len(np.unique(groups))
+    if kind == "regression":
+        n_folds = min(inner_folds, n_groups)
+        if n_folds < 2:
+            return []
+        return list(GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(y, y, groups))
+    groups_with = [len(np.unique(groups[y == label])) for label in labels]
+    for n_folds in range(min(inner_folds, *groups_with), 1, -1):
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "least populated class": checked just below
+            splits = list(splitter.split(y, y, groups))
+        if all(len(np.unique(y[train])) == len(labels) and len(test) for train, test in splits):
+            return splits
+    return []
 
 
 def _ids(values) -> np.ndarray:
@@ -213,6 +259,11 @@ def _check_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     if not frame.index.is_unique:
         raise ValueError(f"{what} has {int(frame.index.duplicated().sum())} repeated subject ID(s) in its index")
     return frame
+
+
+def _group_codes(groups: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Codes 0..G-1 of the groups of ``ids`` (in that order)."""
+    return pd.factorize(groups.reindex(ids).to_numpy(object), sort=True)[0]
 
 
 def _empty_rows(name, target, kind, n_train, n_test, note) -> list[dict]:
@@ -233,7 +284,10 @@ def _empty_rows(name, target, kind, n_train, n_test, note) -> list[dict]:
     ]
 
 
-def _probe_one(name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, inner_folds) -> list[dict]:
+def _probe_one(
+    name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, inner_folds, groups: pd.Series | None = None
+) -> list[dict]:
+    """``groups``: subject ID -> group label; the inner CV and the bootstrap then keep groups whole."""
     fit_ids = fit_ids[np.isfinite(y.reindex(fit_ids).to_numpy(np.float64))]  # subjects with an observed target
     test_ids = test_ids[np.isfinite(y.reindex(test_ids).to_numpy(np.float64))]
     y_fit, y_test = y.reindex(fit_ids).to_numpy(np.float64), y.reindex(test_ids).to_numpy(np.float64)
@@ -259,7 +313,15 @@ def _probe_one(name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, i
     if n_test == 0:
         return _empty_rows(name, target, kind, n_train, n_test, "no test subject with features and target")
 
-    model = _pipeline(kind, n_folds, seed).fit(x.loc[fit_ids].to_numpy(np.float64), y_fit)
+    inner_splits = test_groups = None
+    if groups is not None:
+        inner_splits = grouped_inner_splits(kind, y_fit, _group_codes(groups, fit_ids), inner_folds, seed)
+        if not inner_splits:
+            note = "cannot fit: no inner CV keeps groups whole (too few groups, or a class in fewer than 2 groups)"
+            warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
+            return _empty_rows(name, target, kind, n_train, n_test, note)
+        test_groups = _group_codes(groups, test_ids)
+    model = _pipeline(kind, n_folds, seed, inner_splits).fit(x.loc[fit_ids].to_numpy(np.float64), y_fit)
     x_test = x.loc[test_ids].to_numpy(np.float64)
     classes = None
     if kind == "regression":
@@ -269,9 +331,15 @@ def _probe_one(name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, i
     else:
         pred, classes = model.predict_proba(x_test), model.classes_
     rows = []
-    for metric, (value, low, high, used) in _bootstrap(kind, y_test, pred, classes, n_bootstrap, seed).items():
+    single_group = test_groups is not None and len(np.unique(test_groups)) < 2
+    # one test group: every cluster resample is the same rows, a CI of zero width that would read as certainty
+    resamples = 0 if single_group else n_bootstrap
+    bootstrap = _bootstrap(kind, y_test, pred, classes, resamples, seed, test_groups)
+    for metric, (value, low, high, used) in bootstrap.items():
         if not np.isfinite(value):
             note = "undefined on the test set (e.g. a class missing)"
+        elif single_group and n_bootstrap:
+            note = "no CI: the test subjects are all in one group"
         elif used < n_bootstrap:
             note = f"{n_bootstrap - used} of {n_bootstrap} resamples undefined and skipped"
         else:
@@ -293,6 +361,22 @@ def _probe_one(name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, i
     return rows
 
 
+def _subject_groups(groups, subjects: np.ndarray) -> pd.Series:
+    """``groups`` as a Series of strings indexed by subject ID; every one of ``subjects`` must have a group."""
+    series = pd.Series(groups) if isinstance(groups, Mapping) else groups
+    if not isinstance(series, pd.Series):
+        raise ValueError(f"groups must be a Series or a mapping subject ID -> group, not {type(groups).__name__}")
+    series = series.set_axis(_ids(series.index), axis=0)
+    if not series.index.is_unique:
+        raise ValueError(f"groups has {int(series.index.duplicated().sum())} repeated subject ID(s) in its index")
+    series = series.reindex(subjects)
+    if series.isna().any():
+        raise ValueError(
+            f"{int(series.isna().sum())} subject(s) of the splits have no group; give every subject a group"
+        )
+    return series.astype(str)
+
+
 def probe(
     feature_sets: Mapping[str, pd.DataFrame],
     targets: pd.DataFrame,
@@ -302,6 +386,7 @@ def probe(
     n_bootstrap: int = 1000,
     seed: int = 0,
     inner_folds: int = 5,
+    groups: pd.Series | Mapping | None = None,
 ) -> pd.DataFrame:
     """Fit a linear probe per (feature set, target) on train + val subjects and score it on the test subjects.
 
@@ -313,6 +398,10 @@ def probe(
         n_bootstrap: test-set resamples for the 95% percentile CIs (0: no CIs).
         seed: seeds the resamples and the inner CV folds.
         inner_folds: folds of the logistic probes' inner CV (fewer when a class is rarer than that).
+        groups: subject ID -> group (site, family, the subject of repeated visits), e.g. the data config's
+            ``group`` column. Then no group is on both sides of an inner CV split (ridge: grouped
+            ``inner_folds``-fold CV instead of leave-one-out; logistic: stratified group k-fold), and the
+            bootstrap resamples whole test groups, not subjects. Every subject of ``splits`` needs a group.
 
     Returns:
         A tidy DataFrame with the columns :data:`COLUMNS`, one row per feature set, target and metric.
@@ -341,6 +430,8 @@ def probe(
         raise ValueError(f"target kinds must be one of {KINDS}, got {bad}")
     if not feature_sets:
         raise ValueError("no feature sets to probe")
+    if groups is not None:
+        groups = _subject_groups(groups, np.union1d(fit_pool, test_pool).astype(object))
 
     rows = []
     for name, frame in feature_sets.items():
@@ -363,7 +454,7 @@ def probe(
         for target in targets.columns:
             y = pd.to_numeric(targets[target], errors="raise").astype(np.float64).reindex(x.index)
             rows += _probe_one(
-                name, target, kinds[target], x, y, fit_ids, test_ids, int(n_bootstrap), seed, inner_folds
+                name, target, kinds[target], x, y, fit_ids, test_ids, int(n_bootstrap), seed, inner_folds, groups
             )
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
@@ -457,8 +548,12 @@ def _fold_datamodule(config: str, overrides: Sequence[str]):
     """The experiment's DataModule, prepared (cohort, splits, FoldPreprocessor fitted on the fold's train rows)."""
     from mot_neuro.cli import lightning_cli
 
-    # no logger: building the DataModule must not create an MLflow store or run
-    cli = lightning_cli(["--config", str(config), "--trainer.logger", "false", *overrides], run=False)
+    # Only the DataModule is used. Last, so that no --trainer file given by the user undoes them: no logger
+    # (building the DataModule must not create an MLflow store or run), and one CPU process whatever
+    # accelerator or strategy the experiment trains with
+    only_data = ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
+    only_data += ["--trainer.strategy", "auto", "--trainer.num_nodes", "1"]
+    cli = lightning_cli(["--config", str(config), *overrides, *only_data], run=False)
     datamodule = cli.datamodule
     datamodule.setup("fit")
     return datamodule
@@ -469,9 +564,23 @@ def _fold_labels(datamodule) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[
     splits = {part: np.asarray(sorted(fold[part]), dtype=object) for part in _SPLIT_PARTS}
     names = list(datamodule.hparams.targets)
     targets = datamodule.cohort.participants[names].copy()
+    for name in names:  # the classes as the model sees them: a binary target coded 1/2 (PLINK) becomes 0/1
+        targets[name] = datamodule.preprocessor.code_target(name, targets[name].to_numpy(dtype=float, na_value=np.nan))
     targets.index = pd.Index(_ids(targets.index), name="eid")
     kinds = {name: datamodule.preprocessor.target_kinds[name] for name in names}
     return targets, splits, kinds
+
+
+def _fold_groups(datamodule) -> pd.Series | None:
+    """Subject ID -> the data config's ``group`` (the column the splits keep whole), or None without one."""
+    column = datamodule.hparams.group
+    if not column:
+        return None
+    participants = datamodule.cohort.participants
+    if column not in participants.columns:
+        raise ValueError(f"data.group {column!r} is not a column of the participants table")
+    # as strings, exactly as the DataModule groups its splits
+    return pd.Series(participants[column].astype(str).to_numpy(object), index=_ids(participants.index), name=column)
 
 
 def _modality_columns(name: str, modality, values: np.ndarray, missing: np.ndarray) -> pd.DataFrame:
@@ -596,7 +705,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mot-neuro probe",
         description="Linear probes of the experiment's targets on subject embeddings and on the raw features"
-        " (early fusion), on the experiment's folds; bootstrap 95%% CIs on the test subjects.",
+        " (early fusion), on the experiment's folds; bootstrap 95%% CIs on the test subjects. With the data"
+        " config's group set, inner CV splits and bootstrap resamples keep each group whole.",
+        epilog=_experiment_help(),
+        allow_abbrev=False,  # an abbreviation must not swallow an experiment override such as --data
     )
     parser.add_argument("--config", required=True, help="the experiment config the embeddings' models were fit with")
     parser.add_argument("--embeddings", nargs="*", default=[], metavar="PARQUET", help="embeddings files to probe")
@@ -605,7 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="test-set resamples for the CIs (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the resamples and inner CV folds (default 0)")
-    parser.add_argument("--inner-folds", type=int, default=5, help="inner CV folds of logistic probes (default 5)")
+    parser.add_argument(
+        "--inner-folds",
+        type=int,
+        default=5,
+        help="inner CV folds of logistic probes, and of ridge probes when the data config sets a group (default 5)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default outputs/probes/<config name>)")
     parser.add_argument(
         "--set",
@@ -618,17 +735,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _experiment_help() -> str:
+    from mot_neuro.cli import EXPERIMENT_HELP  # lazily: the CLI module imports torch
+
+    return EXPERIMENT_HELP
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``mot-neuro probe``: writes ``<out>/probes.csv`` and prints a table; see :func:`build_parser`."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    from mot_neuro.cli import experiment_overrides
+
+    args, unparsed = build_parser().parse_known_args(list(argv) if argv is not None else None)
+    passed = experiment_overrides("probe", unparsed)  # --data/--model/--trainer mean what they mean in fit
     paths = [Path(p) for p in args.embeddings]
     if not paths and not args.early_fusion:
         raise ValueError("nothing to probe: give --embeddings files, or leave early fusion on")
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"embeddings file not found: {path}")
-    datamodule = _fold_datamodule(args.config, _overrides(args.overrides))
+    datamodule = _fold_datamodule(args.config, [*passed, *_overrides(args.overrides)])
     targets, splits, kinds = _fold_labels(datamodule)
+    groups = _fold_groups(datamodule)
     fold = int(datamodule.hparams.fold)
 
     files = []
@@ -651,10 +778,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         inner_folds=args.inner_folds,
+        groups=groups,
     )
     out = Path(args.out) if args.out else Path("outputs") / "probes" / Path(args.config).stem
     _write_csv(results, out / "probes.csv")
-    print(f"mot-neuro probe: fold {fold}, {len(targets.columns)} target(s), {args.bootstrap} bootstrap resamples")
+    unit = "subjects" if groups is None else f"whole groups of {groups.name!r} (inner CV grouped too)"
+    print(
+        f"mot-neuro probe: fold {fold}, {len(targets.columns)} target(s), {args.bootstrap} bootstrap resamples"
+        f" of {unit}"
+    )
     print(format_table(results))
     print(f"results: {out / 'probes.csv'}")
     return 0

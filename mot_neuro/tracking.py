@@ -16,12 +16,17 @@ shared more widely than the cohort's data agreement allows; the splits file itse
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import logging
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
@@ -50,6 +55,95 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+def sqlite_store_path(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///`` tracking URI (resolved), else None."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or ":memory:" in uri:
+        return None
+    return Path(uri[len(prefix) :].split("?", 1)[0])
+
+
+def _local_artifact_folder(location: str | None) -> Path | None:
+    """The local folder of an artifact location (a path or ``file:`` URI); None for remote stores."""
+    if not location:
+        return None
+    if location.startswith("file://"):
+        return Path(location[len("file://") :])
+    if location.startswith("file:"):
+        return Path(location[len("file:") :])
+    return None if "://" in location or location.startswith("mlflow-artifacts:") else Path(location)
+
+
+def _check_artifact_folder(folder: Path) -> None:
+    """The artifact folder, or the nearest folder above it that exists (MLflow creates the rest), must take files."""
+    from mot_neuro.checkpoint_io import check_writable_folder
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    check_writable_folder(
+        existing,
+        f"writing MLflow artifacts under {folder}",
+        "make it writable or free space, run from another folder, or give the logger an artifact_location",
+    )
+
+
+@contextmanager
+def _store_lock(database: Path):
+    """An exclusive lock beside the SQLite store (``mlflow.db.lock``): MLflow's first-time schema migration
+    races when two runs create the same new store at once, and the loser fails (the lock file stays: removing
+    it would race too)."""
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_store_folders(uri: str, artifact_location: str | None) -> None:
+    """Before MLflow touches a local SQLite store: its folder, an existing database and the artifact root must
+    be writable (else MLflow retries for ~100 s, then fails with a message naming none of them). Writes and
+    removes one small probe file; opens no database."""
+    from mot_neuro.checkpoint_io import StorageError, check_writable_folder, storage_problem
+
+    database = sqlite_store_path(uri)
+    if database is None:
+        return
+    fix = "make it writable or free space, run from another folder, or set --trainer.logger.init_args.tracking_uri"
+    check_writable_folder(database.parent, f"writing the MLflow store {database.name}", fix)
+    if database.exists():
+        try:
+            with open(database, "r+b"):
+                pass
+        except OSError as err:
+            problem = storage_problem(err, database.parent, "opening the MLflow store", fix)
+            raise StorageError(problem, file=database) from err
+    if artifact_location is not None and _local_artifact_folder(artifact_location) is not None:
+        _check_artifact_folder(_local_artifact_folder(artifact_location))
+    elif not database.exists():
+        _check_artifact_folder(Path("mlruns"))  # MLflow's default artifact root for a new store: ./mlruns
+
+
+def _locked_experiment_id(client, database: Path, experiment_name: str, artifact_location: str | None) -> str:
+    """The experiment's ID, the store and the experiment created if new, under the store's file lock (two runs
+    creating the same new store or experiment at once would otherwise race; the loser failed)."""
+    with _store_lock(database):
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            raise ValueError(
+                f"{database}: MLflow experiment {experiment_name!r} was deleted; restore it"
+                f" (mlflow experiments restore) or choose another --trainer.logger.init_args.experiment_name"
+            )
+        if experiment is None:
+            experiment_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
+            experiment = client.get_experiment(experiment_id)
+    artifacts = _local_artifact_folder(experiment.artifact_location)
+    if artifacts is not None:
+        _check_artifact_folder(artifacts)
+    return experiment.experiment_id
+
+
 class MLflowLogger(MLFlowLogger):
     """``MLFlowLogger`` with mot-neuro's defaults (SQLite store, experiment ``mot-neuro``)."""
 
@@ -68,22 +162,38 @@ class MLflowLogger(MLFlowLogger):
         resolved = resolve_tracking_uri(tracking_uri)
         if os.environ.get("MLFLOW_TRACKING_URI") != resolved:
             _URIS_WE_SET.add(resolved)
-        super().__init__(
-            experiment_name=experiment_name,
-            run_name=run_name,
-            tracking_uri=resolved,
-            tags=tags,
-            log_model=log_model,
-            artifact_location=artifact_location,
-        )
+        _check_store_folders(resolved, artifact_location)
+        database = sqlite_store_path(resolved)
+        # Lightning's constructor builds an MlflowClient, which creates (migrates) a new store right away
+        with _store_lock(database) if database is not None else nullcontext():
+            super().__init__(
+                experiment_name=experiment_name,
+                run_name=run_name,
+                tracking_uri=resolved,
+                tags=tags,
+                log_model=log_model,
+                artifact_location=artifact_location,
+            )
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        """Lightning's, with the store and experiment created under a file lock beside a local SQLite store."""
+        database = sqlite_store_path(self._tracking_uri)
+        if not self._initialized and self._experiment_id is None and self._run_id is None and database is not None:
+            self._experiment_id = _locked_experiment_id(
+                self._mlflow_client, database, self._experiment_name, self._artifact_location
+            )
+        return MLFlowLogger.experiment.fget(self)
 
     def log_hyperparams(self, params) -> None:
         """Lightning's flattening, less what reads as noise in the MLflow UI: per-feature masks (long lists,
         cut at 250 characters; the data fingerprint and ``tokens_per_modality`` identify the data) and
-        jsonargparse's private keys."""
+        jsonargparse's private keys; and with every list that could hold subject IDs summarised
+        (:func:`without_value_lists`), whatever option it comes from."""
         from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
 
-        flat = _flatten_dict(_convert_params(params))
+        flat = _flatten_dict(without_value_lists(_convert_params(params)))
         super().log_hyperparams(
             {k: v for k, v in flat.items() if not k.endswith("feature_mask") and not k.startswith("_")}
         )
@@ -119,15 +229,28 @@ class MLflowSaveConfig(SaveConfigCallback):
         kwargs["save_to_log_dir"] = False
         super().__init__(*args, **kwargs)
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # A checkpoint reaches MLflow with log_model and is shared as a model: the data's settings saved in it get
+        # the summaries params get (nothing reads them back: the DataModule is built from the data config)
+        key = "datamodule_hyper_parameters"
+        if key in checkpoint:
+            checkpoint[key] = without_value_lists(dict(checkpoint[key]))
+
     def save_config(self, trainer, pl_module, stage: str) -> None:
         loggers = mlflow_loggers(trainer)
         if not loggers or trainer.global_rank != 0:
             return
+        for other in loggers:
+            if not isinstance(other, MLflowLogger):
+                # Lightning's own MLFlowLogger, configured by hand: the trainer logs the data's hparams through it
+                # right after this setup hook, so its params get the same summaries as ours
+                other.log_hyperparams = _params_without_value_lists(other.log_hyperparams)
         logger = loggers[0]
         client, run_id = logger.experiment, logger.run_id
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "config.yaml"
             self.parser.save(self.config, path, skip_none=False, overwrite=True, multifile=False)
+            path.write_text(config_without_value_lists(path.read_text()))
             client.log_artifact(run_id, str(path))
         datamodule = trainer.datamodule
         params = {"stage": stage}
@@ -143,6 +266,10 @@ class MLflowSaveConfig(SaveConfigCallback):
                 if getattr(logger, "log_subject_ids", False):
                     client.log_artifact(run_id, str(datamodule.hparams.splits_file))
             params["tokens_per_modality"] = ",".join(f"{m['name']}={m['n_tokens']}" for m in data["modalities"])
+            cohort = getattr(datamodule, "cohort", None)
+            # how each modality matched the participants (counts, never IDs): a modality that matched few shows here
+            for key, count in (getattr(cohort, "match_counts", None) or {}).items():
+                params[f"cohort/{key}"] = count
         flops = _flops_per_token(pl_module)
         if flops is not None:
             params["train_flops_per_token"] = flops
@@ -150,6 +277,81 @@ class MLflowSaveConfig(SaveConfigCallback):
         commit = git_commit()
         if commit:
             client.set_tag(run_id, "git_commit", commit)
+
+
+def config_without_value_lists(text: str) -> str:
+    """A resolved config (YAML) with its ``data`` section passed through :func:`without_value_lists`."""
+    import yaml
+
+    config = yaml.safe_load(text)
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        return text
+    config["data"] = without_value_lists(config["data"])
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+NAME_LISTS = frozenset({"targets", "confounds", "drop_modalities", "untie", "freeze_towers", "reinit_towers"})
+"""Options whose lists hold column, modality or model-part names: the only lists that reach MLflow whole."""
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (str, bool, int, float, os.PathLike))
+
+
+def _summary(value) -> str:
+    """Says what a value was, not what it held (no hash either: a short list of IDs would be easy to guess)."""
+    kind = "mapping" if isinstance(value, Mapping) else type(value).__name__
+    try:
+        size = f" of {len(value)} values"
+    except TypeError:
+        size = ""
+    return f"<{kind}{size}: not logged, may hold subject IDs>"
+
+
+def without_value_lists(tree, key: str | None = None):
+    """``tree`` (a config or hyperparameters) as it may go to MLflow: subject IDs can only hide in lists.
+
+    The guarantee is structural, not a list of option names that the next adapter would break: every list,
+    tuple, set, array or table of values is replaced by :func:`_summary`, except under the keys of
+    :data:`NAME_LISTS` (a list of records, such as the model's per-modality specs, is walked record by record);
+    the options of a modality's adapter (``modalities: {name: {adapter: ..., option: value}}``) keep only
+    scalar values (paths, numbers, names), since a mapping there may be keyed by subject (mappings elsewhere
+    are keyed by target, modality or setting names, and are walked through). Strings stay: a path is fine.
+    """
+    if isinstance(tree, argparse.Namespace):
+        tree = vars(tree)
+    if isinstance(tree, Mapping):
+        out = {}
+        for name, value in tree.items():
+            if name == "modalities" and isinstance(value, Mapping):
+                out[name] = {modality: _adapter_options(spec) for modality, spec in value.items()}
+            else:
+                out[name] = without_value_lists(value, str(name))
+        return out
+    if _is_scalar(tree):
+        return tree
+    if isinstance(tree, (list, tuple)) and tree and all(isinstance(v, (Mapping, argparse.Namespace)) for v in tree):
+        return [without_value_lists(v) for v in tree]  # records (e.g. one per modality) are walked like mappings
+    if key in NAME_LISTS and isinstance(tree, (list, tuple)) and all(_is_scalar(v) for v in tree):
+        return list(tree)
+    return _summary(tree)
+
+
+def _adapter_options(spec):
+    if isinstance(spec, argparse.Namespace):
+        spec = vars(spec)
+    if not isinstance(spec, Mapping):
+        return spec if _is_scalar(spec) else _summary(spec)
+    return {option: value if _is_scalar(value) else _summary(value) for option, value in spec.items()}
+
+
+def _params_without_value_lists(log_hyperparams):
+    def log(params, *args, **kwargs):
+        from lightning.fabric.utilities.logger import _convert_params
+
+        return log_hyperparams(without_value_lists(_convert_params(params)), *args, **kwargs)
+
+    return log
 
 
 def _flops_per_token(pl_module) -> float | None:
@@ -167,13 +369,60 @@ def _flops_per_token(pl_module) -> float | None:
 
 
 class RunSummary(Callback):
-    """A short end-of-run summary: where the run, its checkpoints and metrics are."""
+    """A short end-of-run summary: where the run, its checkpoints and metrics are.
+
+    After fit it shows the validation metrics of the best checkpoint's epoch (not of the last epoch), and says
+    which epoch that was. An undefined metric prints ``nan`` with its reason (the module's ``metric_notes``).
+    Warns (one line) when the best checkpoint is the first epoch of several: the model had barely trained.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._printed = set()
+        # fit's validations in this process: (epoch, val metrics, notes of those metrics)
+        self._validations: list[tuple[int, dict[str, float], dict[str, str]]] = []
+        self._best: tuple[int, dict[str, float], dict[str, str]] | None = None  # the best checkpoint's validation
+        self._best_seen: tuple[str, str] | None = None  # (path, score) of the best checkpoint last attributed
 
-    def _print(self, trainer, stage: str) -> None:
+    @staticmethod
+    def _scalars(trainer, prefixes: tuple[str, ...]) -> dict[str, float]:
+        return {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith(prefixes) and not k.endswith("_step") and v.numel() == 1
+        }
+
+    @staticmethod
+    def _best_state(trainer) -> tuple[str, str] | None:
+        checkpoint = trainer.checkpoint_callback
+        if checkpoint is None or not checkpoint.best_model_path:
+            return None
+        score = checkpoint.best_model_score
+        return checkpoint.best_model_path, repr(None if score is None else float(score))
+
+    def _attribute_best(self, trainer) -> None:
+        """A best checkpoint that changed since the last look was saved from the latest validation (ModelCheckpoint
+        runs after this callback in the same hook, so the change shows at the next one)."""
+        state = self._best_state(trainer)
+        if state is not None and state != self._best_seen and self._validations:
+            self._best = self._validations[-1]
+        self._best_seen = state
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a resumed run restores its best checkpoint before this: that one was chosen by an earlier process
+        self._best_seen = self._best_state(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "validate":
+            self._print(trainer, pl_module, "validate")
+            return
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._attribute_best(trainer)
+        notes = {k: v for k, v in getattr(pl_module, "metric_notes", {}).items() if k.startswith("val/")}
+        self._validations.append((trainer.current_epoch, self._scalars(trainer, ("val/",)), notes))
+
+    def _print(self, trainer, pl_module, stage: str) -> None:
         if trainer.global_rank != 0 or trainer.sanity_checking or stage in self._printed:
             return
         self._printed.add(stage)
@@ -183,24 +432,53 @@ class RunSummary(Callback):
             lines.append(f"  MLflow run      {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}")
             if uri.startswith("sqlite:///"):
                 lines.append(f"  browse it with  mlflow ui --backend-store-uri {uri}")
+        notes = dict(getattr(pl_module, "metric_notes", {}))
         checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and stage == "fit":
-            if checkpoint.best_model_path:
-                lines.append(f"  best checkpoint {checkpoint.best_model_path}")
-            if checkpoint.last_model_path:
+        shown: dict[str, float] | None = None
+        if stage == "fit":
+            self._attribute_best(trainer)
+            header = None
+            if checkpoint is not None and checkpoint.best_model_path:
+                path, score = checkpoint.best_model_path, checkpoint.best_model_score
+                score_text = "" if score is None else f"; {checkpoint.monitor or 'score'} {float(score):.4f}"
+                if self._best is not None:
+                    epoch, shown, notes = self._best
+                    lines.append(f"  best checkpoint {path} (epoch {epoch}{score_text})")
+                    header = f"  validation metrics of the best checkpoint (epoch {epoch}):"
+                else:  # resumed: the best was saved by an earlier process, whose metrics are in its MLflow run
+                    lines.append(f"  best checkpoint {path} (saved before this process{score_text})")
+                    header = "  its other validation metrics: in the MLflow history of the run that saved it"
+                    shown = {}
+            if checkpoint is not None and checkpoint.last_model_path:
                 lines.append(f"  last checkpoint {checkpoint.last_model_path}")
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if "/" in k and v.numel() == 1}
-        shown = sorted(k for k in metrics if k.startswith(("val/", "test/")) and not k.endswith("_step"))
-        for key in shown[:16]:
-            lines.append(f"  {key:<28} {metrics[key]:.4f}")
+            if shown is None and self._validations:
+                epoch, shown, notes = self._validations[-1]
+                header = f"  validation metrics of the last epoch (epoch {epoch}):"
+            if header:
+                lines.append(header)
+            self._warn_if_best_is_first(trainer, pl_module)
+        if shown is None:
+            shown = self._scalars(trainer, ("val/", "test/") if stage != "fit" else ("val/",))
+        for key in sorted(shown)[:24]:
+            value, note = shown[key], notes.get(key)
+            lines.append(f"  {key:<28} {value:.4f}" + (f"  ({note})" if note else ""))
         print("\n".join(lines))
 
+    def _warn_if_best_is_first(self, trainer, pl_module) -> None:
+        epochs = sorted({epoch for epoch, _, _ in self._validations})
+        if self._best is None or len(epochs) < 2 or self._best[0] != epochs[0] or epochs[0] != 0:
+            return
+        warmup = getattr(pl_module, "hparams", {}).get("warmup_steps")
+        log.warning(
+            "the best checkpoint is from the first epoch (epoch 0 of %d validated), %d training step(s) in: the model"
+            " had barely trained (model.warmup_steps=%s); check model.lr, model.warmup_steps and the cohort size",
+            len(epochs),
+            trainer.num_training_batches,
+            warmup,
+        )
+
     def on_fit_end(self, trainer, pl_module) -> None:
-        self._print(trainer, "fit")
+        self._print(trainer, pl_module, "fit")
 
     def on_test_end(self, trainer, pl_module) -> None:
-        self._print(trainer, "test")
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.state.fn == "validate":
-            self._print(trainer, "validate")
+        self._print(trainer, pl_module, "test")
