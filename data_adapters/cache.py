@@ -47,7 +47,6 @@ A write that fails (a full or read-only folder) removes its temporary folder and
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -74,6 +73,7 @@ from .core import (
     atomic_write_bytes,
     check_finite_or_missing,
     normalize_ids,
+    storage_problem,
 )
 
 CACHE_FORMAT = 1
@@ -98,31 +98,14 @@ class CorruptEntry(AdapterError):
     """A cache entry or saved cohort that cannot be trusted (missing, truncated or inconsistent files)."""
 
 
-def _nearly_full(folder: Path) -> bool:
-    """Less than 1 MiB left for us on ``folder``'s file system."""
-    try:
-        stat = os.statvfs(folder)
-    except OSError:
-        return False
-    return stat.f_bavail * stat.f_frsize < (1 << 20)
-
-
 def storage_failure(err: OSError, folder: Path, what: str) -> AdapterError:
     """One line for a write that failed in ``folder`` (full, read-only ...), saying what to do; the callers
     have removed what they had written."""
-    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG) or (
-        err.errno is None and _nearly_full(folder)  # numpy's short write: "N requested and M written", no errno
-    ):
-        cause = "no space left on the device (or quota exceeded)"
-    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        cause = "not writable (read-only file system or permissions)"
-    else:
-        cause = err.strerror or str(err) or type(err).__name__
-    return AdapterError(
-        f"{what} failed: {cause}; nothing partial was kept. Free space or make the folder writable, or choose"
-        " another one (cache_dir, or the cohort's folder)",
-        file=folder,
+    fix = (
+        "nothing partial was kept. Free space or make the folder writable, or choose another one (cache_dir, or"
+        " the cohort's folder)"
     )
+    return AdapterError(storage_problem(err, folder, what, fix), file=folder)
 
 
 # ---------------------------------------------------------------------------------------------- fingerprints

@@ -16,6 +16,7 @@ A :class:`TokenizedModality` holds, for N subjects and T tokens of one modality:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -268,3 +269,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+STORAGE_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+STORAGE_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def nearly_full(folder: str | os.PathLike) -> bool:
+    """Less than 1 MiB left for us on ``folder``'s file system (some writers report a full disk without errno:
+    numpy's short write, torch's zip writer)."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < (1 << 20)
+
+
+def storage_problem(err: OSError, folder: str | os.PathLike, what: str, fix: str) -> str:
+    """``what`` failed in ``folder`` because of ``err``, said in words a user acts on, ending with ``fix``: the
+    one wording of full and read-only folders for the cache, checkpoints and the MLflow store."""
+    if err.errno in STORAGE_FULL or (err.errno is None and nearly_full(folder)):
+        cause = "no space left on the device (or quota exceeded)"
+    elif err.errno in STORAGE_READ_ONLY:
+        cause = "not writable (read-only file system or permissions)"
+    else:
+        cause = err.strerror or str(err) or type(err).__name__
+    return f"{what} failed: {cause}; {fix}"

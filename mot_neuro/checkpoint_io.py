@@ -25,11 +25,9 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from data_adapters.core import AdapterError
+from data_adapters.core import AdapterError, nearly_full, storage_problem
 
 TEMPORARY_MARK = ".tmp-"
-FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
-READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 class StorageError(AdapterError):
@@ -38,26 +36,6 @@ class StorageError(AdapterError):
 
 class CheckpointWriteError(StorageError):
     """A checkpoint could not be written (full or read-only folder); nothing partial was left behind."""
-
-
-def storage_problem(err: OSError, folder: Path, what: str, fix: str) -> str:
-    """``what`` failed in ``folder`` because of ``err``, said in words a user acts on, ending with ``fix``."""
-    if err.errno in FULL or (err.errno is None and _nearly_full(folder)):
-        cause = "no space left on the device (or quota exceeded)"
-    elif err.errno in READ_ONLY:
-        cause = "not writable (read-only file system or permissions)"
-    else:
-        cause = err.strerror or str(err) or type(err).__name__
-    return f"{what} failed: {cause}; {fix}"
-
-
-def _nearly_full(folder: Path) -> bool:
-    """Less than 1 MiB left for us on ``folder``'s file system (some writers report a full disk without errno)."""
-    try:
-        stat = os.statvfs(folder)
-    except OSError:
-        return False
-    return stat.f_bavail * stat.f_frsize < (1 << 20)
 
 
 def _is_local(path) -> bool:
@@ -133,7 +111,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 tmp.unlink()
             except OSError:
                 pass
-            if isinstance(err, RuntimeError) and _nearly_full(folder):
+            if isinstance(err, RuntimeError) and nearly_full(folder):
                 # torch's zip writer reports a failed write as RuntimeError("... file write failed")
                 err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             if isinstance(err, OSError):
