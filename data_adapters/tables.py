@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pandas as pd
 
 from .core import DEFAULT_ID_COLUMN, AdapterError
 
+log = logging.getLogger(__name__)
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
 
 
@@ -59,6 +61,7 @@ def read_table(
             # and 1001 must not become 1001.0 when a row is blank.
             ids_as_text = None if id_column is None else {id_column: str}
             df = pd.read_csv(path, sep=sep, dtype=ids_as_text)
+            df = _without_unnamed_columns(df, header.iloc[0].tolist() if len(header) else [], path, what)
     except pd.errors.EmptyDataError as err:
         raise AdapterError(f"{what} is empty (no header, no rows)", file=path) from err
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
@@ -68,6 +71,25 @@ def read_table(
         raise AdapterError(f"cannot read the {what}: {first_line}", file=path) from err
     check_unique_columns(df.columns, file=path, what=what)  # parquet keeps repeated names as they are
     return df, str(path)
+
+
+def _without_unnamed_columns(df: pd.DataFrame, header: list, path: Path, what: str) -> pd.DataFrame:
+    """Drop the empty, nameless columns that trailing separators make (pandas calls them "Unnamed: <i>"), saying
+    so; refuse a nameless column that holds values. Kept, each would become a token present in no subject."""
+    if len(header) != len(df.columns):
+        return df
+    nameless = [column for column, name in zip(df.columns, header, strict=True) if not str(name).strip()]
+    if not nameless:
+        return df
+    holding = [c for c in nameless if df[c].notna().any()]
+    if holding:
+        position = list(df.columns).index(holding[0]) + 1
+        raise AdapterError(
+            f"column {position} of the {what} has no name in the header but holds values; name it, or remove it",
+            file=path,
+        )
+    log.warning("%s: %d empty column(s) without a name (trailing separators) ignored", path, len(nameless))
+    return df.drop(columns=nameless)
 
 
 def check_unique_columns(columns, *, file: str | os.PathLike | None, what: str = "table") -> None:

@@ -379,12 +379,14 @@ def main(argv: list[str]) -> int:
 
 
 def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> None:
+    from mot_neuro.tracking import format_number
+
     summary, metric = report["summary"], report["metric"]
     shown = summary[summary["metric"] == metric]
     columns = ("variant", "dropped", "n_cells", "n", "mean", "sd", "mean_diff", "p_value", "q_value")
     columns = [c for c in columns if c in shown]
     print(f"\nablation {name!r}: {metric} (n: cells where it is defined, of n_cells run)")
-    print(shown[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(shown[columns].to_string(index=False, float_format=format_number))
     # a metric undefined on some cells' sets (NaN, e.g. AUROC of a fold holding one class) is left out, and said
     partial = shown[shown["n"] < shown["n_cells"]] if {"n", "n_cells"} <= set(shown.columns) else shown.iloc[:0]
     for _, row in partial.iterrows():

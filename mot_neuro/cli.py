@@ -210,7 +210,25 @@ def lightning_cli(args: list[str] | None, run: bool = True, model_checkpoint: st
             config["plugins"] = with_atomic_checkpoint_io(config.get("plugins"))
             return super()._instantiate_trainer(config, callbacks)
 
+        def _require_checkpoint(self) -> None:
+            # without --ckpt_path Lightning evaluates the freshly initialised model, logged as an ordinary run;
+            # a fast_dev_run is a smoke test whose numbers mean nothing anyway, and a warm start brings weights
+            config = self.config[self.subcommand]
+            if config.get("ckpt_path") is None and not self.trainer.fast_dev_run:
+                if not getattr(self.model.hparams, "warm_start_from", None):
+                    raise ValueError(
+                        f"{self.subcommand} needs --ckpt_path (a checkpoint written by mot-neuro fit, or last/best):"
+                        " without one it would evaluate an untrained model"
+                    )
+
+        def before_validate(self) -> None:
+            self._require_checkpoint()
+
+        def before_predict(self) -> None:
+            self._require_checkpoint()
+
         def before_test(self) -> None:
+            self._require_checkpoint()
             self.model.mask_at_test = self.config[self.subcommand].get("mask_at_test") or ()
 
         def before_fit(self) -> None:

@@ -598,8 +598,11 @@ class NeuroOmicsModule(pl.LightningModule):
         else:
             value = logits.squeeze(-1)
             loss = (((value - safe) ** 2) * weight).sum() / count
-            # metrics in the target's own units (targets are standardised for training)
-            prediction, truth = self._unscale(name, value), self._unscale(name, safe)
+            # Metrics on the standardised scale: r2 and Pearson r do not change under the same affine map of
+            # truth and prediction, and mae is scaled back to the target's units when logged. In raw units a
+            # target far from 0 (+3e4) lost r2 to float32 cancellation, and one in small units (x1e-4) read r2 = 1
+            # (torchmetrics' absolute tolerance on the residual sum of squares).
+            prediction, truth = value, safe
         # No subset here (that would ask the host how many targets are observed): the epoch's end does it once.
         self._outputs.setdefault(f"{stage}__{name}", []).append((prediction.detach(), truth, observed))
         return loss
@@ -671,14 +674,18 @@ class NeuroOmicsModule(pl.LightningModule):
             if stats["rows"] == 0:  # this stage evaluated no batch: nothing to report
                 metrics.reset()
                 continue
+            ranges = {key: stats.get(key) for key in ("truth_range", "prediction_range")}
+            if kind == "regression":  # predictions are on the standardised scale: the notes speak the target's units
+                scale = self.targets[name].get("scale") or {}
+                sd, mean = float(scale.get("sd", 1.0)), float(scale.get("mean", 0.0))
+                ranges = {key: tuple(v * sd + mean for v in pair) for key, pair in ranges.items()}
             undefined, notes = metric_rules(
                 kind,
                 target=name,
                 stage=stage,
                 n_observed=stats["n_observed"],
                 class_counts=stats.get("class_counts"),
-                truth_range=stats.get("truth_range"),
-                prediction_range=stats.get("prediction_range"),
+                **ranges,
             )
             if truth.numel():
                 for metric_name, metric in metrics.items():
@@ -698,6 +705,8 @@ class NeuroOmicsModule(pl.LightningModule):
                         value = metric.compute()
                     if value.numel() > 1:  # per-class multiclass AUROC/AUPRC
                         value = value[present].mean()
+                    if metric_name == "mae":  # computed on the standardised scale: back to the target's units
+                        value = value * float((self.targets[name].get("scale") or {}).get("sd", 1.0))
                     if metric_name in notes:
                         self._note(key, notes[metric_name], warn=key)
                 self.log(key, value.float(), sync_dist=False)

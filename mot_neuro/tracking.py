@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -369,6 +370,14 @@ def _flops_per_token(pl_module) -> float | None:
         return None
 
 
+def format_number(value: float) -> str:
+    """Four decimals for the usual range; significant digits for the rest, so that an mae of 3e-14 (a target in
+    small units) does not print as 0.0000 and one of 2e25 not as 26 digits."""
+    if value == 0 or not math.isfinite(value) or 1e-3 <= abs(value) < 1e6:
+        return f"{value:.4f}"
+    return f"{value:.4g}"
+
+
 class RunSummary(Callback):
     """A short end-of-run summary: where the run, its checkpoints and metrics are.
 
@@ -441,7 +450,7 @@ class RunSummary(Callback):
             header = None
             if checkpoint is not None and checkpoint.best_model_path:
                 path, score = checkpoint.best_model_path, checkpoint.best_model_score
-                score_text = "" if score is None else f"; {checkpoint.monitor or 'score'} {float(score):.4f}"
+                score_text = "" if score is None else f"; {checkpoint.monitor or 'score'} {format_number(float(score))}"
                 if self._best is not None:
                     epoch, shown, notes = self._best
                     lines.append(f"  best checkpoint {path} (epoch {epoch}{score_text})")
@@ -462,7 +471,7 @@ class RunSummary(Callback):
             shown = self._scalars(trainer, ("val/", "test/") if stage != "fit" else ("val/",))
         for key in sorted(shown)[:24]:
             value, note = shown[key], notes.get(key)
-            lines.append(f"  {key:<28} {value:.4f}" + (f"  ({note})" if note else ""))
+            lines.append(f"  {key:<28} {format_number(value)}" + (f"  ({note})" if note else ""))
         print("\n".join(lines))
 
     def _warn_if_best_is_first(self, trainer, pl_module) -> None:

@@ -9,6 +9,7 @@ is cached or logged. Unit tests check what the CLI cannot see (the right numbers
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -662,3 +663,20 @@ def test_a_modality_name_yaml_reads_as_something_else(case, key, hint):
     data = case.data_config()
     data.write_text(data.read_text().replace("  gene:\n", f"  {key}:\n", 1))
     refused(case, data, "modality name", hint, "quote it")
+
+
+def test_trailing_separators_add_no_token_and_a_nameless_column_with_values_is_refused(case, caplog):
+    """A spreadsheet export with trailing commas gave pandas "Unnamed: k" columns: tokens present in no subject."""
+    from data_adapters.behaviour import measures_table
+
+    text = (case.demo / "behaviour.csv").read_text().splitlines()
+    trailing = case.write("trailing.csv", "\n".join(line + ",," for line in text) + "\n")
+    with caplog.at_level(logging.WARNING, logger="data_adapters.tables"):
+        modality = measures_table(trailing, name="behaviour", categorical=["handedness"])
+    assert not any(str(t).startswith("Unnamed") for t in modality.token_names)
+    assert modality.n_tokens == measures_table(case.demo / "behaviour.csv", categorical=["handedness"]).n_tokens
+    assert "2 empty column(s) without a name" in caplog.text
+    rows = [text[0] + ","] + [line + ",7" for line in text[1:]]  # a column with no name in the header
+    with_values = case.write("nameless.csv", "\n".join(rows) + "\n")
+    data = case.data_config(modalities={"behaviour": _behaviour(with_values)})
+    refused(case, data, "nameless.csv", "has no name in the header but holds values")

@@ -507,3 +507,28 @@ def test_ablate_takes_the_experiment_overrides_and_keeps_them_out_of_tags(case):
     # the same grid with other overrides would mix settings: refused in one line
     status, err = case.main(*map(str, argv), "--set", "trainer.max_epochs=2", "--out", "ablation")
     assert_refused(status, err, "other overrides")
+
+
+# ====================================================================== checkpoints of another fold, or none
+def test_a_checkpoint_of_another_fold_is_refused_by_test_embed_and_resume(case):
+    """A fold-0 model tested, embedded or resumed on fold 1 would report numbers on subjects it trained on."""
+    data = demo_data(case)
+    checkpoint = fit_checkpoint(case, data)
+    for command, extra in (
+        ("test", ()),
+        ("embed", ("--output", "emb.parquet")),
+        ("fit", ("--trainer.max_epochs", "2", *NO_LOGGER)),  # --ckpt_path last: the folder holds fold 0's file
+    ):
+        path = "last" if command == "fit" else checkpoint
+        status, err = ukb(case, command, "--ckpt_path", path, "--data.fold", "1", *extra)
+        assert_refused(status, err, "trained on fold 0 (this run: fold 1)", "--data.fold 0")
+    assert not case.path("emb.parquet").exists()
+    status, err = ukb(case, "test", "--ckpt_path", checkpoint, *NO_LOGGER, "--trainer.enable_progress_bar", "false")
+    assert status == 0, err[-3000:]  # its own fold is fine
+
+
+def test_test_without_a_checkpoint_is_refused(case):
+    """Without --ckpt_path Lightning would evaluate an untrained model and log it as an ordinary run."""
+    for command in ("test", "validate"):
+        status, err = ukb(case, command, *NO_LOGGER)
+        assert_refused(status, err, f"{command} needs --ckpt_path", "untrained")

@@ -388,20 +388,11 @@ def _constant_target_on_test_fold(participants, test):
     participants.loc[test, "target"] = 1.5
 
 
-def test_test_command_on_a_constant_regression_target_gives_nan_r2_and_pearson(case, fold0, caplog):
+def test_a_constant_regression_target_on_the_test_fold_gives_nan_r2_and_pearson(case, fold0, caplog):
     data = _edited_cohort(case, fold0, _constant_target_on_test_fold)
     with caplog.at_level(logging.WARNING, logger="mot_neuro.lit_module"):
         status, out, err = _run(
-            case,
-            "test",
-            "--config",
-            EXPERIMENT,
-            "--trainer",
-            CPU_TRAINER,
-            "--trainer.enable_progress_bar",
-            "false",
-            "--data",
-            data,
+            case, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data
         )
     assert status == 0, err[-3000:]
     assert "test/target/r2 is undefined: target is constant (1.5) in the test set" in caplog.text
@@ -638,3 +629,38 @@ def test_summarize_gives_nan_when_no_cell_is_defined():
     row = summarize(records).set_index("variant").loc["dense"]
     assert row.n_cells == 3 and row.n == 0 and math.isnan(row["mean"]) and row.n_pairs == 0
     assert math.isnan(row.p_value) and "3 of 3 cell(s) undefined" in row.note
+
+
+# ====================================================================== regression metrics in any units
+def _test_metrics(case: Case, data: Path) -> dict[str, float]:
+    status, out, err = _run(
+        case, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data,
+        "--trainer.logger", "false",
+    )  # fmt: skip
+    assert status == 0, err[-3000:]
+    found = dict(re.findall(r"test/target/(\w+)\s+(\S+)\n", out))
+    return {key: float(value) for key, value in found.items()}
+
+
+def test_regression_metrics_do_not_depend_on_the_target_units(case, fold0):
+    """r2 and Pearson r are unchanged by an affine change of the target's units, and mae scales with it. In raw
+    float32 units a target far from 0 lost r2 to cancellation, one in small units read r2 = 1 (torchmetrics'
+    absolute tolerance), and one in huge units overflowed to NaN."""
+    reference = _test_metrics(case, _edited_cohort(case, fold0, lambda table, test: None))
+    for scale, offset in ((1e-4, 0.0), (1.0, 3e4), (1e-13, 0.0), (1e25, 0.0)):
+
+        def rescale(table, test, scale=scale, offset=offset):
+            table["target"] = table["target"] * scale + offset
+
+        rescaled = _test_metrics(case, _edited_cohort(case, fold0, rescale))
+        assert rescaled["r2"] == pytest.approx(reference["r2"], abs=2e-3), (scale, offset)
+        assert rescaled["pearson"] == pytest.approx(reference["pearson"], abs=2e-3), (scale, offset)
+        assert rescaled["mae"] == pytest.approx(reference["mae"] * scale, rel=2e-3), (scale, offset)
+
+
+def test_a_feature_in_small_units_is_standardised_not_flattened():
+    """The constant-feature rule is relative to the mean: a spread of 1e-13 around 1e-13 is a spread."""
+    from mot_neuro.data.preprocess import usable_sd
+
+    assert usable_sd(1e-13, 2e-13) and usable_sd(3e-20, 0.0)
+    assert not usable_sd(0.0, 5.0) and not usable_sd(1e-14, 1e3)  # a constant, or float round-off of one

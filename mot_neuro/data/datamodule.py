@@ -449,11 +449,47 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def state_dict(self) -> dict:
+        state = {}
         loader = getattr(self, "_train_loader", None)
-        return {"train_loader": loader.state_dict()} if loader is not None else {}
+        if loader is not None:
+            state["train_loader"] = loader.state_dict()
+        if self._prepared:  # which subjects trained the weights: a checkpoint must not be tested on them
+            state.update(
+                fold=int(self.hparams.fold),
+                splits_fingerprint=self.splits.fingerprint(),
+                data_fingerprint=self.data_fingerprint,
+            )
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        self._check_checkpoint_fold(state_dict)
         self._train_resume = state_dict.get("train_loader")
+
+    def _check_checkpoint_fold(self, state: dict) -> None:
+        """Refuse a checkpoint trained on another fold or other splits (test, embed, or a resume picking another
+        fold's last.ckpt): its weights saw subjects that this fold holds out, so every held-out number would leak.
+        Checkpoints written before this was recorded carry nothing to compare."""
+        if "fold" not in state or not self._prepared:
+            return
+        fold, splits = int(state["fold"]), state.get("splits_fingerprint")
+        if fold != self.hparams.fold or splits != self.splits.fingerprint():
+            what = (
+                f"fold {fold} (this run: fold {self.hparams.fold})"
+                if splits == self.splits.fingerprint()
+                else f"other splits (splits fingerprint {splits}, this run's {self.splits.fingerprint()})"
+            )
+            raise AdapterError(
+                f"the checkpoint was trained on {what}: its weights saw subjects this fold holds out, so its"
+                " validation and test numbers would leak. Use this fold's own checkpoint (a --checkpoint_dir per"
+                f" fold), or run with the checkpoint's --data.fold {fold} and its splits_file"
+            )
+        if state.get("data_fingerprint") not in (None, self.data_fingerprint):
+            log.warning(
+                "the checkpoint was trained on other input files or data settings (data fingerprint %s, this run's"
+                " %s); its token layout matches, but check that the features mean what they meant",
+                state.get("data_fingerprint"),
+                self.data_fingerprint,
+            )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -58,11 +58,20 @@ STATE_VERSION = 1
 TARGET_KINDS = ("regression", "binary", "multiclass")
 IMPUTE = ("mean",)
 RIDGE = 1e-8
-MIN_SD = 1e-12
+MIN_RELATIVE_SD = 1e-9  # an SD this small next to the mean is float round-off of a constant, not a spread
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # batches are float32: anything larger becomes inf
 PLINK_CODING = (1.0, 2.0)  # a binary target coded control = 1, case = 2
 
 log = logging.getLogger(__name__)
+
+
+def usable_sd(sd, center):
+    """Whether an SD measures a real spread (then values are divided by it) or a constant (left unscaled).
+
+    Relative to the mean, not absolute: a feature or target in small units (a diffusivity in mm^2/s, a value
+    scaled by 1e-13) has a tiny SD and must still be standardised, not flattened to a constant."""
+    sd, center = np.asarray(sd, dtype=np.float64), np.asarray(center, dtype=np.float64)
+    return (sd > 0) & (sd > MIN_RELATIVE_SD * np.abs(center))
 
 
 def _rows(rows, n: int, what: str) -> np.ndarray:
@@ -365,7 +374,8 @@ class FoldPreprocessor:
                     raise AdapterError(
                         "confound's training mean or SD is not finite; check the column's values", column=column
                     )
-                specs.append({"name": column, "kind": "numeric", "mean": mean, "sd": sd if sd > MIN_SD else 1.0})
+                sd = sd if usable_sd(sd, mean) else 1.0
+                specs.append({"name": column, "kind": "numeric", "mean": mean, "sd": sd})
             else:
                 labels = series.dropna().astype(str)
                 counts = labels.value_counts().sort_index()
@@ -478,7 +488,7 @@ class FoldPreprocessor:
         shift = np.where(count > 0, first / safe, 0.0)
         center = offset + shift
         sd = np.sqrt(np.maximum(second / safe - shift * shift, 0.0))
-        scale = np.where((count > 0) & (sd >= MIN_SD), sd, 1.0)
+        scale = np.where((count > 0) & usable_sd(sd, center), sd, 1.0)
         fitted = [center, scale] + ([] if beta is None else [beta])
         for statistic in fitted:
             bad = ~np.isfinite(statistic.reshape(n_slots, -1)).all(axis=1)
@@ -544,7 +554,7 @@ class FoldPreprocessor:
                 if not (np.isfinite(mean) and np.isfinite(sd)):
                     raise AdapterError("target's training mean or SD is not finite", column=name)
                 spec["mean"] = mean
-                spec["sd"] = sd if sd >= MIN_SD else 1.0
+                spec["sd"] = sd if usable_sd(sd, mean) else 1.0
             self._targets[name] = spec
             self.target_kinds[name] = kind
 
