@@ -35,6 +35,7 @@ def child_runs(workdir: Path) -> list:
     return [r for r in client.search_runs([experiment.experiment_id]) if "mot_neuro.cell" in r.data.tags]
 
 
+@pytest.mark.slow
 def test_leaving_out_the_brain_hurts_most(workdir):
     """The demo target is driven mostly by brain regions (ground_truth.json): dropping them costs most."""
     code = ablate(

@@ -241,6 +241,7 @@ def cells(workdir: Path) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ embed
+@pytest.mark.slow
 def test_killed_embedding_extraction_leaves_no_partial_output(workdir):
     fit = run(
         workdir,

@@ -110,7 +110,7 @@ def test_ukb_template_workflow_test_embed_probe_with_data_override(case):
 def test_data_override_means_the_same_in_embed_as_in_fit(case):
     """--data.fold 1 selects fold 1 in embed as it does in fit: the rows are labelled by fold 1's splits."""
     data = demo_data(case)
-    checkpoint = fit_checkpoint(case, data)
+    checkpoint = fit_checkpoint(case, data, "--data.fold", "1")  # a checkpoint is embedded on its own fold only
     status, err = ukb(case, "embed", "--ckpt_path", checkpoint, "--output", "emb.parquet", "--data.fold", "1")
     assert status == 0, err[-3000:]
     from mot_neuro.embed import read_embeddings
@@ -303,8 +303,9 @@ def assert_no_subject_id_in_mlflow(case: Case, ids: list[str], output: str) -> d
     ("logger", "log_model"),
     [
         ("mot_neuro.tracking.MLflowLogger", "false"),
-        ("mot_neuro.tracking.MLflowLogger", "true"),  # the checkpoints become artifacts too
-        ("lightning.pytorch.loggers.MLFlowLogger", "false"),
+        # the checkpoints become artifacts too
+        pytest.param("mot_neuro.tracking.MLflowLogger", "true", marks=pytest.mark.slow),
+        pytest.param("lightning.pytorch.loggers.MLFlowLogger", "false", marks=pytest.mark.slow),
     ],
 )
 def test_ids_in_adapter_options_never_reach_mlflow(case, numeric_cohort, logger, log_model):

@@ -84,6 +84,22 @@ def test_cli_plink_coded_binary_trains_as_binary_and_reaches_mlflow_as_such(case
     assert not any(sid in value for value in params.values() for sid in table["eid"].head(20))
 
 
+@pytest.mark.parametrize("codes", [[-3, -1], [-9]], ids=["ukb", "plink"])
+def test_cli_a_case_control_target_with_missing_data_codes_is_refused(case, codes):
+    """0/1 (or PLINK's 1/2) plus negative codes (UK Biobank -1/-3, PLINK -9) would train as regression."""
+    table = case.participants.copy()
+    offset = 1 if codes == [-9] else 0  # PLINK: 1 = control, 2 = case, -9 = missing
+    table["diagnosis"] = table["diagnosis"] + offset
+    table.loc[: len(codes) * 3 - 1, "diagnosis"] = codes * 3
+    data = with_participants(case, table, targets=["diagnosis"])
+    status, stderr = case.run("--trainer.logger", "false", data=data)
+    assert_refused(status, stderr, "'diagnosis'", "look like missing-data codes", str(codes[0]))
+    assert not case.path("splits.json").exists()
+    declared = with_participants(case, table, targets=["diagnosis"], target_kinds={"diagnosis": "regression"})
+    status, stderr = case.run("--trainer.logger", "false", data=declared)
+    assert status == 0, stderr[-3000:]  # declared: the user says what the column is
+
+
 def test_every_fold_trains_the_same_kind_and_coding(case):
     """A 1/2-coded binary target and a multiclass one with a rare class: each fold's model gets the same spec."""
     table = case.participants.copy()
@@ -202,6 +218,10 @@ def test_cli_class_missing_from_a_training_part_is_refused_and_no_splits_are_sav
     table = single_case_target(case)
     status, stderr = case.run(*NO_LOGGER, data=with_participants(case, table, targets=["rare"], stratify=None))
     assert_refused(status, stderr, "'rare'", "training part of fold", "class 1", "stratify")
+    # already stratified by it, the class is just too rare: the advice is not to stratify
+    status, stderr = case.run(*NO_LOGGER, data=with_participants(case, table, targets=["rare"], stratify="rare"))
+    assert_refused(status, stderr, "'rare'", "training part of fold", "merge the class")
+    assert "stratify the splits" not in stderr
     assert table.loc[5, "eid"] not in stderr  # counts, never the subject of the rare class
     nothing_written(case)
 

@@ -262,6 +262,7 @@ CREATE_STORE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_runs_create_the_same_new_store_at_once(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for attempt in range(2):  # without the lock, each of 3 attempts failed: two catch a regression

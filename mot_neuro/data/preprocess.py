@@ -194,6 +194,16 @@ def decide_targets(cohort: Cohort, target_kinds: Mapping[str, str] | None = None
         pair = tuple(distinct.tolist()) if len(distinct) == 2 else None
         kind = declared.get(name)
         if kind is None:
+            codes = distinct[distinct < 0]
+            classes = tuple(distinct[distinct >= 0].tolist())
+            if integer and len(codes) and classes in ((0.0, 1.0), PLINK_CODING):
+                # read as numbers, a case/control column with missing-data codes would train as regression
+                raise AdapterError(
+                    f"target holds the classes {', '.join(map(_label, classes))} and the negative value(s)"
+                    f" {', '.join(map(_label, codes[:4]))}, which look like missing-data codes (PLINK -9, UK Biobank"
+                    " -1/-3): set them to empty cells, or declare target_kinds to say what the column is",
+                    column=name,
+                )
             kind = "binary" if pair in ((0.0, 1.0), PLINK_CODING) else "regression"
             if kind == "regression" and pair is not None:
                 log.warning(
@@ -205,7 +215,7 @@ def decide_targets(cohort: Cohort, target_kinds: Mapping[str, str] | None = None
                     name,
                 )
             elif kind == "regression" and integer and 3 <= len(distinct) <= 20:
-                log.info(
+                log.warning(
                     "target %r has %d integer values and is treated as regression; declare"
                     " target_kinds={%r: 'multiclass'} for classes",
                     name,

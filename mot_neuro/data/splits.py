@@ -422,6 +422,7 @@ def check_classes(
     *,
     warn_folds: Sequence[int] | None = None,
     file=None,
+    stratified_by: str | None = None,
 ) -> None:
     """Refuse splits where a fold's training part lacks a class of a categorical target; warn (counts only,
     never IDs) for each fold in ``warn_folds`` (default: every fold) whose val or test part lacks one, where
@@ -448,10 +449,16 @@ def check_classes(
                 if part == "train":
                     n_class = int((labels == lacking[0]).sum())
                     again = "; delete the splits file (or point splits_file elsewhere) to make new ones" if file else ""
+                    # already stratified by it: the class is too rare for the folds, and stratifying is no advice
+                    advice = (
+                        "use fewer folds, or merge the class with another or drop its subjects"
+                        if stratified_by == name
+                        else f"stratify the splits by {name!r} or use fewer folds"
+                    )
                     raise AdapterError(
                         f"the training part of fold {k} has no subject of class {_label(lacking[0])} of this target"
                         f" ({n_class} subject(s) of that class in the cohort), so that fold's model could never"
-                        f" predict it; stratify the splits by {name!r} or use fewer folds{again}",
+                        f" predict it; {advice}{again}",
                         file=file,
                         column=name,
                     )
@@ -497,7 +504,8 @@ def load_or_make_splits(
     if not path.exists():
         splits = make_splits(ids, **make_kwargs)
         if class_targets:
-            check_classes(splits, ids, class_targets)  # before saving: a refused split is not left behind
+            # before saving: a refused split is not left behind
+            check_classes(splits, ids, class_targets, stratified_by=getattr(make_kwargs.get("stratify"), "name", None))
         splits.save(path)
         log.info("splits: made %s with %d fold(s), saved to %s", splits.scheme, splits.n_folds(), path)
         return splits
@@ -531,5 +539,12 @@ def load_or_make_splits(
                 file=path,
             )
     if class_targets:
-        check_classes(splits, ids, class_targets, warn_folds=[] if fold is None else [fold], file=path)
+        check_classes(
+            splits,
+            ids,
+            class_targets,
+            warn_folds=[] if fold is None else [fold],
+            file=path,
+            stratified_by=getattr(make_kwargs.get("stratify"), "name", None),
+        )
     return splits
