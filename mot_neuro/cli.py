@@ -11,6 +11,10 @@
 Every command takes the same experiment file (keys only ``fit`` acts on, such as ``checkpoint_every_n_steps``,
 are accepted and ignored elsewhere), and ``embed`` and ``probe`` take ``--data``/``--model``/``--trainer``
 overrides with the meaning they have in ``fit``.
+
+``fit`` (after its test) and ``test`` take ``--predictions_file PATH``: the test set's predictions, one parquet row
+per subject and observed target (see :func:`write_test_predictions`), for per-subject statistics such as
+DeLong's test between two models.
 * ``describe``: build a MoT backbone and its dense twin for a token layout and print parameter
   counts and training FLOPs per token (measured with torch's FlopCounterMode).
 
@@ -154,6 +158,13 @@ def lightning_cli(args: list[str] | None, run: bool = True, model_checkpoint: st
                 help="fit: folder for this run's checkpoints instead of the trainer config's (one per ablation cell)",
             )
             parser.add_argument(
+                "--predictions_file",
+                type=str | None,
+                default=None,
+                help="fit (after its test) and test: write the test set's predictions to this parquet file (columns"
+                " row: the subject's position in the cohort, target, kind, truth, score, score_<k> for multiclass)",
+            )
+            parser.add_argument(
                 "--checkpoint_every_n_steps",
                 type=int,
                 default=0,
@@ -230,6 +241,18 @@ def lightning_cli(args: list[str] | None, run: bool = True, model_checkpoint: st
         def before_test(self) -> None:
             self._require_checkpoint()
             self.model.mask_at_test = self.config[self.subcommand].get("mask_at_test") or ()
+            self._collect_predictions()
+
+        def after_test(self) -> None:
+            self._write_predictions()
+
+        def _collect_predictions(self) -> None:
+            self.model.collect_test_predictions = bool(self.config[self.subcommand].get("predictions_file"))
+
+        def _write_predictions(self) -> None:
+            path = self.config[self.subcommand].get("predictions_file")
+            if path and self.trainer.global_rank == 0 and not self.trainer.interrupted:
+                write_test_predictions(self.model, path)
 
         def before_fit(self) -> None:
             from lightning.pytorch.callbacks import ModelCheckpoint
@@ -237,6 +260,12 @@ def lightning_cli(args: list[str] | None, run: bool = True, model_checkpoint: st
             from mot_neuro.resume import SaveOnSigterm
 
             config = self.config[self.subcommand]
+            self._collect_predictions()
+            if config.get("predictions_file") and not config.get("test_after_fit", True):
+                raise ValueError(
+                    "--predictions_file holds the predictions of the test after fit, and --test_after_fit is false:"
+                    " drop one of them (or write them later with mot-neuro test --ckpt_path ... --predictions_file)"
+                )
             folder = config.get("checkpoint_dir")
             checkpoint = self.trainer.checkpoint_callback
             if folder and checkpoint is not None:
@@ -262,10 +291,11 @@ def lightning_cli(args: list[str] | None, run: bool = True, model_checkpoint: st
                 return
             if self.trainer.fast_dev_run:
                 self.trainer.test(self.model, datamodule=self.datamodule)
-                return
-            checkpoint = self.trainer.checkpoint_callback
-            best = checkpoint.best_model_path if checkpoint is not None else ""
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            else:
+                checkpoint = self.trainer.checkpoint_callback
+                best = checkpoint.best_model_path if checkpoint is not None else ""
+                self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            self._write_predictions()
 
     with warnings.catch_warnings():
         # our tools (ablate, embed, probe) pass their own args while sys.argv holds the tool's: intended
@@ -280,6 +310,37 @@ def lightning_cli(args: list[str] | None, run: bool = True, model_checkpoint: st
             # parse errors raise (main prints one line) instead of printing the whole usage and exiting
             parser_kwargs={"prog": "mot-neuro", "exit_on_error": False},
         )
+
+
+PREDICTION_COLUMNS = ("row", "target", "kind", "truth", "score")
+"""Columns of ``--predictions_file`` (then ``score_0`` .. ``score_{K-1}`` when a target is multiclass)."""
+
+
+def write_test_predictions(model, path: str | os.PathLike) -> Path | None:
+    """Write the module's last test predictions (:meth:`NeuroOmicsModule.test_predictions_table`) to ``path`` as
+    parquet, atomically (a temporary file beside it, then renamed): readers see the previous file or the whole new
+    one. One row per (subject, target) with an observed target: ``row`` (the subject's position in the cohort,
+    never its ID), ``target``, ``kind``, ``truth`` (binary 0/1, multiclass class index, regression in the target's
+    units), ``score`` (binary: P(class 1); regression: the prediction in the target's units; multiclass: NaN) and
+    ``score_<k>`` (multiclass class probabilities). Returns the path, or None when there was nothing to write."""
+    import io
+
+    from data_adapters.core import AdapterError, atomic_write_bytes, storage_problem
+
+    table = model.test_predictions_table()
+    if table is None:
+        print(f"note: no test predictions to write to {path} (the model has no supervised target)", file=sys.stderr)
+        return None
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as err:
+        folder = Path(path).parent
+        fix = "point --predictions_file at a writable folder with space"
+        raise AdapterError(storage_problem(err, folder, f"writing {Path(path).name}", fix), file=folder) from err
+    print(f"test predictions ({table['row'].nunique()} subjects, {len(table)} rows) written to {path}")
+    return Path(path)
 
 
 def set_overrides(items: list[str]) -> list[str]:

@@ -6,23 +6,35 @@ tokens, and with ``modality_mask_prob`` a whole modality of a subject, and recon
 modality), or ``both`` (weighted by ``supervised_weight`` and ``masked_weight``). ``modality_dropout``
 hides a whole modality of a subject during training (present -> False).
 
-Logged per stage: ``<stage>/loss``; ``<stage>/<target>/<metric>`` (binary: auroc, auprc, brier, ece;
-multiclass: auroc, auprc, accuracy (plain, not balanced), ece; regression: r2, mae in the target's units, pearson);
-``<stage>/recon/<modality>`` for masked modelling. A metric that is undefined on the evaluated set (AUROC of a set
-holding one class, r2 of a constant target, pearson of a constant prediction, anything on fewer than two observed
-values) is logged as NaN with one warning line saying why, never as torchmetrics' 0 (see :func:`metric_rules`).
-Multiclass AUROC and AUPRC average one-vs-rest over the classes present in the set, and say so when one is absent.
+Logged per stage: ``<stage>/loss``, the task loss (supervised + ``masked_weight`` x reconstruction), comparable
+between variants with and without mixture-of-experts towers; with MoE, training optimises ``<stage>/objective`` =
+``<stage>/loss`` + ``<stage>/moe_balance`` (the load-balancing term), logged beside it. ``<stage>/<target>/<metric>``
+(binary: auroc, auprc, brier, ece, balanced_accuracy; multiclass: auroc, auprc, accuracy (plain: the share of
+subjects classified right), balanced_accuracy (the mean of the per-class recalls), ece; regression: r2, mae in the
+target's units, pearson). Masked modelling: ``<stage>/recon/<modality>``, the epoch's mean over every counted entry
+(squared error of a numeric slot, cross-entropy of a categorical token) of the masked tokens of that modality, pooled
+over batches (and ranks), and ``<stage>/recon``, the sum of those defined. A metric that is undefined on the
+evaluated set (AUROC of a set holding one class, r2 of a constant target, pearson of a constant prediction, anything
+on fewer than two observed values, the reconstruction of a modality of which no entry was masked and observed, as
+for one hidden by ``mask_at_test``) is logged as NaN with one warning line saying why, never as 0 (see
+:func:`metric_rules`). Multiclass AUROC, AUPRC and balanced accuracy average over the classes present in the set
+(one-vs-rest for AUROC and AUPRC), and say so when one is absent. Regression metrics are computed in float64 on the
+standardised scale (r2 and Pearson r do not change under the same affine map of truth and prediction; mae is scaled
+back to the target's units).
 
-A NaN or infinite training or validation loss stops fit at the epoch's end with :class:`NonFiniteLossError`
-(a ValueError: one line and exit status 2 through the CLI, the MLflow run FAILED), before the checkpoint
-callbacks of that epoch run, so no checkpoint is ever chosen on a NaN ``val/loss``.
+With :attr:`NeuroOmicsModule.collect_test_predictions` set (``--predictions_file`` of the CLI), the test stage
+keeps each subject's prediction: :meth:`NeuroOmicsModule.test_predictions_table`.
+
+A NaN or infinite training or validation loss (the optimised objective) stops fit at the epoch's end with
+:class:`NonFiniteLossError` (a ValueError: one line and exit status 2 through the CLI, the MLflow run FAILED),
+before the checkpoint callbacks of that epoch run, so no checkpoint is ever chosen on a NaN ``val/loss``.
 
 GPU readiness: a step (loss, masks, metric bookkeeping) asks the host nothing about the data. Predictions are
-kept on the device with their "target observed" flags and the metrics see the observed ones once per epoch,
-so the only host synchronisations left are Lightning's own (turning logged values into numbers for the
-progress bar and the logger) and the metrics' epoch-end computation. AdamW is the fused kernel (one call per
-parameter group). ``compile`` applies ``torch.compile`` to the encoder (tokenizers + backbone), in place:
-parameter names, and so checkpoints, are the same with and without it.
+kept on the device with their "target observed" flags, and reconstruction errors as running sums and counts; the
+metrics see the observed ones once per epoch, so the only host synchronisations left are Lightning's own (turning
+logged values into numbers for the progress bar and the logger) and the metrics' epoch-end computation. AdamW is the
+fused kernel (one call per parameter group). ``compile`` applies ``torch.compile`` to the encoder (tokenizers +
+backbone), in place: parameter names, and so checkpoints, are the same with and without it.
 """
 
 from __future__ import annotations
@@ -74,6 +86,34 @@ def compile_mode(value: bool | str | None) -> str | None:
     raise ValueError(f"compile={value!r}: use true, false or a torch.compile mode, one of {list(COMPILE_MODES)}")
 
 
+class ClassRecall(torchmetrics.Metric):
+    """Recall of each class (subjects of that true class predicted as it / subjects of that class): a vector.
+
+    Averaged over the classes present in the set it is the balanced accuracy (scikit-learn's
+    ``balanced_accuracy_score``); the module takes that mean at the epoch's end, as for multiclass AUROC. Predicted
+    class: the largest probability (multiclass ``[N, K]``), or class 1 when P(class 1) > 0.5 (binary ``[N]``, the
+    threshold of torchmetrics' binary metrics). Counts are summed over ranks."""
+
+    full_state_update = False
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        self.n_classes = int(n_classes)
+        self.add_state("correct", torch.zeros(self.n_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(self.n_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        label = preds.argmax(-1) if preds.dim() > 1 else (preds > 0.5).long()
+        target = target.long().reshape(-1)
+        # a comparison, not bincount: bincount has no deterministic CUDA kernel (trainer.deterministic=true)
+        of_class = target[:, None] == torch.arange(self.n_classes, device=target.device)
+        self.total += of_class.sum(0)
+        self.correct += (of_class & (label.reshape(-1) == target)[:, None]).sum(0)
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.double() / self.total.clamp_min(1).double()
+
+
 def _metrics(kind: str, n_classes: int | None) -> torchmetrics.MetricCollection:
     # compute_groups=False: each metric is updated and computed on its own (an undefined one is skipped)
     if kind == "binary":
@@ -83,6 +123,8 @@ def _metrics(kind: str, n_classes: int | None) -> torchmetrics.MetricCollection:
                 "auprc": torchmetrics.classification.BinaryAveragePrecision(),
                 "brier": torchmetrics.MeanSquaredError(),  # on probabilities: the Brier score
                 "ece": torchmetrics.classification.BinaryCalibrationError(n_bins=10),
+                # per class, averaged over the classes present: the mean of sensitivity and specificity at 0.5
+                "balanced_accuracy": ClassRecall(2),
             },
             compute_groups=False,
         )
@@ -94,6 +136,9 @@ def _metrics(kind: str, n_classes: int | None) -> torchmetrics.MetricCollection:
                 "auprc": torchmetrics.classification.MulticlassAveragePrecision(num_classes=n_classes, average=None),
                 # plain accuracy, as `mot-neuro probe` reports (torchmetrics' default is macro = balanced accuracy)
                 "accuracy": torchmetrics.classification.MulticlassAccuracy(num_classes=n_classes, average="micro"),
+                # per class, averaged over the classes present (torchmetrics' macro average counts a class that is
+                # absent but predicted as a recall of 0; scikit-learn leaves it out)
+                "balanced_accuracy": ClassRecall(int(n_classes)),
                 "ece": torchmetrics.classification.MulticlassCalibrationError(num_classes=n_classes, n_bins=10),
             },
             compute_groups=False,
@@ -109,8 +154,8 @@ def _metrics(kind: str, n_classes: int | None) -> torchmetrics.MetricCollection:
 
 
 METRIC_NAMES = {
-    "binary": ("auroc", "auprc", "brier", "ece"),
-    "multiclass": ("auroc", "auprc", "accuracy", "ece"),
+    "binary": ("auroc", "auprc", "brier", "ece", "balanced_accuracy"),
+    "multiclass": ("auroc", "auprc", "accuracy", "balanced_accuracy", "ece"),
     "regression": ("r2", "mae", "pearson"),
 }
 SET_NAMES = {"train": "training", "val": "validation", "test": "test"}
@@ -131,11 +176,14 @@ def metric_rules(
     ``n_observed``: observed values of the target in the set; ``class_counts``: observed values per class
     (classification); ``truth_range``/``prediction_range``: (min, max) of the truth and of the predictions
     (regression). Returns ``(undefined, notes)``: metric -> why it is NaN, and metric -> a note on what it was
-    computed from (multiclass AUROC/AUPRC averaged over the classes present when one is absent).
+    computed from (multiclass AUROC/AUPRC and balanced accuracy averaged over the classes present when one is
+    absent).
 
     The rules: nothing is computed on fewer than 2 observed values; AUROC and AUPRC need both classes (binary)
     or at least 2 classes present (multiclass); r2 needs a truth that varies; pearson needs a truth and a
-    prediction that both vary. Brier, ECE, accuracy and MAE are defined on any set of 2 or more values.
+    prediction that both vary. Brier, ECE, accuracy, balanced accuracy (the mean recall of the classes present:
+    with one class present, that class's recall, i.e. the accuracy) and MAE are defined on any set of 2 or more
+    values.
     """
     names = METRIC_NAMES["regression" if kind not in METRIC_NAMES else kind]
     where = f"the {SET_NAMES.get(stage, stage)} set"
@@ -147,15 +195,19 @@ def metric_rules(
     if kind in ("binary", "multiclass"):
         counts = list(class_counts or [])
         present = [c for c, n in enumerate(counts) if n > 0]
+        absent = [c for c, n in enumerate(counts) if n == 0]
         if len(present) < 2:
             reason = f"{where} holds one class ({present[0] if present else '?'}) of {target}"
             undefined.update(auroc=reason, auprc=reason)
-        elif kind == "multiclass" and len(present) < len(counts):
-            absent = [c for c, n in enumerate(counts) if n == 0]
+        elif kind == "multiclass" and absent:
             note = (
                 f"one-vs-rest average over the {len(present)} classes present; class(es) {absent} absent from {where}"
             )
             notes.update(auroc=note, auprc=note)
+        if absent and present:
+            notes["balanced_accuracy"] = (
+                f"mean recall of the {len(present)} class(es) present; class(es) {absent} absent from {where}"
+            )
         return undefined, notes
     low, high = truth_range if truth_range is not None else (math.nan, math.nan)
     if low == high:
@@ -254,7 +306,8 @@ class NeuroOmicsModule(pl.LightningModule):
     decay to ``min_lr_ratio * lr`` at the trainer's last step.
     Capacity per tower: ``ffn_hidden_dims`` (tower -> SwiGLU width) and ``moe`` (tower -> ``{n_experts,
     top_k, hidden_dim, balance_weight}``: that tower's FFN becomes a mixture of experts with a learned top-k
-    router; its load-balancing loss joins the training loss and expert load is logged every step).
+    router; its load-balancing loss joins the optimised objective, logged as ``<stage>/objective``, but not
+    ``<stage>/loss``, and expert load is logged every step).
     Speed: ``compile`` (``true`` or a ``torch.compile`` mode, see :data:`COMPILE_MODES`) compiles the encoder on
     its first call; the first steps (and each new batch shape, e.g. an epoch's last, smaller batch) are slow.
     Fine-tuning: ``warm_start_from`` a checkpoint (e.g. of the dense twin: every tower starts as its shared
@@ -389,6 +442,12 @@ class NeuroOmicsModule(pl.LightningModule):
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         # per stage: "every loss of this epoch was finite", a device tensor (no host sync per step)
         self._loss_finite: dict[str, torch.Tensor] = {}
+        # per stage: [modality, (summed reconstruction error, entries counted)] of the epoch so far, on the device
+        self._recon: dict[str, torch.Tensor] = {}
+        # the cohort rows of each test step (for test_predictions_table), when collect_test_predictions is set
+        self._rows: dict[str, list[torch.Tensor]] = {}
+        self.collect_test_predictions = False
+        self._test_predictions: list[dict] | None = None
         # "<stage>/<target>/<metric>" -> why it is NaN ("undefined: ...") or how it was computed: for RunSummary
         self.metric_notes: dict[str, str] = {}
         self._warned: set[tuple[str, str]] = set()
@@ -535,6 +594,8 @@ class NeuroOmicsModule(pl.LightningModule):
         return masked
 
     def _step(self, batch: Mapping, stage: str) -> torch.Tensor:
+        """The step's task loss (logged as ``<stage>/loss``) plus, with MoE towers, their load-balancing term: the
+        objective that training optimises (logged as ``<stage>/objective``); returns the objective."""
         train = stage == "train"
         inputs = self._inputs(batch, train, stage)
         objective = self.hparams.objective
@@ -544,30 +605,54 @@ class NeuroOmicsModule(pl.LightningModule):
         loss = torch.zeros((), device=out.pooled.device)
         if masked is not None:
             recon = torch.zeros((), device=out.pooled.device)
+            sums = []
             for name in self.active:
-                part = self.decoders[name].loss(
+                total, count = self.decoders[name].loss_sum(
                     out.tokens[name], inputs["values"][name], inputs["missing"][name], masked[name]
                 )
-                self.log(f"{stage}/recon/{name}", part, batch_size=batch_size, on_step=False, on_epoch=True)
-                recon = recon + part
+                # the batch's mean per entry (0 when nothing is counted) for the optimiser, as before; the epoch's
+                # logged value pools the sums and counts (see _log_recon)
+                recon = recon + total / count.clamp_min(1)
+                sums.append(torch.stack([total.detach().to(self._sum_dtype), count.to(self._sum_dtype)]))
+            step_sums = torch.stack(sums)
+            seen = self._recon.get(stage)
+            self._recon[stage] = step_sums if seen is None else seen + step_sums
             loss = loss + self.hparams.masked_weight * recon
-            self.log(f"{stage}/recon", recon, batch_size=batch_size, on_step=False, on_epoch=True)
         if objective in ("supervised", "both"):
             supervised = torch.zeros((), device=out.pooled.device)
             for name, head in self.heads.items():
                 supervised = supervised + self._supervised(name, head(out.pooled), batch["targets"][name], stage)
             loss = loss + self.hparams.supervised_weight * supervised
+            if stage == "test" and self.collect_test_predictions:
+                self._rows.setdefault(stage, []).append(batch["row"])
+        optimised = loss
         if self.encoder.backbone.cfg.moe:
-            # load balancing of the MoE towers (0 without MoE); expert load per step, as a share of tokens
+            # load balancing of the MoE towers: optimised, but not part of <stage>/loss, which stays comparable with
+            # a model without MoE (checkpoint selection and ablations compare val/loss); expert load per step
             balance = self.encoder.backbone.aux_loss()
-            loss = loss + balance
-            self.log(f"{stage}/moe_balance", balance, batch_size=batch_size, on_step=train, on_epoch=True)
+            optimised = loss + balance
+            self.log(
+                f"{stage}/moe_balance",
+                balance,
+                batch_size=batch_size,
+                on_step=train,
+                on_epoch=True,
+                sync_dist=not train,
+            )
+            self.log(
+                f"{stage}/objective",
+                optimised,
+                batch_size=batch_size,
+                on_step=train,
+                on_epoch=True,
+                sync_dist=not train,
+            )
             if train:
                 for key, load in self.encoder.backbone.expert_load().items():
                     for expert, share in enumerate(load):
                         self.log(f"train/expert_load/{key}/e{expert}", share, batch_size=batch_size, on_step=True)
-        if stage in ("train", "val"):
-            finite = torch.isfinite(loss.detach())
+        if stage in ("train", "val"):  # what is optimised: a NaN balancing term stops training too
+            finite = torch.isfinite(optimised.detach())
             seen = self._loss_finite.get(stage)
             self._loss_finite[stage] = finite if seen is None else seen & finite
         # evaluation losses averaged over ranks (one all-reduce per epoch); training steps stay sync-free
@@ -580,7 +665,47 @@ class NeuroOmicsModule(pl.LightningModule):
             on_epoch=True,
             sync_dist=not train,
         )
-        return loss
+        return optimised
+
+    @property
+    def _sum_dtype(self) -> torch.dtype:
+        """Epoch sums in float64 (MPS has none: float32 there)."""
+        return torch.float32 if self.device.type == "mps" else torch.float64
+
+    def _log_recon(self, stage: str) -> None:
+        """Log the epoch's ``<stage>/recon/<modality>``: summed error / entries counted, over every batch and rank;
+        NaN with a note when no entry of that modality was counted (none masked and observed: e.g. hidden by
+        mask_at_test, or absent from every subject). ``<stage>/recon``: the sum of the defined ones."""
+        if not self.decoders:
+            return
+        sums = self._recon.pop(stage, None)
+        ran = torch.ones(1, dtype=self._sum_dtype, device=self.device)
+        if sums is None:
+            sums, ran = torch.zeros(len(self.active), 2, dtype=self._sum_dtype, device=self.device), ran * 0
+        if self._run_state("world_size", 1) > 1:  # every rank calls this at the epoch's end: one all-reduce
+            packed = self.trainer.strategy.reduce(torch.cat([sums.flatten(), ran]), reduce_op="sum")
+            sums, ran = packed[:-1].reshape(-1, 2), packed[-1:]
+        values = sums.tolist()
+        if float(ran) == 0:  # this stage evaluated no batch: nothing to report
+            return
+        where = f"the {SET_NAMES.get(stage, stage)} set"
+        defined = []
+        for name, (total, count) in zip(self.active, values, strict=True):
+            key = f"{stage}/recon/{name}"
+            if count > 0:
+                value = total / count
+                defined.append(value)
+            else:
+                value = math.nan
+                hidden = " (hidden by mask_at_test)" if stage == "test" and name in self.mask_at_test else ""
+                reason = f"no entry of {name} was masked and observed in {where}{hidden}"
+                self._note(key, f"undefined: {reason}", warn=f"{key} is undefined")
+            self.log(key, torch.tensor(value, dtype=torch.float32, device=self.device), sync_dist=False)
+        total = sum(defined) if defined else math.nan
+        if not defined:
+            reason = f"undefined: no entry of any modality was masked and observed in {where}"
+            self._note(f"{stage}/recon", reason, warn=f"{stage}/recon is undefined")
+        self.log(f"{stage}/recon", torch.tensor(total, dtype=torch.float32, device=self.device), sync_dist=False)
 
     def _supervised(self, name: str, logits: torch.Tensor, target: torch.Tensor, stage: str) -> torch.Tensor:
         kind = self.targets[name]["kind"]
@@ -611,14 +736,16 @@ class NeuroOmicsModule(pl.LightningModule):
         scale = self.targets[name].get("scale") or {}
         return value * float(scale.get("sd", 1.0)) + float(scale.get("mean", 0.0))
 
-    def _epoch_predictions(self, stage: str, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """The epoch's observed (prediction, truth) of ``name`` on this rank, and how many rows it saw."""
+    def _epoch_predictions(self, stage: str, name: str) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """The epoch's observed (prediction, truth) of ``name`` on this rank, how many rows it saw, and the
+        positions of the observed ones among the epoch's rows."""
         outputs = self._outputs.pop(f"{stage}__{name}", [])
         if not outputs:
-            return torch.empty(0, device=self.device), torch.empty(0, dtype=torch.long, device=self.device), 0
+            empty = torch.empty(0, dtype=torch.long, device=self.device)
+            return torch.empty(0, device=self.device), empty, 0, empty
         prediction, truth, observed = (torch.cat(parts) for parts in zip(*outputs, strict=True))
         keep = observed.nonzero().squeeze(-1)  # one host sync per target and epoch
-        return prediction[keep], truth[keep], int(observed.numel())
+        return prediction[keep], truth[keep], int(observed.numel()), keep
 
     def _set_statistics(self, name: str, prediction: torch.Tensor, truth: torch.Tensor, rows: int) -> dict:
         """What decides whether a metric is defined, over every rank: row and observed counts, class counts
@@ -661,14 +788,22 @@ class NeuroOmicsModule(pl.LightningModule):
         """Drop what an interrupted epoch of ``stage`` left behind."""
         for key in [key for key in self._outputs if key.startswith(f"{stage}__")]:
             del self._outputs[key]
+        self._recon.pop(stage, None)
+        self._rows.pop(stage, None)
 
     def _log_metrics(self, stage: str) -> None:
         """Compute and log the epoch's metrics of every target; undefined ones as NaN with a one-line warning."""
         for key in [key for key in self.metric_notes if key.startswith(f"{stage}/")]:
             del self.metric_notes[key]
+        self._log_recon(stage)
+        cohort_rows = self._rows.pop(stage, None)
+        cohort_rows = torch.cat(cohort_rows) if cohort_rows else None
+        collected: list[dict] = []
         for name in self.heads:
             kind = self.targets[name]["kind"]
-            prediction, truth, rows = self._epoch_predictions(stage, name)
+            prediction, truth, rows, keep = self._epoch_predictions(stage, name)
+            if cohort_rows is not None and len(cohort_rows) == rows:
+                collected.append(self._prediction_record(name, cohort_rows[keep], prediction, truth))
             stats = self._set_statistics(name, prediction, truth, rows)
             metrics = self.metrics[f"{stage}__{name}"]
             if stats["rows"] == 0:  # this stage evaluated no batch: nothing to report
@@ -688,6 +823,10 @@ class NeuroOmicsModule(pl.LightningModule):
                 **ranges,
             )
             if truth.numel():
+                if kind == "regression" and self.device.type != "mps":
+                    # float64 sums: float32 ones lose digits over a large set (MPS has no float64)
+                    metrics.set_dtype(torch.float64)
+                    prediction, truth = prediction.double(), truth.double()
                 for metric_name, metric in metrics.items():
                     metric.update(prediction, truth.float() if metric_name == "brier" else truth)
             present = None
@@ -711,6 +850,74 @@ class NeuroOmicsModule(pl.LightningModule):
                         self._note(key, notes[metric_name], warn=key)
                 self.log(key, value.float(), sync_dist=False)
             metrics.reset()
+        if stage == "test" and self.collect_test_predictions and self.heads:
+            self._test_predictions = self._gather_records(collected)
+
+    def _prediction_record(self, name: str, rows: torch.Tensor, prediction: torch.Tensor, truth: torch.Tensor) -> dict:
+        """One target's observed test predictions on this rank, on the host: cohort rows, truth and scores in the
+        coding the metrics use (regression: truth and prediction back in the target's units)."""
+        kind = self.targets[name]["kind"]
+        truth = truth.detach().double().cpu().numpy()
+        prediction = prediction.detach().double().cpu().numpy()
+        if kind == "regression":
+            scale = self.targets[name].get("scale") or {}
+            sd, mean = float(scale.get("sd", 1.0)), float(scale.get("mean", 0.0))
+            truth, prediction = truth * sd + mean, prediction * sd + mean
+        return {"target": name, "kind": kind, "row": rows.detach().cpu().numpy(), "truth": truth, "score": prediction}
+
+    def _gather_records(self, records: list[dict]) -> list[dict]:
+        """Every rank's records (all ranks call this at the test epoch's end); each rank gets them all."""
+        if self._run_state("world_size", 1) <= 1:
+            return records
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return records
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, records)
+        return [record for part in gathered for record in part]
+
+    def test_predictions_table(self):
+        """The last test stage's predictions (with :attr:`collect_test_predictions` set) as a pandas DataFrame,
+        one row per (subject, target) with an observed target: ``row`` (the subject's position in the cohort, never
+        its ID), ``target``, ``kind``, ``truth`` (binary 0/1 and multiclass class index, as the metrics code them;
+        regression in the target's units), ``score`` (binary: P(class 1); regression: the prediction in the
+        target's units; multiclass: NaN) and, when a target is multiclass, ``score_0`` .. ``score_{K-1}`` (its class
+        probabilities; NaN for other targets). ``None`` when no test stage ran with collection on."""
+        import numpy as np
+        import pandas as pd
+
+        if self._test_predictions is None:
+            return None
+        widths = [
+            int(t["n_classes"]) for name, t in self.targets.items() if name in self.heads and t["kind"] == "multiclass"
+        ]
+        n_classes = max(widths, default=0)
+        frames = []
+        for record in self._test_predictions:
+            n = len(record["row"])
+            if n == 0:
+                continue
+            score = record["score"].reshape(n, -1)
+            frame = {
+                "row": record["row"].astype(np.int64),
+                "target": np.full(n, record["target"], dtype=object),
+                "kind": np.full(n, record["kind"], dtype=object),
+                "truth": record["truth"].astype(np.float64),
+                "score": score[:, 0] if record["kind"] != "multiclass" else np.full(n, np.nan),
+            }
+            for k in range(n_classes):
+                multiclass = record["kind"] == "multiclass" and k < score.shape[1]
+                frame[f"score_{k}"] = score[:, k] if multiclass else np.full(n, np.nan)
+            frames.append(pd.DataFrame(frame))
+        columns = ["row", "target", "kind", "truth", "score", *(f"score_{k}" for k in range(n_classes))]
+        if not frames:
+            dtypes = {"row": "int64", "target": object, "kind": object}
+            return pd.DataFrame({c: pd.Series(dtype=dtypes.get(c, "float64")) for c in columns})
+        table = pd.concat(frames, ignore_index=True)[columns]
+        # a distributed sampler may give a rank a repeated batch to even out the ranks: one row per subject
+        table = table.drop_duplicates(["target", "row"], keep="first")
+        return table.sort_values(["target", "row"], kind="stable").reset_index(drop=True)
 
     def _note(self, key: str, text: str, warn: str) -> None:
         """Record a metric's note for the summary and warn once per run (not once per epoch)."""
@@ -759,6 +966,7 @@ class NeuroOmicsModule(pl.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._clear_outputs("test")
+        self._test_predictions = None
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")

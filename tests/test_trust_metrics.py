@@ -59,10 +59,10 @@ def _module(targets: dict) -> NeuroOmicsModule:
 
 
 def _epoch_metrics(
-    kind: str, prediction, truth, *, stage: str = "test", n_classes: int | None = None
+    kind: str, prediction, truth, *, stage: str = "test", n_classes: int | None = None, scale: dict | None = None
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Run the module's end-of-epoch metric code on one epoch's outputs; what it would log."""
-    target = {"kind": kind, **({"n_classes": n_classes} if n_classes else {})}
+    target = {"kind": kind, **({"n_classes": n_classes} if n_classes else {}), **({"scale": scale} if scale else {})}
     module = _module({"y": target})
     module._trainer = SimpleNamespace(world_size=1, sanity_checking=False, global_rank=0)
     logged: dict[str, float] = {}
@@ -171,8 +171,10 @@ def test_multiclass_metrics_equal_scikit_learn_and_accuracy_is_plain():
     expected_ap = _one_vs_rest(truth, prediction, skm.average_precision_score, range(3))
     assert values["auprc"] == pytest.approx(expected_ap, abs=1e-5)
     accuracy = skm.accuracy_score(truth, prediction.argmax(1))
-    assert accuracy != pytest.approx(skm.balanced_accuracy_score(truth, prediction.argmax(1)))
+    balanced = skm.balanced_accuracy_score(truth, prediction.argmax(1))
+    assert accuracy != pytest.approx(balanced)
     assert values["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert values["balanced_accuracy"] == pytest.approx(balanced, abs=1e-6)  # under its own name
     assert not notes
 
 
@@ -186,6 +188,14 @@ def test_multiclass_class_absent_averages_auroc_and_auprc_over_present_classes()
     assert values["auprc"] == pytest.approx(expected_ap, abs=1e-5)
     for metric in ("auroc", "auprc"):  # the same rule for both, and said
         assert "over the 2 classes present; class(es) [2] absent from the test set" in notes[f"test/y/{metric}"]
+    # balanced accuracy too: the mean recall of the present classes, as scikit-learn computes it
+    predicted = prediction.argmax(1)
+    assert (predicted == 2).any()  # the absent class is predicted: torchmetrics' macro average would count it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn: y_pred contains classes not in y_true
+        balanced = skm.balanced_accuracy_score(truth, predicted)
+    assert values["balanced_accuracy"] == pytest.approx(balanced, abs=1e-6)
+    assert "mean recall of the 2 class(es) present; class(es) [2] absent" in notes["test/y/balanced_accuracy"]
 
 
 def test_multiclass_set_with_one_class_is_nan():
@@ -471,7 +481,8 @@ def _nan_loss_args(case: Case, *extra: str) -> list:
 
 def test_a_nan_validation_loss_stops_fit_before_any_checkpoint(case):
     # one training step, on the initial weights (a finite loss), then validation on the blown-up ones
-    status, out, err = _run(case, *_nan_loss_args(case, "--trainer.limit_train_batches", "1"))
+    # the whole training part in one batch: "--trainer.limit_train_batches 1" was at times parsed as 1.0 (100%)
+    status, out, err = _run(case, *_nan_loss_args(case, "--data.batch_size", "512"))
     _assert_stopped(status, err, "val/loss became NaN or infinite in epoch 0", "model.lr=1e+38", "input scale")
     (run,) = _mlflow_runs(case.folder)
     assert run.info.status == "FAILED"
@@ -615,7 +626,7 @@ def test_ablation_summary_leaves_undefined_cells_out_and_counts_them(case):
     assert "1 of 4 cell(s) undefined (NaN)" in dense.note
     results = pd.read_csv(case.path("ablation") / "results.csv")
     assert results["value"].isna().sum() == 2  # kept as NaN in the tidy table, not dropped or zeroed
-    assert "dense/none: test/diagnosis/auroc undefined (NaN) in 1 of 4 cell(s)" in out
+    assert "dense/none: 1 of 4 cell(s) undefined (NaN)" in out  # printed with the row's note
 
 
 def test_summarize_gives_nan_when_no_cell_is_defined():
