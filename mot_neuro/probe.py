@@ -7,18 +7,40 @@
 * ``early_fusion``: the raw input features of the experiment's cohort, preprocessed by the fold's
   ``FoldPreprocessor`` (fitted on the training rows only).
 
-Each (feature set, target) gets one scikit-learn pipeline (mean imputation -> standardization -> ridge or
-logistic regression), fitted on the train + val subjects that have the target; the penalty is tuned inside that
-set (ridge: efficient leave-one-out over ``alphas``; logistic: stratified ``inner_folds``-fold CV on log loss).
-The test subjects are never seen by the fit. Test metrics carry percentile bootstrap 95% CIs over test subjects
-resampled with replacement; a resample where a metric is undefined (e.g. one class only) is skipped and counted.
+Fit. Each (feature set, target) gets one scikit-learn pipeline (mean imputation -> standardization -> ridge or
+logistic regression), fitted on the train + val subjects that have the target. The penalty is chosen by a grid
+search that cross-validates the whole pipeline (``inner_folds``-fold CV; stratified for classification; scored by
+mean squared error or log loss): the imputer and scaler of each inner split see only its inner training rows.
+The chosen penalty is then refitted, pipeline and all, on every training row. The test subjects are never seen.
+
+Penalty grids (:func:`penalty_grid`) are tied to the data: for standardized features the trace of X'X is n x p,
+and a ridge fit has at most trace / alpha effective degrees of freedom, so the ridge grid runs in half decades
+from alpha = 1e-3 (practically least squares) up to 100 n p, where the fit has at most 0.01 degrees of freedom
+(practically the mean); the old fixed grid stopped at 1e3, too weak for 20,000 early-fusion features. Logistic C
+runs in whole decades from 1e4 (practically unpenalized) down to 0.04 / (n p), the same bound with a log-loss
+curvature of at most 1/4. A choice on either edge is logged (one warning line) and noted in the table.
+
+CIs. Test metrics carry percentile bootstrap 95% CIs over resampled test subjects, drawn with replacement
+(the ``resampling`` column says which scheme each row used):
+
+* subjects; with groups, whole groups (a cluster bootstrap): every regression metric, and the Brier score, ECE
+  and accuracy of a classification target (defined in any resample; their spread includes that of the
+  prevalence);
+* AUROC and AUPRC of a classification target: within each class, keeping the test set's class counts (a
+  stratified bootstrap), so every resample holds every class and both are defined in all of them (a plain
+  bootstrap of a test set with one positive in ten loses about a third of its resamples, 0.9^10, and the CI of
+  the rest is of a selected subset); with groups, whole groups within strata of the set of classes a group
+  holds (all-negative, all-positive, mixed families, ...), which keeps the cluster bootstrap and still puts every
+  class in every resample.
+
+A resample where a metric is still undefined (e.g. a constant prediction for ``pearson``) is skipped and counted
+(``n_resamples_valid``); when fewer than :data:`MIN_VALID_FRACTION` of the resamples are valid the CI is NaN with
+a note, since the survivors are no longer a bootstrap distribution but a selected part of one.
 
 With groups (the data config's ``group``: site, family, a subject's repeated visits) no group is on both sides
-of an inner split (ridge: grouped ``inner_folds``-fold CV, since leave-one-out would tune on a left-out row's
-relatives; logistic: stratified group k-fold), and the bootstrap draws whole test groups (a cluster bootstrap):
-rows of one group are not independent, and resampling them one by one gives CIs that are too narrow.
-Every (feature set, target) draws the same resamples when they have the same test subjects, so CIs of feature
-sets are comparable resample by resample.
+of an inner split (grouped k-fold; classification: stratified group k-fold): rows of one group are not
+independent, and resampling them one by one gives CIs that are too narrow. Every (feature set, target) draws the
+same resamples when they have the same test subjects, so CIs of feature sets are comparable resample by resample.
 
 Metrics (the names training logs): regression ``r2``, ``mae`` (target units), ``pearson``; binary ``auroc``,
 ``auprc``, ``brier``, ``ece`` (10 equal-width bins); multiclass ``auroc`` and ``auprc`` (one-vs-rest, macro),
@@ -33,8 +55,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +66,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegressionCV, RidgeCV
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import log_loss
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from data_adapters.core import atomic_write_bytes
+
+log = logging.getLogger(__name__)
 
 KINDS = ("regression", "binary", "multiclass")
 METRICS = {
@@ -65,11 +94,42 @@ COLUMNS = (
     "ci_high",
     "n_train",
     "n_test",
-    "n_bootstrap_used",
+    "resampling",
+    "n_resamples",
+    "n_resamples_valid",
+    "penalty",
     "note",
 )
-RIDGE_ALPHAS = np.logspace(-3, 3, 13)
-LOGISTIC_CS = 10
+"""The output table. ``value``: the metric on all test subjects; ``ci_low``/``ci_high``: 2.5th/97.5th percentiles
+over the valid resamples; ``resampling``: what a resample draws (:data:`RESAMPLING`); ``n_resamples``: requested;
+``n_resamples_valid``: those where the metric was defined (the CI's sample); ``penalty``: ridge alpha
+(regression) or logistic C (classification, the inverse strength) chosen by the inner CV; ``note``: why a number
+is NaN, resamples were skipped, or the penalty sat on the edge of its grid."""
+RESAMPLING = {
+    ("plain", False): "subjects",
+    ("plain", True): "groups (cluster)",
+    ("stratified", False): "subjects within class (stratified)",
+    ("stratified", True): "groups (cluster) within class pattern (stratified)",
+}
+"""``resampling`` column: subjects or whole groups drawn with replacement; for the ranking metrics of a
+classification target (:data:`STRATIFIED_METRICS`) within each class (with groups: within each set of classes a
+group holds), keeping the test set's counts; ``"none"`` when no resample was drawn."""
+STRATIFIED_METRICS = ("auroc", "auprc")
+"""Classification metrics resampled within class: they need every class in a resample, and they are conditional on
+the class counts anyway (AUROC does not depend on them; AUPRC's baseline is the prevalence). Brier, ECE and
+accuracy are defined in any resample and depend on the prevalence, so they are resampled plainly: held to the
+test set's class counts, a constant classifier's accuracy would get a CI of zero width."""
+MIN_VALID_FRACTION = 0.9
+"""Below this share of valid resamples a CI is NaN: the rest would be a selected subset, not a bootstrap."""
+FEW_CASES = 5
+"""A class held by fewer test subjects (groups) than this gets a note: its few cases limit the CI."""
+RIDGE_ALPHA_MIN = 1e-3
+LOGISTIC_C_MAX = 1e4
+NULL_MODEL_DF = 0.01
+"""The heavy end of each penalty grid allows at most this many effective degrees of freedom."""
+GRID_STEP = {"regression": 0.5, "classification": 1.0}
+"""Decades between penalty grid points: ridge is solved for every alpha of a fold at once (one eigendecomposition),
+so its grid is finer; each logistic C is a separate fit (the old grid stepped 0.89 decades)."""
 LOGISTIC_MAX_ITER = 2000
 ECE_BINS = 10
 MISSING_TEST_WARN_FRACTION = 0.1
@@ -77,6 +137,9 @@ MISSING_TEST_WARN_FRACTION = 0.1
 EARLY_FUSION = "early_fusion"
 LATE_FUSION_SUFFIX = "_late_fusion"
 _BLOCK_CELLS = 2_000_000  # resamples x subjects held at once while bootstrapping
+_SMALL_FIT_CELLS = 1_000_000
+"""Below this many training cells (subjects x features) a probe runs with one BLAS/OpenMP thread: its many small
+fits gain nothing from threads, and threads that spin on a busy machine make them several times slower."""
 _SPLIT_PARTS = ("train", "val", "test")
 
 
@@ -168,60 +231,230 @@ def _metric_values(kind: str, counts: np.ndarray, y: np.ndarray, pred: np.ndarra
     }
 
 
-def _resample_counts(rng: np.random.Generator, size: int, n: int, groups: np.ndarray | None) -> np.ndarray:
+def _resample_counts(
+    rng: np.random.Generator, size: int, n: int, groups: np.ndarray | None, strata: np.ndarray | None = None
+) -> np.ndarray:
     """``[size, n]`` bootstrap weights: how often each subject is drawn in each resample.
 
-    Without ``groups`` subjects are drawn with replacement. With ``groups`` (a code 0..G-1 per subject) whole
-    groups are drawn with replacement (a cluster bootstrap): a subject weighs as often as its group is drawn, so
-    the CI reflects the group, not the visit or relative, as the unit of independent data."""
+    The units drawn are the subjects, or with ``groups`` (a code 0..G-1 per subject) whole groups (a cluster
+    bootstrap): a subject weighs as often as its group is drawn, so the CI reflects the group, not the visit or
+    relative, as the unit of independent data. ``strata`` (a code per unit) makes it a stratified bootstrap: each
+    stratum's units are drawn with replacement as many times as the stratum has units, so every resample keeps
+    the stratum sizes. Draws: per stratum in ascending code order, ``rng.integers(0, units in it, (size, units
+    in it))``; without strata, one stratum of all units."""
     units = n if groups is None else int(groups.max()) + 1 if len(groups) else 0
-    picks = rng.integers(0, units, size=(size, units)) + units * np.arange(size)[:, None]
-    counts = np.bincount(picks.ravel(), minlength=size * units).reshape(size, units).astype(np.float64)
+    strata = np.zeros(units, dtype=np.int64) if strata is None else np.asarray(strata)
+    offsets = units * np.arange(size)[:, None]
+    counts = np.zeros(size * units)
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        picks = members[rng.integers(0, len(members), size=(size, len(members)))] + offsets
+        counts += np.bincount(picks.ravel(), minlength=size * units)
+    counts = counts.reshape(size, units)
     return counts if groups is None else counts[:, groups]
+
+
+def _resampling(
+    kind: str, y: np.ndarray, groups: np.ndarray | None, metric: str | None = None
+) -> tuple[np.ndarray | None, str]:
+    """(stratum code per resampled unit, or None for no strata; the ``resampling`` label) of ``metric``.
+
+    Units are the subjects, or the groups 0..G-1 of ``groups``. A classification target's ranking metrics
+    (:data:`STRATIFIED_METRICS`; ``metric=None`` means one of them) are stratified: by class, or with groups by
+    the set of classes a group holds, the coarsest grouping of whole groups that still puts every class of the
+    test set in every resample (strata by a group's majority class would not: a lone case in a family of
+    controls could be left out). Everything else is resampled plainly."""
+    grouped = groups is not None
+    if kind == "regression" or (metric is not None and metric not in STRATIFIED_METRICS):
+        return None, RESAMPLING["plain", grouped]
+    _, label = np.unique(y, return_inverse=True)
+    if not grouped:
+        return label.reshape(-1), RESAMPLING["stratified", False]
+    held = np.zeros((int(groups.max()) + 1 if len(groups) else 0, int(label.max()) + 1 if len(label) else 0), bool)
+    held[groups, label.reshape(-1)] = True
+    _, pattern = np.unique(held, axis=0, return_inverse=True)
+    return pattern.reshape(-1), RESAMPLING["stratified", True]
 
 
 def _bootstrap(
     kind, y, pred, classes, n_bootstrap: int, seed: int, groups: np.ndarray | None = None
-) -> dict[str, tuple[float, float, float, int]]:
-    """metric -> (value, ci_low, ci_high, resamples used); ``groups``: resample whole groups (codes 0..G-1)."""
+) -> dict[str, tuple[float, float, float, int, int]]:
+    """metric -> (value, ci_low, ci_high, valid resamples, resamples drawn); ``groups``: resample whole groups
+    (codes 0..G-1).
+
+    Each resampling scheme (:func:`_resampling`: plain, and stratified for a classification target's ranking
+    metrics) draws its own ``n_bootstrap`` resamples from ``default_rng(seed)``, so every feature set with the same
+    test subjects gets the same resamples. None are drawn (0) when every stratum has one unit (one test group,
+    one subject per class): each resample would be the test set itself, a CI of zero width that would read as
+    certainty. The CI is NaN when fewer than :data:`MIN_VALID_FRACTION` of the drawn resamples are valid."""
     n = len(y)
     point = _metric_values(kind, np.ones((1, n)), y, pred, classes)
-    rng = np.random.default_rng(seed)
-    draws = {name: [] for name in point}
-    block = max(1, _BLOCK_CELLS // max(n, 1))
-    for start in range(0, n_bootstrap, block):
-        size = min(block, n_bootstrap - start)
-        counts = _resample_counts(rng, size, n, groups)
-        for name, values in _metric_values(kind, counts, y, pred, classes).items():
-            draws[name].append(values)
+    schemes: dict[str, list[str]] = {}
+    for name in point:
+        schemes.setdefault(_resampling(kind, y, groups, name)[1], []).append(name)
     out = {}
-    for name, value in point.items():
-        values = np.concatenate(draws[name]) if draws[name] else np.empty(0)
-        values = values[np.isfinite(values)]
-        low, high = np.percentile(values, [2.5, 97.5]) if len(values) else (np.nan, np.nan)
-        out[name] = (float(value[0]), float(low), float(high), int(len(values)))
-    return out
+    for names in schemes.values():
+        strata, _ = _resampling(kind, y, groups, names[0])
+        units = np.bincount(strata) if strata is not None else [n if groups is None else len(np.unique(groups))]
+        drawn = n_bootstrap if len(units) and max(units) > 1 else 0
+        rng = np.random.default_rng(seed)
+        draws = {name: [] for name in names}
+        block = max(1, _BLOCK_CELLS // max(n, 1))
+        for start in range(0, drawn, block):
+            size = min(block, drawn - start)
+            counts = _resample_counts(rng, size, n, groups, strata)
+            values = _metric_values(kind, counts, y, pred, classes)
+            for name in names:
+                draws[name].append(values[name])
+        for name in names:
+            values = np.concatenate(draws[name]) if draws[name] else np.empty(0)
+            values = values[np.isfinite(values)]
+            enough = len(values) > 0 and len(values) >= MIN_VALID_FRACTION * drawn
+            low, high = np.percentile(values, [2.5, 97.5]) if enough else (np.nan, np.nan)
+            out[name] = (float(point[name][0]), float(low), float(high), int(len(values)), drawn)
+    return {name: out[name] for name in point}
 
 
 # ---------------------------------------------------------------------------------------------- probe
-def _pipeline(kind: str, n_folds: int, seed: int, inner_splits: list | None = None) -> Pipeline:
-    """``inner_splits``: the inner CV's (train, test) positions, given when a group must stay on one side."""
+def penalty_grid(kind: str, n_samples: int, n_features: int) -> np.ndarray:
+    """The penalties the inner CV chooses from, ascending, in steps of :data:`GRID_STEP` decades.
+
+    After standardization every column of X has a sum of squares of (at most) n, so trace(X'X) <= n p, and a
+    ridge fit has at most trace / alpha effective degrees of freedom (sum of l / (l + alpha) over the eigenvalues
+    l of X'X). Ridge alpha: from :data:`RIDGE_ALPHA_MIN` (negligible next to eigenvalues of order n) up to
+    n p / :data:`NULL_MODEL_DF`, where the fit keeps at most 0.01 degrees of freedom, i.e. predicts about the
+    mean: wide enough for any number of features (the old fixed 1e3 was too weak a penalty for 20,000 features).
+    Logistic C (sklearn minimizes C * sum(log loss) + |w|^2 / 2, so 1/C plays alpha against a curvature of at
+    most 1/4 per row): from 4 :data:`NULL_MODEL_DF` / (n p), about the class prior, up to
+    :data:`LOGISTIC_C_MAX` (practically unpenalized). Ends are rounded outwards to whole steps."""
+    scale = max(int(n_samples), 1) * max(int(n_features), 1)  # an upper bound on trace(X'X)
     if kind == "regression":
-        if inner_splits is None:
-            model = RidgeCV(alphas=RIDGE_ALPHAS)  # efficient leave-one-out over the alphas
-        else:  # leave-one-out would tune on visits of a subject whose other visits it trained on
-            model = RidgeCV(alphas=RIDGE_ALPHAS, cv=inner_splits, scoring="neg_mean_squared_error")
+        step = GRID_STEP["regression"]
+        low, high = np.log10(RIDGE_ALPHA_MIN), np.ceil(np.log10(scale / NULL_MODEL_DF) / step) * step
     else:
+        step = GRID_STEP["classification"]
+        low, high = np.floor(np.log10(4 * NULL_MODEL_DF / scale) / step) * step, np.log10(LOGISTIC_C_MAX)
+    return 10.0 ** np.arange(low, high + step / 2, step)
+
+
+class _RowSpace(TransformerMixin, BaseEstimator):
+    """x -> its coordinates in the span of the training rows: ``x V`` for ``x_train = U S V'``, computed through
+    the n x n Gram matrix (``x x_train' Q / sqrt(l)`` with ``x_train x_train' = Q diag(l) Q'``).
+
+    An L2-penalized linear model's coefficients lie in that span (a component orthogonal to every training row
+    leaves the training loss unchanged and only adds penalty), and sklearn does not penalize the intercept, so a
+    logistic regression on these coordinates reaches the optimum it reaches on the p features, at n x n instead
+    of n x p cost per solver iteration. Used when there are more features than training rows."""
+
+    def fit(self, x, y=None):
+        gram = x @ x.T
+        eigenvalues, vectors = np.linalg.eigh(gram)
+        keep = eigenvalues > 1e-12 * max(float(eigenvalues.max(initial=0.0)), np.finfo(float).tiny)
+        self.rows_, self.projection_ = x, vectors[:, keep] / np.sqrt(eigenvalues[keep])
+        if not keep.any():  # every feature constant on these rows: one zero column, an intercept-only model
+            self.projection_ = np.zeros((len(x), 1))
+        return self
+
+    def transform(self, x):
+        return (x @ self.rows_.T) @ self.projection_
+
+
+def _preprocessor(kind: str = "regression", n_rows: int = 0, n_features: int = 0) -> Pipeline:
+    """Mean imputation -> standardization (-> :class:`_RowSpace` for a logistic probe with more features than
+    rows)."""
+    steps = [("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler())]
+    if kind != "regression" and n_features > n_rows:
+        steps.append(("row_space", _RowSpace()))
+    return Pipeline(steps)
+
+
+def _ridge_fold_errors(x_train, y_train, x_test, y_test, alphas: np.ndarray) -> np.ndarray:
+    """Mean squared test error of ``Ridge(alpha)`` (with intercept) for every alpha, from one eigendecomposition.
+
+    Ridge's coefficients are (X'X + alpha I)^-1 X'y on centred data; with X'X = V diag(l) V' (or, when there are
+    more features than rows, through the n x n Gram matrix XX' = Q diag(l) Q') every alpha costs a diagonal."""
+    x_mean, y_mean = x_train.mean(axis=0), y_train.mean()
+    xc, yc, xt = x_train - x_mean, y_train - y_mean, x_test - x_mean
+    if xc.shape[1] <= xc.shape[0]:
+        eigenvalues, vectors = np.linalg.eigh(xc.T @ xc)
+        projected = xt @ vectors  # [test, features]
+        weights = vectors.T @ (xc.T @ yc)
+    else:
+        eigenvalues, vectors = np.linalg.eigh(xc @ xc.T)
+        projected = (xt @ xc.T) @ vectors  # [test, train]
+        weights = vectors.T @ yc
+    eigenvalues = np.clip(eigenvalues, 0.0, None)  # rounding can make a zero eigenvalue slightly negative
+    pred = y_mean + projected @ (weights[:, None] / (eigenvalues[:, None] + alphas[None, :]))  # [test, alphas]
+    return ((pred - y_test[:, None]) ** 2).mean(axis=0)
+
+
+class _TunedProbe:
+    """imputer -> scaler -> ridge (regression) or logistic regression, its penalty chosen by cross-validating the
+    whole pipeline over :func:`penalty_grid`, then refitted on every training row.
+
+    The same choice as ``GridSearchCV(pipeline, {penalty: grid}, cv=cv, scoring="neg_mean_squared_error" or
+    log loss over every class)`` followed by its refit, computed with less repetition: the imputer and scaler are
+    fitted once per inner split (on its training rows; they do not depend on the penalty), ridge solves every
+    alpha of a split from one eigendecomposition, and the log loss is scored directly. Ties go to the first
+    (smallest) penalty of the grid, as in ``GridSearchCV``. With more features than rows a logistic probe is
+    fitted in the span of its training rows (:class:`_RowSpace`): the same optimum, reached to the solver's
+    tolerance (where the classes are separable and C is large, the optimum is barely defined and solvers stop
+    at different points).
+
+    ``cv``: a splitter or ``[(train positions, test positions), ...]``. After ``fit``: ``grid_``, ``cv_loss_``
+    (``[splits, grid]`` mean squared error or log loss on each inner test part), ``penalty_`` (ridge alpha or
+    logistic C), ``pipeline_`` (refitted on all rows), ``classes_`` (classification)."""
+
+    def __init__(self, kind: str, cv) -> None:
+        self.kind, self.cv = kind, cv
+
+    def _model(self, penalty: float):
+        if self.kind == "regression":
+            return Ridge(alpha=penalty)
         # binary and multiclass alike: lbfgs fits the multinomial loss when there are more than 2 classes
-        model = LogisticRegressionCV(
-            Cs=LOGISTIC_CS,
-            l1_ratios=(0.0,),
-            cv=inner_splits or StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed),
-            scoring="neg_log_loss",  # a proper score: picks the C with the best probabilities, not just labels
-            max_iter=LOGISTIC_MAX_ITER,
-            use_legacy_attributes=False,
-        )
-    return Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler()), ("model", model)])
+        return LogisticRegression(C=penalty, l1_ratio=0.0, max_iter=LOGISTIC_MAX_ITER)
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _TunedProbe:
+        self.grid_ = penalty_grid(self.kind, *x.shape)
+        splits = list(self.cv.split(x, y)) if hasattr(self.cv, "split") else list(self.cv)
+        labels = np.unique(y)
+        loss = np.empty((len(splits), len(self.grid_)))
+        for i, (train, test) in enumerate(splits):
+            preprocess = _preprocessor(self.kind, len(train), x.shape[1]).fit(x[train])
+            x_train, x_test = preprocess.transform(x[train]), preprocess.transform(x[test])
+            if self.kind == "regression":
+                loss[i] = _ridge_fold_errors(x_train, y[train], x_test, y[test], self.grid_)
+                continue
+            for j, penalty in enumerate(self.grid_):
+                model = self._model(penalty).fit(x_train, y[train])
+                # log loss, a proper score (the C with the best probabilities, not just labels), over every
+                # class even when an inner test part lacks one
+                loss[i, j] = log_loss(y[test], model.predict_proba(x_test), labels=labels)
+        self.cv_loss_ = loss
+        self.penalty_ = float(self.grid_[int(np.argmin(loss.mean(axis=0)))])
+        preprocess = _preprocessor(self.kind, *x.shape)
+        self.pipeline_ = Pipeline([*preprocess.steps, ("model", self._model(self.penalty_))]).fit(x, y)
+        if self.kind != "regression":
+            self.classes_ = self.pipeline_.classes_
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.pipeline_.predict(x)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.pipeline_.predict_proba(x)
+
+
+def _pipeline(kind: str, n_folds: int, seed: int, inner_splits: list | None = None) -> _TunedProbe:
+    """The probe of ``kind``; ``inner_splits``: the inner CV's (train, test) positions, given when a group must
+    stay on one side; else ``n_folds``-fold CV, shuffled with ``seed`` (stratified for classification)."""
+    if inner_splits is not None:
+        cv = inner_splits
+    elif kind == "regression":
+        cv = KFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    else:
+        cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return _TunedProbe(kind, cv)
 
 
 def grouped_inner_splits(kind: str, y: np.ndarray, groups: np.ndarray, inner_folds: int, seed: int) -> list:
@@ -266,7 +499,14 @@ def _group_codes(groups: pd.Series, ids: np.ndarray) -> np.ndarray:
     return pd.factorize(groups.reindex(ids).to_numpy(object), sort=True)[0]
 
 
-def _empty_rows(name, target, kind, n_train, n_test, note) -> list[dict]:
+def _resampling_label(kind: str, metric: str, grouped: bool, drawn: int) -> str:
+    if not drawn:
+        return "none"
+    stratified = kind != "regression" and metric in STRATIFIED_METRICS
+    return RESAMPLING["stratified" if stratified else "plain", grouped]
+
+
+def _empty_rows(name, target, kind, n_train, n_test, note, n_bootstrap: int = 0) -> list[dict]:
     return [
         dict(
             feature_set=name,
@@ -277,22 +517,60 @@ def _empty_rows(name, target, kind, n_train, n_test, note) -> list[dict]:
             ci_high=np.nan,
             n_train=n_train,
             n_test=n_test,
-            n_bootstrap_used=0,
+            resampling="none",
+            n_resamples=n_bootstrap,
+            n_resamples_valid=0,
+            penalty=np.nan,
             note=note,
         )
         for metric in METRICS[kind]
     ]
 
 
+def _edge_note(kind: str, penalty: float, grid: np.ndarray) -> str:
+    """A note when the inner CV chose the first or last penalty of its grid, else ``""``."""
+    if kind == "regression":
+        name, heavy, light = "ridge alpha", grid[-1], grid[0]
+    else:
+        name, heavy, light = "logistic C", grid[0], grid[-1]
+    if np.isclose(penalty, heavy, rtol=1e-9, atol=0.0):
+        return (
+            f"{name}={penalty:.3g} on the heavy-penalty edge of its grid: the probe is nearly constant (at most"
+            f" {NULL_MODEL_DF} degrees of freedom), the inner CV found no signal it could use"
+        )
+    if np.isclose(penalty, light, rtol=1e-9, atol=0.0):
+        why = " (classes may be separable)" if kind != "regression" else ""
+        return f"{name}={penalty:.3g} on the light-penalty edge of its grid: the probe is practically unpenalized{why}"
+    return ""
+
+
+def _few_cases_note(kind: str, y: np.ndarray, groups: np.ndarray | None) -> str:
+    """A note when a class is held by fewer than :data:`FEW_CASES` test subjects (groups), else ``""``."""
+    if kind == "regression" or not len(y):
+        return ""
+    labels = np.unique(y)
+    held = [len(np.unique(groups[y == c])) if groups is not None else int((y == c).sum()) for c in labels]
+    k = int(np.argmin(held))
+    if held[k] >= FEW_CASES:
+        return ""
+    unit = "group" if groups is not None else "subject"
+    return (
+        f"class {labels[k]:g} in only {held[k]} test {unit}(s): resampled within class, the CI leaves out the"
+        " uncertainty of having so few cases"
+    )
+
+
 def _probe_one(
     name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, inner_folds, groups: pd.Series | None = None
 ) -> list[dict]:
     """``groups``: subject ID -> group label; the inner CV and the bootstrap then keep groups whole."""
+    grouped = groups is not None
     fit_ids = fit_ids[np.isfinite(y.reindex(fit_ids).to_numpy(np.float64))]  # subjects with an observed target
     test_ids = test_ids[np.isfinite(y.reindex(test_ids).to_numpy(np.float64))]
     y_fit, y_test = y.reindex(fit_ids).to_numpy(np.float64), y.reindex(test_ids).to_numpy(np.float64)
     n_train, n_test = len(fit_ids), len(test_ids)
-    n_folds = inner_folds
+    n_folds = min(inner_folds, n_train)
+    empty = dict(n_bootstrap=n_bootstrap)
     if kind != "regression":
         labels = (y_fit, y_test)
         if not all(np.array_equal(v, np.round(v)) and (v >= 0).all() for v in labels):
@@ -305,23 +583,25 @@ def _probe_one(
         if len(per_class) < 2 or n_folds < 2:
             note = "cannot fit: the training subjects need at least 2 classes with 2 or more subjects each"
             warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
-            return _empty_rows(name, target, kind, n_train, n_test, note)
+            return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
     elif n_train < 3:
         note = f"cannot fit: {n_train} training subject(s) with an observed target"
         warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
-        return _empty_rows(name, target, kind, n_train, n_test, note)
+        return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
     if n_test == 0:
-        return _empty_rows(name, target, kind, n_train, n_test, "no test subject with features and target")
+        return _empty_rows(name, target, kind, n_train, n_test, "no test subject with features and target", **empty)
 
     inner_splits = test_groups = None
-    if groups is not None:
+    if grouped:
         inner_splits = grouped_inner_splits(kind, y_fit, _group_codes(groups, fit_ids), inner_folds, seed)
         if not inner_splits:
             note = "cannot fit: no inner CV keeps groups whole (too few groups, or a class in fewer than 2 groups)"
             warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
-            return _empty_rows(name, target, kind, n_train, n_test, note)
+            return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
         test_groups = _group_codes(groups, test_ids)
-    model = _pipeline(kind, n_folds, seed, inner_splits).fit(x.loc[fit_ids].to_numpy(np.float64), y_fit)
+    x_fit = x.loc[fit_ids].to_numpy(np.float64)
+    with threadpool_limits(limits=1) if x_fit.size < _SMALL_FIT_CELLS else nullcontext():
+        model = _pipeline(kind, n_folds, seed, inner_splits).fit(x_fit, y_fit)
     x_test = x.loc[test_ids].to_numpy(np.float64)
     classes = None
     if kind == "regression":
@@ -330,20 +610,36 @@ def _probe_one(
         pred = model.predict_proba(x_test)[:, 1]
     else:
         pred, classes = model.predict_proba(x_test), model.classes_
+    penalty, grid = getattr(model, "penalty_", np.nan), getattr(model, "grid_", None)
+    edge = _edge_note(kind, penalty, grid) if grid is not None and len(grid) else ""
+    if edge:
+        log.warning("probe %r / %r: %s", name, target, edge)
+
+    bootstrap = _bootstrap(kind, y_test, pred, classes, n_bootstrap, seed, test_groups)
+    few = _few_cases_note(kind, y_test, test_groups)
+    one_group = grouped and len(np.unique(test_groups)) < 2
     rows = []
-    single_group = test_groups is not None and len(np.unique(test_groups)) < 2
-    # one test group: every cluster resample is the same rows, a CI of zero width that would read as certainty
-    resamples = 0 if single_group else n_bootstrap
-    bootstrap = _bootstrap(kind, y_test, pred, classes, resamples, seed, test_groups)
-    for metric, (value, low, high, used) in bootstrap.items():
+    for metric, (value, low, high, valid, drawn) in bootstrap.items():
+        notes = []
         if not np.isfinite(value):
-            note = "undefined on the test set (e.g. a class missing)"
-        elif single_group and n_bootstrap:
-            note = "no CI: the test subjects are all in one group"
-        elif used < n_bootstrap:
-            note = f"{n_bootstrap - used} of {n_bootstrap} resamples undefined and skipped"
-        else:
-            note = ""
+            notes.append("undefined on the test set (e.g. a class missing)")
+        elif n_bootstrap and not drawn:
+            notes.append(
+                "no CI: the test subjects are all in one group"
+                if one_group
+                else "no CI: every resample would be the test set itself (one subject or group per stratum)"
+            )
+        elif drawn and not np.isfinite(low):
+            notes.append(
+                f"no CI: the metric is defined in only {valid} of {drawn} resamples (under"
+                f" {MIN_VALID_FRACTION:.0%}); the rest would be a selected subset"
+            )
+        elif valid < drawn:
+            notes.append(f"{drawn - valid} of {drawn} resamples undefined and skipped")
+        if np.isfinite(value) and drawn and few and metric in STRATIFIED_METRICS:
+            notes.append(few)
+        if edge:
+            notes.append(edge)
         rows.append(
             dict(
                 feature_set=name,
@@ -354,8 +650,11 @@ def _probe_one(
                 ci_high=high,
                 n_train=n_train,
                 n_test=n_test,
-                n_bootstrap_used=used,
-                note=note,
+                resampling=_resampling_label(kind, metric, grouped, drawn),
+                n_resamples=n_bootstrap,
+                n_resamples_valid=valid,
+                penalty=penalty,
+                note="; ".join(notes),
             )
         )
     return rows
@@ -390,6 +689,14 @@ def probe(
 ) -> pd.DataFrame:
     """Fit a linear probe per (feature set, target) on train + val subjects and score it on the test subjects.
 
+    The probe is mean imputation -> standardization -> ridge (regression) or logistic regression
+    (classification); its penalty is chosen from :func:`penalty_grid` by a grid search that cross-validates the
+    whole pipeline on the train + val subjects (so the imputer and scaler of each inner split never see its
+    held-out rows), then the pipeline is refitted on all of them. The CIs are percentile bootstrap 95% CIs over
+    the test subjects: AUROC and AUPRC resample within each class (stratified, so every resample holds every
+    class), every other metric resamples subjects plainly; with ``groups`` whole groups are drawn (cluster
+    bootstrap; stratified by the classes a group holds). See the module docstring.
+
     Args:
         feature_sets: name -> numeric DataFrame indexed by subject ID (NaN allowed: mean-imputed on the fit set).
         targets: DataFrame indexed by subject ID, one column per target (NaN = not observed).
@@ -397,16 +704,22 @@ def probe(
         kinds: target -> ``"regression"``, ``"binary"`` (0/1) or ``"multiclass"`` (labels 0..K-1).
         n_bootstrap: test-set resamples for the 95% percentile CIs (0: no CIs).
         seed: seeds the resamples and the inner CV folds.
-        inner_folds: folds of the logistic probes' inner CV (fewer when a class is rarer than that).
+        inner_folds: folds of the inner CV that chooses the penalty (fewer when a class is rarer than that).
         groups: subject ID -> group (site, family, the subject of repeated visits), e.g. the data config's
-            ``group`` column. Then no group is on both sides of an inner CV split (ridge: grouped
-            ``inner_folds``-fold CV instead of leave-one-out; logistic: stratified group k-fold), and the
-            bootstrap resamples whole test groups, not subjects. Every subject of ``splits`` needs a group.
+            ``group`` column. Then no group is on both sides of an inner CV split (grouped k-fold; stratified
+            group k-fold for classification), and the bootstrap resamples whole test groups, not subjects.
+            Every subject of ``splits`` needs a group.
 
     Returns:
-        A tidy DataFrame with the columns :data:`COLUMNS`, one row per feature set, target and metric.
-        ``n_bootstrap_used`` counts the resamples where the metric was defined; ``note`` says why a value is NaN
-        or resamples were skipped. A set's subjects are its index intersected with the split IDs.
+        A tidy DataFrame with the columns :data:`COLUMNS`, one row per feature set, target and metric:
+        ``value`` (the metric on all test subjects), ``ci_low``/``ci_high`` (2.5th/97.5th percentiles of the
+        valid resamples; NaN without CI), ``n_train``/``n_test`` (subjects with features and target),
+        ``resampling`` (what a resample draws, :data:`RESAMPLING`; ``"none"`` without resamples),
+        ``n_resamples`` (requested) and ``n_resamples_valid`` (those where the metric was defined: the CI's
+        sample; under :data:`MIN_VALID_FRACTION` of the requested the CI is NaN), ``penalty`` (ridge alpha or
+        logistic C chosen by the inner CV) and ``note`` (``"; "``-joined: why a number is NaN, resamples
+        skipped, a class with few test cases, a penalty on the edge of its grid). A set's subjects are its index
+        intersected with the split IDs.
     """
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
@@ -705,7 +1018,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mot-neuro probe",
         description="Linear probes of the experiment's targets on subject embeddings and on the raw features"
-        " (early fusion), on the experiment's folds; bootstrap 95%% CIs on the test subjects. With the data"
+        " (early fusion), on the experiment's folds; penalties chosen by an inner CV of the whole pipeline;"
+        " bootstrap 95%% CIs on the test subjects (AUROC/AUPRC resampled within class). With the data"
         " config's group set, inner CV splits and bootstrap resamples keep each group whole.",
         epilog=_experiment_help(),
         allow_abbrev=False,  # an abbreviation must not swallow an experiment override such as --data
@@ -721,7 +1035,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--inner-folds",
         type=int,
         default=5,
-        help="inner CV folds of logistic probes, and of ridge probes when the data config sets a group (default 5)",
+        help="folds of the inner CV that chooses each probe's penalty (default 5)",
     )
     parser.add_argument("--out", default=None, help="output folder (default outputs/probes/<config name>)")
     parser.add_argument(
@@ -785,7 +1099,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unit = "subjects" if groups is None else f"whole groups of {groups.name!r} (inner CV grouped too)"
     print(
         f"mot-neuro probe: fold {fold}, {len(targets.columns)} target(s), {args.bootstrap} bootstrap resamples"
-        f" of {unit}"
+        f" of {unit} (within class for AUROC/AUPRC)"
     )
     print(format_table(results))
     print(f"results: {out / 'probes.csv'}")

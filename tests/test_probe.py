@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import pearsonr
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegressionCV, RidgeCV
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -20,7 +20,6 @@ from sklearn.metrics import (
     r2_score,
     roc_auc_score,
 )
-from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -92,14 +91,22 @@ def test_probe_tells_signal_from_noise(synthetic_results):
     assert abs(_row(results, "B", "case", "auroc").value - 0.5) < 0.15
     assert _row(results, "A", "grade", "accuracy").value > 0.6
     assert (results.n_train == 300).all() and (results.n_test == 100).all()
-    assert (results.n_bootstrap_used == 300).all() and (results.note == "").all()
+    assert (results.n_resamples == 300).all() and (results.n_resamples_valid == 300).all()
+    assert (results.note[results.feature_set == "A"] == "").all()
+    # noise: the inner CV picks the heaviest penalty of the grid, and the table says so
+    assert results.note[results.feature_set == "B"].map(lambda note: not note or "heavy-penalty edge" in note).all()
+    # AUROC and AUPRC resampled within class, every other metric plainly
+    stratified = results.metric.isin(["auroc", "auprc"])
+    assert (results.resampling[stratified] == "subjects within class (stratified)").all()
+    assert (results.resampling[~stratified] == "subjects").all()
     for _, row in results.iterrows():  # the percentile CI brackets the estimate (ece is biased under resampling)
         if row.metric != "ece":
             assert row.ci_low <= row.value <= row.ci_high, (row.feature_set, row.target, row.metric)
 
 
 def test_metrics_equal_sklearn_on_a_refit(synthetic_results):
-    """The same pipeline refitted here gives the same predictions; sklearn's metrics on them are the probe's."""
+    """The same pipeline refitted here, at the penalty the probe chose (its choice is checked against GridSearchCV
+    in test_probe_reference.py), gives the same predictions; sklearn's metrics on them are the probe's."""
     results, (sets, targets, splits, _) = synthetic_results
     fit = np.sort(np.concatenate([splits["train"], splits["val"]]))  # the probe fits in subject ID order
     test = np.sort(splits["test"])
@@ -108,31 +115,24 @@ def test_metrics_equal_sklearn_on_a_refit(synthetic_results):
     def pipeline(model):
         return Pipeline([("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler()), ("model", model)])
 
-    ridge = pipeline(RidgeCV(alphas=np.logspace(-3, 3, 13))).fit(x_fit, targets.score.loc[fit])
+    alpha = _row(results, "A", "score", "r2").penalty
+    ridge = pipeline(Ridge(alpha=alpha)).fit(x_fit, targets.score.loc[fit])
     y, pred = targets.score.loc[test].to_numpy(), ridge.predict(x_test)
     assert _row(results, "A", "score", "r2").value == pytest.approx(r2_score(y, pred), abs=1e-10)
     assert _row(results, "A", "score", "mae").value == pytest.approx(mean_absolute_error(y, pred), abs=1e-10)
     assert _row(results, "A", "score", "pearson").value == pytest.approx(pearsonr(y, pred)[0], abs=1e-10)
 
-    def logistic():
-        return pipeline(
-            LogisticRegressionCV(
-                Cs=10,
-                l1_ratios=(0.0,),
-                cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                scoring="neg_log_loss",
-                max_iter=2000,
-                use_legacy_attributes=False,
-            )
-        )
+    def logistic(target):
+        c = _row(results, "A", target, "auroc").penalty
+        return pipeline(LogisticRegression(C=c, max_iter=2000)).fit(x_fit, targets[target].loc[fit])
 
-    model = logistic().fit(x_fit, targets.case.loc[fit])
+    model = logistic("case")
     y, p = targets.case.loc[test].to_numpy(), model.predict_proba(x_test)[:, 1]
     assert _row(results, "A", "case", "auroc").value == pytest.approx(roc_auc_score(y, p), abs=1e-10)
     assert _row(results, "A", "case", "auprc").value == pytest.approx(average_precision_score(y, p), abs=1e-10)
     assert _row(results, "A", "case", "brier").value == pytest.approx(np.mean((p - y) ** 2), abs=1e-10)
 
-    model = logistic().fit(x_fit, targets.grade.loc[fit])
+    model = logistic("grade")
     y, proba = targets.grade.loc[test].to_numpy(), model.predict_proba(x_test)
     auroc = roc_auc_score(y, proba, multi_class="ovr", labels=model.classes_)
     assert _row(results, "A", "grade", "auroc").value == pytest.approx(auroc, abs=1e-10)
@@ -180,18 +180,19 @@ def test_one_class_test_set_is_handled():
     results = probe(sets, targets, splits, kinds=kinds, n_bootstrap=50)
     for metric in ("auroc", "auprc"):
         row = _row(results, "A", "case", metric)
-        assert np.isnan(row.value) and np.isnan(row.ci_low) and row.n_bootstrap_used == 0
+        assert np.isnan(row.value) and np.isnan(row.ci_low) and row.n_resamples_valid == 0
         assert "undefined" in row.note
     brier = _row(results, "A", "case", "brier")
-    assert np.isfinite(brier.value) and brier.n_bootstrap_used == 50
+    assert np.isfinite(brier.value) and brier.n_resamples_valid == 50
 
-    # a tiny test set: some resamples hold one class only; they are skipped and counted
+    # a tiny test set, one case in five: resampled within class, every resample holds both classes, and the note
+    # says the one case limits the CI
     targets = _synthetic(n=200)[1][["case"]]
     small = {**splits, "test": np.concatenate([splits["test"][targets.case.loc[splits["test"]] == 1][:1],
                                                splits["test"][targets.case.loc[splits["test"]] == 0][:4]])}  # fmt: skip
     small_results = probe(sets, targets, small, kinds=kinds, n_bootstrap=200)
     row = _row(small_results, "A", "case", "auroc")
-    assert 0 < row.n_bootstrap_used < 200 and "skipped" in row.note
+    assert row.n_resamples_valid == 200 and np.isfinite(row.ci_low) and "class 1 in only 1 test subject" in row.note
 
 
 def test_missing_subjects_and_bad_input():
