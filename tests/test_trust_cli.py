@@ -260,6 +260,7 @@ def numeric_data_config(case: Case, cohort: dict, **settings) -> Path:
         generate_demo=None,
         modalities=copy.deepcopy(cohort["modalities"]),
         confounds=["age"],
+        categorical_confounds=[],  # the UKB template's [site] would carry over to a cohort without a site column
         stratify=None,
         cache_dir=str(case.path("cache")),
         splits_file=str(case.path("splits.json")),
@@ -400,8 +401,8 @@ def test_grouped_bootstrap_matches_an_independent_cluster_bootstrap():
 
 @pytest.mark.parametrize("kind", ["regression", "binary", "multiclass"])
 def test_probe_inner_cv_never_puts_a_group_on_both_sides(kind, monkeypatch):
-    """probe(groups=...) tunes its penalty on splits that keep groups whole; without groups ridge keeps its
-    efficient leave-one-out."""
+    """probe(groups=...) tunes its penalty on splits that keep groups whole; without groups it uses plain k-fold
+    splits of the whole pipeline."""
     import mot_neuro.probe as probe_module
 
     rng = np.random.default_rng(1)

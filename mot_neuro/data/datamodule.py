@@ -19,6 +19,8 @@ reading) so that a value the training statistics would make non-finite stops the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +38,7 @@ from data_adapters.cache import load_cohort
 from data_adapters.cohort import DEFAULT_MIN_MATCH
 from data_adapters.core import AdapterError
 
-from .preprocess import FoldPreprocessor, class_labels, decide_targets
+from .preprocess import FoldPreprocessor, check_categorical_confounds, class_labels, decide_targets
 from .sources import build_cached_cohort, check_modality_names
 from .splits import SCHEMES, Splits, load_or_make_splits
 
@@ -67,10 +69,17 @@ def check_data_options(
     split_seed,
     join,
     predict_split,
+    confounds=(),
+    categorical_confounds=(),
 ) -> None:
     """Range checks of the DataModule's options, for the Python API (the CLI's parser already checks the
-    types): a ValueError naming the option as it is written in a config (``data.batch_size``)."""
+    types): a ValueError naming the option as it is written in a config (``data.batch_size``).
+    ``categorical_confounds`` must be a subset of ``confounds``."""
     problems = []
+    try:
+        check_categorical_confounds(confounds, categorical_confounds, prefix="data.")
+    except AdapterError as err:
+        problems.append(err.reason)
     if not _is_int(batch_size) or batch_size < 1:
         problems.append(f"data.batch_size must be a positive integer, got {batch_size!r}")
     if not _is_int(num_workers) or num_workers < 0:
@@ -160,6 +169,15 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             (0/1 or PLINK's 1/2 -> binary, else regression), the same for every fold. A constant target, or
             one beyond float32's range, is refused; so is a fold whose training part lacks a class.
         confounds: participants columns regressed out of every numeric input feature (training fold fit).
+            Text columns are categories (a centred one-hot block), numeric columns one number each (z-scored).
+        categorical_confounds: confounds that are categories whatever their dtype: declare integer site, centre
+            or batch codes here (UK Biobank's assessment centre, field 54: 11025, 11026, ...), else they are
+            regressed as a single linear trend across the codes. Values are matched as categories by value
+            (``11025``, ``11025.0`` and ``"11025"`` are one); a held-out category unseen in training gets the
+            training average. Each name must be in ``confounds``. A numeric confound left undeclared that holds
+            3 to 30 distinct whole numbers in the training rows is warned about. The declaration, with
+            ``confounds`` and ``standardize``, is recorded in checkpoints (:attr:`preprocessing`), and a
+            checkpoint made with other settings is refused by test, embed and resume.
         drop_modalities: modalities left out of the inputs (leave-one-modality-out) without touching files.
         splits_file: the saved folds; made on first use (stratified by ``stratify``, grouped by ``group``),
             then reused by every experiment that points at it. A saved file made with other settings (scheme,
@@ -184,6 +202,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         modalities: Mapping[str, Mapping] | None = None,
         targets: Sequence[str] = ("target",),
         confounds: Sequence[str] = (),
+        categorical_confounds: Sequence[str] = (),
         target_kinds: Mapping[str, TARGET_KIND] | None = None,
         join: Literal["inner", "outer"] = "outer",
         id_column: str = "eid",
@@ -220,6 +239,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             split_seed=split_seed,
             join=join,
             predict_split=predict_split,
+            confounds=confounds,
+            categorical_confounds=categorical_confounds,
         )
         if cohort_dir is not None:
             if participants is not None or modalities is not None:
@@ -316,6 +337,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         self.preprocessor = FoldPreprocessor(
             standardize=hp.standardize,
             confounds=list(hp.confounds),
+            categorical_confounds=list(hp.categorical_confounds),
             target_kinds=hp.target_kinds,
             target_specs=self.target_specs,
         ).fit(self.cohort, self.rows["train"])
@@ -360,6 +382,23 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         if not (folder / "ground_truth.json").is_file():
             log.info("writing the demo cohort into %s", folder)
             write_demo_cohort(folder)
+
+    @property
+    def preprocessing(self) -> dict:
+        """The settings that decide how input features are preprocessed (besides the data and the fold's rows,
+        which the data and splits fingerprints identify), recorded in checkpoints."""
+        hp = self.hparams
+        return {
+            "standardize": bool(hp.standardize),
+            "confounds": [str(c) for c in hp.confounds],
+            "categorical_confounds": check_categorical_confounds(hp.confounds, hp.categorical_confounds),
+        }
+
+    @property
+    def preprocessing_fingerprint(self) -> str:
+        """A hash of :attr:`preprocessing`: equal fingerprints, the same preprocessing of the same data."""
+        text = json.dumps(self.preprocessing, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def model_inputs(self) -> dict:
@@ -449,7 +488,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def state_dict(self) -> dict:
-        state = {}
+        # how the inputs were preprocessed: weights trained on other residuals must not be tested on these
+        state = {"preprocessing": self.preprocessing, "preprocessing_fingerprint": self.preprocessing_fingerprint}
         loader = getattr(self, "_train_loader", None)
         if loader is not None:
             state["train_loader"] = loader.state_dict()
@@ -462,8 +502,30 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        self._check_checkpoint_preprocessing(state_dict)
         self._check_checkpoint_fold(state_dict)
         self._train_resume = state_dict.get("train_loader")
+
+    def _check_checkpoint_preprocessing(self, state: dict) -> None:
+        """Refuse a checkpoint whose inputs were preprocessed otherwise (confounds, which of them are categorical,
+        standardization): its weights learned features that this run's preprocessing no longer gives, so test,
+        embed or a resumed fit would silently use other numbers. Checkpoints written before this was recorded
+        carry nothing to compare."""
+        recorded = state.get("preprocessing_fingerprint")
+        if recorded is None or recorded == self.preprocessing_fingerprint:
+            return
+        saved, now = dict(state.get("preprocessing") or {}), self.preprocessing
+        differs = [
+            f"data.{key} {saved[key]!r} (this run: {now[key]!r})"
+            for key in now
+            if key in saved and saved[key] != now[key]
+        ]
+        what = ", ".join(differs) or f"fingerprint {recorded}, this run's {self.preprocessing_fingerprint}"
+        raise AdapterError(
+            f"the checkpoint was trained with other preprocessing of its inputs: {what}; its weights learned"
+            " features this run would preprocess differently. Run with the checkpoint's data settings"
+            " (e.g. the same data.categorical_confounds), or train a new checkpoint"
+        )
 
     def _check_checkpoint_fold(self, state: dict) -> None:
         """Refuse a checkpoint trained on another fold or other splits (test, embed, or a resume picking another

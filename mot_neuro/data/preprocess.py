@@ -6,7 +6,16 @@ processed on its own, in this order:
 
 1. Confound regression (when ``confounds`` are given): least squares of the slot on a design of an
    intercept, the numeric confounds z-scored with training statistics, and the categorical confounds
-   one-hot coded and centred by their training shares. The fit uses the training rows where the slot is
+   one-hot coded and centred by their training shares. A confound is categorical when it holds text or
+   when it is declared in ``categorical_confounds``, whatever its dtype: integer site or centre codes
+   (UK Biobank field 54: 11025, 11026, ...) must be declared, or they are regressed as one number, a
+   single linear trend across the codes that leaves most of a site effect in place. A numeric confound
+   that is not declared and holds 3 to 30 distinct whole numbers in the training rows is logged as a
+   warning (two levels are not: with an intercept, a 0/1 column and a one-hot block span the same space,
+   so number or category give the same residuals). A category is matched by value, so that training and
+   held-out rows, or a cohort read with another dtype, agree: whole numbers as integers (``11025``,
+   ``11025.0`` and the text ``"11025"``, ``"11025.0"`` are one category), other numbers as written by
+   ``repr(float)``, other text stripped of surrounding spaces. The fit uses the training rows where the slot is
    observed (token present, value not NaN); ``X^T W X`` and ``X^T W y`` are accumulated over blocks of
    ``block_rows`` rows, so memory-mapped arrays are never read whole. A slot observed in fewer training
    rows than there are design columns only has its mean removed. The residual is ``value - prediction``.
@@ -43,6 +52,7 @@ maps the whole cached folio around a row (often hundreds of KB), not just the ro
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -58,6 +68,11 @@ STATE_VERSION = 1
 TARGET_KINDS = ("regression", "binary", "multiclass")
 IMPUTE = ("mean",)
 RIDGE = 1e-8
+# A numeric confound not declared categorical, with this many distinct whole-number values or fewer in the
+# training rows (and at least 3), is warned about: UK Biobank's assessment centre (field 54) has about 26 codes
+# in a whole-cohort extract and multi-site consortia about 20, while age in whole years spans 30 to 40 values or
+# more. A quantity with few whole values (a narrow age band, years of education) gets a harmless log line.
+FEW_CODES = 30
 MIN_RELATIVE_SD = 1e-9  # an SD this small next to the mean is float round-off of a constant, not a spread
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # batches are float32: anything larger becomes inf
 PLINK_CODING = (1.0, 2.0)  # a binary target coded control = 1, case = 2
@@ -98,6 +113,36 @@ def _as_float(series: pd.Series) -> np.ndarray:
 
 def _is_numeric(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series)
+
+
+_WHOLE_TEXT = re.compile(r"[+-]?\d+(\.0*)?")
+
+
+def _category_label(value) -> str:
+    """A confound's category as text, matched by value whichever dtype the column was read with.
+
+    Whole numbers are integers (``11025``, ``11025.0``, ``np.int64(11025)``, ``True`` -> ``"1"``); other
+    numbers ``repr(float)``; text is stripped of surrounding spaces, and text holding a whole number (``"11025"``,
+    ``"11025.0"`` from a float column saved as text, ``"007"``) is that integer, as a numeric read would give."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return str(int(value)) if value.is_integer() else repr(value)
+    text = str(value).strip()
+    if _WHOLE_TEXT.fullmatch(text):
+        return str(int(text.split(".")[0]))
+    return text
+
+
+def _category_labels(series: pd.Series) -> np.ndarray:
+    """:func:`_category_label` of each value (object array); None where the value is missing (None, NaN,
+    pd.NA). Each distinct value is labelled once: a column of 500,000 centre codes costs one hash pass."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    labels = np.array([*(_category_label(value) for value in uniques), None], dtype=object)
+    return labels[codes]  # code -1 (missing) takes the None at the end
 
 
 def _blocks(n: int, size: int):
@@ -150,6 +195,25 @@ def check_cohort_range(cohort: Cohort) -> None:
                     column=name,
                     subject=str(participants.index[row]),
                 )
+
+
+def check_categorical_confounds(
+    confounds: Sequence[str], categorical_confounds: Sequence[str], *, prefix: str = ""
+) -> list[str]:
+    """The declared categorical confounds, in the order of ``confounds``; a name that is not a confound is
+    refused in one line naming it (a declaration must not be silently ignored). ``prefix`` goes before the
+    option names in the message (``"data."`` for a data config)."""
+    declared = [categorical_confounds] if isinstance(categorical_confounds, str) else list(categorical_confounds or ())
+    declared = [str(name) for name in declared]
+    confounds = [confounds] if isinstance(confounds, str) else [str(name) for name in confounds or ()]
+    for name in declared:
+        if name not in confounds:
+            raise AdapterError(
+                f"{prefix}categorical_confounds lists {name!r}, which is not in {prefix}confounds {confounds};"
+                f" a categorical confound must also be listed under {prefix}confounds (or drop it from"
+                f" {prefix}categorical_confounds)"
+            )
+    return [name for name in confounds if name in set(declared)]
 
 
 def decide_targets(cohort: Cohort, target_kinds: Mapping[str, str] | None = None) -> dict[str, dict]:
@@ -275,6 +339,9 @@ class FoldPreprocessor:
     regression). Multiclass is never inferred: declare it (labels must be integers 0..K-1). ``target_specs``
     (the output of :func:`decide_targets`) skips that decision: a DataModule decides once and gives every fold
     the same specs.
+
+    ``categorical_confounds`` (a subset of ``confounds``) are one-hot coded whatever their dtype: declare
+    integer site, centre or batch codes there (see the module docstring).
     """
 
     def __init__(
@@ -286,6 +353,7 @@ class FoldPreprocessor:
         block_rows: int = 4096,
         target_kinds: Mapping[str, str] | None = None,
         target_specs: Mapping[str, Mapping] | None = None,
+        categorical_confounds: Sequence[str] = (),
     ) -> None:
         if impute not in IMPUTE:
             raise AdapterError(f"impute must be one of {IMPUTE}, got {impute!r}")
@@ -294,11 +362,13 @@ class FoldPreprocessor:
         confounds = [confounds] if isinstance(confounds, str) else [str(c) for c in confounds]
         if len(set(confounds)) != len(confounds):
             raise AdapterError(f"confounds {confounds} list a column twice")
+        categorical = check_categorical_confounds(confounds, categorical_confounds)
         declared = _check_target_kinds(target_kinds)
         if target_specs is not None:
             _check_target_kinds({name: spec.get("kind") for name, spec in target_specs.items()})
         self.standardize = bool(standardize)
         self.confounds = confounds
+        self.categorical_confounds = categorical
         self.impute = impute
         self.block_rows = int(block_rows)
         self.declared_kinds = declared
@@ -374,8 +444,9 @@ class FoldPreprocessor:
                 raise AdapterError(
                     "confound has no observed value in the training rows; fill it in or drop it", column=column
                 )
-            if _is_numeric(series):
+            if _is_numeric(series) and column not in self.categorical_confounds:
                 values = _as_float(series)
+                self._warn_if_codes(column, values)
                 # scaled by the largest magnitude first: squares of values near 1e300 overflow float64
                 magnitude = float(np.nanmax(np.abs(values))) or 1.0
                 mean = magnitude * float(np.nanmean(values / magnitude))
@@ -387,7 +458,7 @@ class FoldPreprocessor:
                 sd = sd if usable_sd(sd, mean) else 1.0
                 specs.append({"name": column, "kind": "numeric", "mean": mean, "sd": sd})
             else:
-                labels = series.dropna().astype(str)
+                labels = pd.Series(_category_labels(series), dtype=object).dropna()
                 counts = labels.value_counts().sort_index()
                 specs.append(
                     {
@@ -398,6 +469,22 @@ class FoldPreprocessor:
                     }
                 )
         return specs
+
+    @staticmethod
+    def _warn_if_codes(column: str, values: np.ndarray) -> None:
+        """Log a numeric confound whose training values look like category codes (:data:`FEW_CODES`)."""
+        distinct = np.unique(values[~np.isnan(values)])
+        # two levels are not warned about: with the intercept, the number and one centred dummy span one space
+        if 3 <= len(distinct) <= FEW_CODES and bool(np.all(distinct == np.round(distinct))):
+            log.warning(
+                "confound %r holds %d distinct whole numbers (%s) and is regressed as one number, a linear trend"
+                " across them; if they are codes (site, assessment centre, scanner, batch) declare them with the"
+                " data option categorical_confounds: [%s]",
+                column,
+                len(distinct),
+                ", ".join(_label(v) for v in distinct[:3]) + (", ..." if len(distinct) > 3 else ""),
+                column,
+            )
 
     def _design(self, participants: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Design matrix [len(rows), C] (intercept first) and, per categorical confound, which of the rows hold a
@@ -413,8 +500,9 @@ class FoldPreprocessor:
                 columns.append(np.nan_to_num(z, nan=0.0)[:, None])
                 continue
             position = {label: i for i, label in enumerate(spec["categories"])}
-            observed = series.notna().to_numpy()
-            codes = np.array([position.get(str(v), -1) if ok else -1 for v, ok in zip(series, observed, strict=True)])
+            labels = pd.Series(_category_labels(series), dtype=object)
+            observed = labels.notna().to_numpy()
+            codes = labels.map(position).fillna(-1).to_numpy(dtype=np.int64)
             block = np.zeros((len(rows), len(position)))
             known = codes >= 0
             block[known] = -np.asarray(spec["shares"])
@@ -765,6 +853,7 @@ class FoldPreprocessor:
             "settings": {
                 "standardize": self.standardize,
                 "confounds": list(self.confounds),
+                "categorical_confounds": list(self.categorical_confounds),
                 "impute": self.impute,
                 "block_rows": self.block_rows,
                 "target_kinds": dict(self.declared_kinds),
@@ -792,6 +881,7 @@ class FoldPreprocessor:
                 impute=settings["impute"],
                 block_rows=settings["block_rows"],
                 target_kinds=settings["target_kinds"],
+                categorical_confounds=settings.get("categorical_confounds", ()),  # absent from older states
             )
             pre._n_train = int(state["n_train"])
             pre._confound_specs = [dict(spec) for spec in state["confounds"]]
