@@ -133,6 +133,11 @@ def _checkpoints(out_dir: Path, cell: Cell) -> Path:
     return out_dir / "cells" / cell.trained_by.id / "checkpoints"
 
 
+def _predictions(out_dir: Path, cell: Cell) -> Path:
+    """Per-subject test predictions of a cell (cohort row positions, never IDs): DeLong's test pairs them."""
+    return out_dir / "cells" / cell.id / "test_predictions.parquet"
+
+
 def _cell_args(
     config: str, cell: Cell, parent_id: str, name: str, out_dir: Path, extra: list[str], modalities: list[str]
 ) -> list[str]:
@@ -152,6 +157,8 @@ def _cell_args(
             checkpoint,
             "--mask_at_test",
             json.dumps([cell.masked_at_test]),
+            "--predictions_file",
+            str(_predictions(out_dir, cell)),
         ]
     return [
         "fit",
@@ -162,6 +169,8 @@ def _cell_args(
         *logging_args,
         "--checkpoint_dir",
         str(_checkpoints(out_dir, cell)),
+        "--predictions_file",
+        str(_predictions(out_dir, cell)),
     ]
 
 
@@ -238,15 +247,25 @@ class Ablation:
         return _cell_args(self.config, cell, parent_id, self.name, self.out_dir, self.extra, self.modalities)
 
     def summarize(self, parent_id: str, cells: list[Cell], metric: str | None) -> dict:
+        import pandas as pd
+
         from mot_neuro import analysis
 
         done = self.finished(parent_id)
-        records, curves, flops = [], [], {}
+        records, curves, flops, ratios, predictions = [], [], {}, {}, []
         for cell in cells:
             run = done.get(cell.id)
             if run is None:
                 continue
             base = {"variant": cell.variant, "dropped": cell.dropped, "seed": cell.seed, "fold": cell.fold}
+            params = run.data.params
+            if "split/n_train" in params and "split/n_test" in params and float(params["split/n_train"]) > 0:
+                # the same saved splits for every cell of a fold: one n_test / n_train per fold
+                ratios[cell.fold] = float(params["split/n_test"]) / float(params["split/n_train"])
+            path = _predictions(self.out_dir, cell)
+            if path.is_file():
+                frame = pd.read_parquet(path)
+                predictions.append(frame.loc[frame["kind"] == "binary"].assign(**base))
             if cell.dropped == "none" and "train_flops_per_token" in run.data.params:
                 # same sequence and batch for every variant with nothing dropped: FLOPs per step scale with these
                 flops[cell.variant] = float(run.data.params["train_flops_per_token"])
@@ -259,10 +278,13 @@ class Ablation:
             raise ValueError(f"no finished cell of ablation {self.name!r} has test metrics yet")
         results = analysis.tidy_results(records)
         metric = metric or _primary_metric(results)
-        summary = analysis.summarize(results, reference=FULL)
+        summary = analysis.summarize(
+            results,
+            reference=FULL,
+            test_train_ratio=ratios or None,
+            predictions=pd.concat(predictions, ignore_index=True) if predictions else None,
+        )
         paths = analysis.write_report(results, summary, self.out_dir, metric=metric)
-        import pandas as pd
-
         steps = None
         if curves and {"dense", "mot"} <= {c["variant"] for c in curves}:
             variants = {c["variant"] for c in curves}
@@ -281,8 +303,10 @@ class Ablation:
 
 
 def _primary_metric(results) -> str:
+    """The first target's r2 or AUROC; for a masked-modelling-only grid the reconstruction, compared over the
+    modalities both cells have (a total loss sums one term per modality, so leaving one out lowers it)."""
     names = sorted(set(results["metric"]))
-    for suffix in ("/r2", "/auroc", "/loss"):
+    for suffix in ("/r2", "/auroc", "/accuracy", "test/recon"):
         for name in names:
             if name.endswith(suffix):
                 return name
@@ -300,7 +324,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--folds", nargs="+", type=int, default=None, help="default: every fold of the splits")
     p.add_argument("--out", default=None, help="output folder (default: outputs/ablation/<name>)")
-    p.add_argument("--metric", default=None, help="primary metric for the plot (default: first test/*/r2)")
+    p.add_argument(
+        "--metric",
+        default=None,
+        help="primary metric for the plot (default: the first test/*/r2, /auroc or /accuracy; test/recon without)",
+    )
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")
     p.add_argument(
         "--towers",
@@ -383,19 +411,27 @@ def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> N
 
     summary, metric = report["summary"], report["metric"]
     shown = summary[summary["metric"] == metric]
-    columns = ("variant", "dropped", "n_cells", "n", "mean", "sd", "mean_diff", "p_value", "q_value")
-    columns = [c for c in columns if c in shown]
-    print(f"\nablation {name!r}: {metric} (n: cells where it is defined, of n_cells run)")
+    columns = ("variant", "dropped", "n_cells", "n", "mean", "sd", "n_pairs", "mean_diff", "p_value", "q_value")
+    columns += ("p_corrected_t", "q_corrected_t", "p_delong", "q_delong")
+    columns = [c for c in columns if c in shown and not (c.endswith(("_t", "_delong")) and shown[c].isna().all())]
+    print(
+        f"\nablation {name!r}: {metric} (n: cells where it is defined, of n_cells run; n_pairs: folds paired with"
+        " the full model, seeds averaged within each fold; p_value: Wilcoxon signed-rank on the fold differences,"
+        " p_corrected_t: Nadeau-Bengio corrected resampled t, p_delong: DeLong on the pooled out-of-fold AUROC;"
+        " q: Benjamini-Hochberg within each metric and test)"
+    )
     print(shown[columns].to_string(index=False, float_format=format_number))
-    # a metric undefined on some cells' sets (NaN, e.g. AUROC of a fold holding one class) is left out, and said
-    partial = shown[shown["n"] < shown["n_cells"]] if {"n", "n_cells"} <= set(shown.columns) else shown.iloc[:0]
-    for _, row in partial.iterrows():
-        print(
-            f"  {row['variant']}/{row['dropped']}: {metric} undefined (NaN) in {row['n_cells'] - row['n']} of"
-            f" {row['n_cells']} cell(s), left out of its mean and paired test"
-        )
+    # why a test is missing or limited, and cells where the metric was undefined (NaN, left out of means and pairs)
+    for _, row in shown.iterrows():
+        note = row.get("note")
+        if isinstance(note, str) and note and not row.get("is_reference"):
+            print(f"  {row['variant']}/{row['dropped']}: {note}")
     if report["steps"] is not None:
-        print("\nsteps to the dense model's best val/loss (ratio of steps; the MoT paper: 0.35-0.56 at 7B)")
+        print(
+            "\nsteps to the dense model's best val/loss (ratio of steps; the MoT paper: 0.35-0.56 at 7B); cells that"
+            " never reached it are censored at their last step: Kaplan-Meier median (inf: fewer than half reached)"
+            " and mean restricted to the longest ratio observed"
+        )
         print(report["steps"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nMLflow parent run {parent} in {ablation.tracking_uri}")
     for key, path in report["paths"].items():

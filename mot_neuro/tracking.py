@@ -265,6 +265,9 @@ class MLflowSaveConfig(SaveConfigCallback):
             if splits is not None:
                 params["splits_fingerprint"] = splits.fingerprint()
                 params["fold"] = datamodule.hparams.fold
+                # part sizes (counts): the corrected resampled t-test of an ablation needs n_test / n_train
+                for part, rows in (getattr(datamodule, "rows", None) or {}).items():
+                    params[f"split/n_{part}"] = len(rows)
                 if getattr(logger, "log_subject_ids", False):
                     client.log_artifact(run_id, str(datamodule.hparams.splits_file))
             params["tokens_per_modality"] = ",".join(f"{m['name']}={m['n_tokens']}" for m in data["modalities"])

@@ -6,6 +6,7 @@ import shlex
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -142,3 +143,61 @@ def test_tower_pairs_and_test_time_masking_beside_leave_one_out(workdir):
     summary = pd.read_csv(workdir / "outputs" / "ablation" / "towers" / "summary.csv")
     rows = set(zip(summary["variant"], summary["dropped"], strict=True))
     assert {("mot", "brain"), ("mot", "brain@test"), ("mot_merge_brain+behaviour", "none")} <= rows
+
+
+def test_binary_grid_reports_corrected_t_and_delong_from_each_cells_test_predictions(workdir):
+    """A binary target: every cell writes its test predictions (cohort rows, no IDs), the summary pairs them for
+    DeLong's test and takes n_test / n_train from the cells' logged split sizes for the corrected t-test."""
+    from mot_neuro.analysis import delong_test
+
+    grid = ["--variants", "mot", "--drop", "none", "brain", "--folds", "0", "1", "--set", "trainer.max_epochs=1"]
+    binary = ["--data.targets", "[diagnosis]", "--data.stratify", "diagnosis"]
+    assert ablate(*grid, *binary, "--name", "binary") == 0
+    out = workdir / "outputs" / "ablation" / "binary"
+    summary = pd.read_csv(out / "summary.csv").set_index(["variant", "dropped", "metric"])
+    row = summary.loc[("mot", "brain", "test/diagnosis/auroc")]
+    assert row["n_pairs"] == 2 and 0.0 <= row["p_corrected_t"] <= 1.0 and 0.0 <= row["p_delong"] <= 1.0
+    # DeLong recomputed here from the cells' files: the out-of-fold scores of both folds pooled per subject
+    pooled = {}
+    for dropped in ("none", "brain"):
+        frames = [
+            pd.read_parquet(out / "cells" / f"mot__drop-{dropped}__seed0__fold{f}" / "test_predictions.parquet")
+            for f in (0, 1)
+        ]
+        pooled[dropped] = pd.concat(frames).set_index("row").sort_index()
+    assert not pooled["none"].index.duplicated().any()  # each subject tested in one fold only
+    assert "eid" not in pooled["none"].columns
+    truth = pooled["none"]["truth"].to_numpy()
+    expected = delong_test(truth, pooled["brain"]["score"].to_numpy(), pooled["none"]["score"].to_numpy())
+    assert row["p_delong"] == pytest.approx(expected["p_value"])
+    # a corrected t from the fold differences and the logged split sizes (k-fold: n_test / n_train ~ 1/4)
+    results = pd.read_csv(out / "results.csv")
+    auroc = results[results["metric"] == "test/diagnosis/auroc"].pivot(index="fold", columns="dropped", values="value")
+    diffs = (auroc["brain"] - auroc["none"]).to_numpy()
+    assert row["mean_diff"] == pytest.approx(diffs.mean())
+
+
+def test_masked_only_grid_compares_reconstruction_over_the_modalities_both_cells_have(workdir):
+    """Leaving a modality out of masked modelling removes its reconstruction term: the default metric compares the
+    remaining modalities' terms, and the total loss is refused as a contribution."""
+    pretrain = str(ROOT / "configs" / "experiments" / "demo_pretrain.yaml")
+    from mot_neuro.cli import main
+
+    grid = ["--variants", "mot", "--drop", "none", "gene", "--folds", "0", "--set", "trainer.max_epochs=1"]
+    assert main(["ablate", "--config", pretrain, *grid, "--name", "masked"]) == 0
+    out = workdir / "outputs" / "ablation" / "masked"
+    contributions = pd.read_csv(out / "contributions.csv")
+    results = pd.read_csv(out / "results.csv").set_index(["dropped", "metric"])["value"]
+    like_with_like = sum(
+        results[("gene", f"test/recon/{m}")] - results[("none", f"test/recon/{m}")] for m in ("brain", "behaviour")
+    )
+    gene = contributions.set_index("modality").loc["gene"]
+    # lower is better: contribution = cell - reference (positive: the other modalities reconstruct worse without it)
+    assert gene["contribution"] == pytest.approx(like_with_like)
+    assert ("gene", "test/recon/gene") not in results.index or np.isnan(results[("gene", "test/recon/gene")])
+    summary = pd.read_csv(out / "summary.csv").set_index(["variant", "dropped", "metric"])
+    assert not summary.loc[("mot", "gene", "test/loss"), "comparable"]
+    assert np.isnan(summary.loc[("mot", "gene", "test/loss"), "mean_diff"])
+    assert (
+        main(["ablate", "--config", pretrain, *grid, "--name", "masked", "--summarize", "--metric", "test/loss"]) == 2
+    )
