@@ -88,6 +88,17 @@ def write_checkpoint(checkpoint: dict[str, Any], handle) -> None:
     torch.save(checkpoint, handle)
 
 
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The first OSError in an exception's chain (its causes and the exceptions it was raised while handling)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that writes to a temporary file beside the checkpoint, fsyncs and renames it."""
 
@@ -107,13 +118,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
         except BaseException as err:
+            # torch's zip writer reports a failed write as a RuntimeError ("file write failed", or "unexpected pos"
+            # when it raised while closing after an ENOSPC): the OSError is in its chain, or the folder is full
+            full = isinstance(err, RuntimeError) and nearly_full(folder)  # asked before the partial file goes
             try:
                 tmp.unlink()
             except OSError:
                 pass
-            if isinstance(err, RuntimeError) and nearly_full(folder):
-                # torch's zip writer reports a failed write as RuntimeError("... file write failed")
-                err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if not isinstance(err, OSError):
+                err = _os_error_in(err) or (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if full else err)
             if isinstance(err, OSError):
                 message = storage_problem(err, folder, f"writing checkpoint {final.name}", fix)
                 raise CheckpointWriteError(f"{message} (no partial file was left)", file=folder) from err
