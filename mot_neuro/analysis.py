@@ -37,14 +37,21 @@ Three tests, each two-sided, each reported with its own p and q column:
   the J fold-level differences and ``n_test/n_train`` the ratio of test to training subjects, which only the
   caller knows: pass ``test_train_ratio`` (one number, or fold -> ratio, then the mean over the folds paired).
   Without it this test is not run and the note says so. Unlike the signed-rank test it can reach p < 0.05 with
-  5 folds, at the price of assuming roughly normal fold differences.
+  5 folds, at the price of assuming roughly normal fold differences. Fold differences that are all equal and
+  non-zero (their range within 1e-12 of their largest magnitude, so rounding does not decide) have no
+  fold-to-fold variance: the t-test is undefined, p is NaN with a note, and the comparison counts as untestable.
 * ``p_delong`` - DeLong's test of two correlated AUROCs (:func:`delong_test`), on the rows of metrics named
-  ``<stage>/<target>/auroc`` when ``predictions`` (per-subject scores) are given. It compares the *pooled
-  out-of-fold AUROC*: every subject's score is averaged over the seeds of its test fold, the test subjects of
-  all folds are pooled (each subject is tested in exactly one fold), and the cell's and the reference's pooled
-  scores are compared on the subjects both have. This is a different number from ``mean_diff`` (the mean of
-  per-fold AUROC differences): ``delong_diff`` reports it. It treats the fitted models as fixed, so it speaks
-  to these models on this cohort, not to the training procedure's variability.
+  ``<stage>/<target>/auroc`` when ``predictions`` (per-subject scores) of that stage are given: predictions
+  with a ``stage`` column are matched to the metric's stage; predictions without one are test-stage
+  predictions, used for ``test/<target>/auroc`` only (other stages' rows get no DeLong p and are in no DeLong
+  family). It compares the *pooled out-of-fold AUROC*: the cell's and the reference's finite predictions are
+  matched per (fold, seed, subject), so both sides average the same seeds for every subject; every subject's
+  score is averaged over those seeds, the test subjects of all folds are pooled (each subject is tested in
+  exactly one fold), and the two pooled scores are compared. The note says how many (subject, seed)
+  predictions the matching left out. This is a different number from ``mean_diff`` (the mean of per-fold
+  AUROC differences): ``delong_diff`` reports it. It treats the fitted models as fixed, so it speaks to these
+  models on this cohort, not to the training procedure's variability. Two models that rank the subjects
+  identically (e.g. one score a monotone transform of the other) differ by zero at every placement: p = 1.
 
 Undefined values: a metric that was undefined on a cell's evaluated set (AUROC on a test fold holding one class,
 r2 of a constant target) is logged as NaN. It is never averaged or paired as a number: ``n_cells`` counts the
@@ -54,11 +61,12 @@ pairs undefined on either side are left out of the fold means; the ``note`` says
 Multiple comparisons: within each metric, all cells are tested against the same reference, so the p-values of
 one (metric, test) form one family, adjusted with Benjamini-Hochberg (``scipy.stats.false_discovery_control``):
 a q is the smallest false discovery rate at which that comparison would be called a discovery. The family does
-not shrink with the data: a comparison whose fold differences are all zero enters with p = 1 (for every test);
-one with fewer than 2 fold pairs cannot be tested, keeps p = NaN, and is counted: ``n_untestable`` and the note
-of every row of that metric say how many of its comparisons were untestable (so a reader sees the size of the
-family that was adjusted). Metrics are adjusted separately because they are different questions (and usually
-strongly correlated).
+not shrink with the data: a comparison whose fold differences are all zero enters with p = 1 (for every test;
+for DeLong, identical rankings of the pooled subjects); one with fewer than 2 fold pairs (or, for the corrected
+t, equal non-zero fold differences; for DeLong, a single class) cannot be tested, keeps p = NaN, and is
+counted: ``n_untestable`` and the note of every row of that metric say how many of its comparisons were
+untestable (so a reader sees the size of the family that was adjusted). Metrics are adjusted separately because
+they are different questions (and usually strongly correlated).
 
 Comparable metrics: a masked-modelling loss is a sum of one reconstruction term per active modality
 (``<stage>/recon`` = the sum of ``<stage>/recon/<modality>``, and ``<stage>/loss`` includes it), so leaving a
@@ -67,7 +75,9 @@ modality out (or hiding it at test time, whose term is then undefined) lowers th
 * ``<stage>/recon`` of a cell whose modality set differs from the reference's is compared like with like: the
   paired difference is the sum, over the modalities whose term ``<stage>/recon/<modality>`` is defined on both
   sides (the left-out modality never counts), of cell term minus reference term; the note names the modalities.
-  The cell's own ``mean`` and ``sd`` stay the logged totals.
+  A (seed, fold) where one of these terms is undefined on either side is left out (the sum would cover fewer
+  modalities there); the note says how many, which term, and which folds that removed entirely. The cell's own
+  ``mean`` and ``sd`` stay the logged totals.
 * ``<stage>/loss`` of such a cell, when the results have ``<stage>/recon`` metrics, is not comparable: its
   differences and p-values are NaN, ``comparable`` is False and the note says to compare ``<stage>/recon`` or a
   supervised metric. So is ``<stage>/recon/<m>`` of the cell that left ``m`` out (nothing was reconstructed).
@@ -82,8 +92,8 @@ without this modality" (positive = the modality helps), and refuses metrics that
 Training efficiency (:func:`steps_to_reference_quality`) is the MoT paper's measure: how many training steps a
 variant needs to reach the dense model's validation loss, as a fraction of the dense model's steps (the paper
 reports 0.35-0.56 at 7B). A run that never gets there is right-censored at the ratio of its last step, and the
-summary is a Kaplan-Meier median and a restricted mean, so runs that fail are not silently left out. With FLOPs
-per step it becomes a compute ratio.
+summary is a Kaplan-Meier median and a restricted mean (the KM estimate of E[min(ratio, tau)], with one tau for
+all variants), so runs that fail are not silently left out. With FLOPs per step it becomes a compute ratio.
 
 This module uses pandas, numpy, scipy and (lazily, in the plot) matplotlib only: no torch, so it runs anywhere the
 results tables are.
@@ -125,6 +135,11 @@ PREDICTION_COLUMNS = (*CELL_KEYS, "target", "row", "truth", "score")
 
 #: the smallest number of non-zero pairs for which a two-sided signed-rank p can be below 0.05 (2 / 2**6 = 0.031)
 MIN_PAIRS_FOR_SIGNIFICANCE = 6
+
+#: fold differences whose range is at most this fraction of their largest magnitude have no fold-to-fold variance
+ZERO_VARIANCE_RTOL = 1e-12
+#: DeLong placements (multiples of 1 / (2 n)) that differ by less than this are equal
+PLACEMENT_ATOL = 1e-12
 
 #: the suffix of a ``dropped`` name for a modality hidden at test time rather than left out of training
 AT_TEST = "@test"
@@ -267,8 +282,10 @@ def _corrected_t(d: np.ndarray, ratio: float) -> tuple[float, str]:
         return np.nan, f"{j} fold pair(s): no corrected t (needs >= 2)"
     if not np.any(d):
         return 1.0, "all fold differences zero: corrected t p = 1"
-    if np.ptp(d) == 0:
-        return np.nan, "all fold differences equal and non-zero (sd 0): corrected t undefined"
+    # equal up to rounding (a constant shift of 0.1 leaves a ptp of ~1e-17): one relative tolerance, so an exact
+    # and a rounded constant difference get the same answer rather than NaN and p ~ 1e-78
+    if float(np.ptp(d)) <= ZERO_VARIANCE_RTOL * float(np.max(np.abs(d))):
+        return np.nan, "no fold-to-fold variance (every fold difference equal, non-zero): the t-test is undefined"
     t = float(d.mean()) / math.sqrt((1.0 / j + ratio) * float(d.var(ddof=1)))
     return float(2.0 * stats.t.sf(abs(t), j - 1)), ""
 
@@ -284,9 +301,15 @@ def delong_test(truth, score_a, score_b) -> dict:
     ``auc_a - auc_b`` is ``var(V10_a - V10_b) / n_pos + var(V01_a - V01_b) / n_neg`` (variances with ddof=1).
 
     Returns a dict: ``auc_a, auc_b, diff`` (a - b), ``se`` (of diff), ``z``, ``p_value`` (two-sided, normal),
-    ``n_pos, n_neg`` and ``reason``: empty when the test is defined, otherwise why ``se``, ``z`` and ``p_value``
-    (and, with one class only, the AUROCs) are NaN: a single class, fewer than 2 subjects of a class, or a
-    standard error of 0 (e.g. every score equal within each model, or identical scores). Never a number for an
+    ``n_pos, n_neg`` (the subjects used: finite label and both scores) and ``reason``, empty when the test ran.
+
+    *Identical rankings*: when every placement of ``a`` equals that of ``b`` (within 1e-12; the two models rank
+    the subjects identically: the same scores, a monotone transform of them, or a constant score in each model),
+    ``diff`` and ``se`` are 0 and the comparison is an all-zero difference: ``p_value`` 1, ``z`` 0 and reason
+    "identical rankings", as the fold-level tests give p = 1 to all-zero differences (so it stays in the FDR
+    family). Otherwise ``se``, ``z`` and ``p_value`` (and, with one class only, the AUROCs) are NaN, with the
+    reason: a single class, fewer than 2 subjects of a class (no variance), or a standard error of 0 with
+    placements that differ (a non-zero difference with no spread: z would be infinite). Never a number for an
     undefined test.
     """
     truth = np.asarray(truth, dtype=float).ravel()
@@ -329,16 +352,19 @@ def delong_test(truth, score_a, score_b) -> dict:
     if n_pos < 2 or n_neg < 2:
         out["reason"] = f"{n_pos} positive, {n_neg} negative: the variance needs >= 2 of each class"
         return out
+    d10, d01 = v10_a - v10_b, v01_a - v01_b
+    if np.all(np.abs(d10) <= PLACEMENT_ATOL) and np.all(np.abs(d01) <= PLACEMENT_ATOL):
+        # the same ranking of every positive against every negative: an all-zero difference, p = 1
+        out.update(diff=0.0, se=0.0, z=0.0, p_value=1.0)
+        out["reason"] = "identical rankings (every placement difference zero): p = 1"
+        return out
     # variances of the differences: algebraically the usual S10/S01 covariance form, without its cancellation
-    var = float(np.var(v10_a - v10_b, ddof=1)) / n_pos + float(np.var(v01_a - v01_b, ddof=1)) / n_neg
+    var = float(np.var(d10, ddof=1)) / n_pos + float(np.var(d01, ddof=1)) / n_neg
     se = math.sqrt(max(var, 0.0))
     out["se"] = se
     if se <= 1e-12:
-        same = np.array_equal(a, b)
-        constant = np.ptp(a) == 0 and np.ptp(b) == 0
-        why = "identical scores" if same else "every score equal within each model" if constant else "no spread"
         out["se"] = 0.0
-        out["reason"] = f"standard error 0 ({why}): no test"
+        out["reason"] = f"standard error 0 with a non-zero difference ({out['diff']:.4g}; no spread): no test"
         return out
     z = out["diff"] / se
     out.update(z=z, p_value=float(2.0 * stats.norm.sf(abs(z))))
@@ -405,6 +431,32 @@ def _pair_diffs(cell: list[_Values], ref: list[_Values]) -> dict:
     return out
 
 
+def _left_out_by_terms(terms: list[str], cell: list[_Values], ref: list[_Values], diffs: dict) -> str:
+    """A note on the (seed, fold) pairs a like-with-like sum left out because some term was undefined there."""
+
+    def defined(values: _Values, key) -> bool:
+        return key in values and math.isfinite(values[key])
+
+    candidates = {
+        key for c, r in zip(cell, ref, strict=True) for key in set(c) & set(r) if defined(c, key) and defined(r, key)
+    }  # (seed, fold) where at least one term is defined on both sides
+    left_out = _sorted(candidates - set(diffs))
+    if not left_out:
+        return ""
+    why: dict[str, int] = {}
+    for key in left_out:
+        for term, c, r in zip(terms, cell, ref, strict=True):
+            if not (defined(c, key) and defined(r, key)):
+                why[term.rsplit("/", 1)[1]] = why.get(term.rsplit("/", 1)[1], 0) + 1
+    folds = _sorted({fold for _, fold in candidates} - {fold for _, fold in diffs})
+    undefined = ", ".join(f"{m} in {n}" for m, n in sorted(why.items()))
+    whole = f"; {len(folds)} fold(s) left out entirely: {', '.join(repr(_plain(f)) for f in folds)}" if folds else ""
+    return (
+        f"like with like: {len(left_out)} (seed, fold) pair(s) left out where a term was undefined on either side "
+        f"({undefined}){whole}"
+    )
+
+
 def _sorted(values: Iterable) -> list:
     values = list(values)
     try:
@@ -437,7 +489,8 @@ def _check_ratio(test_train_ratio) -> None:
         return
     values = test_train_ratio.values() if isinstance(test_train_ratio, Mapping) else [test_train_ratio]
     for value in values:
-        if not (isinstance(value, int | float | np.number) and math.isfinite(value) and value > 0):
+        number = isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
+        if not (number and math.isfinite(value) and value > 0):
             raise ValueError(
                 f"test_train_ratio must be n_test / n_train > 0 (a number or fold -> number); got {value!r}"
             )
@@ -470,8 +523,8 @@ def _tidy_predictions(predictions: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _pool_out_of_fold(side: pd.DataFrame, what: str) -> pd.DataFrame:
-    """Per subject: its truth and its score averaged over the seeds of its (single) test fold."""
+def _check_subjects(side: pd.DataFrame, what: str) -> None:
+    """Each subject of one side is tested in one fold and has one truth over its seeds."""
     folds = side.groupby("row")["fold"].nunique()
     if (folds > 1).any():
         row = _plain(folds.index[folds.to_numpy() > 1][0])
@@ -480,48 +533,56 @@ def _pool_out_of_fold(side: pd.DataFrame, what: str) -> pd.DataFrame:
     if (truths > 1).any():
         row = _plain(truths.index[truths.to_numpy() > 1][0])
         raise ValueError(f"predictions of {what}: subject row={row!r} has different truths in different seeds")
-    return side.groupby("row").agg(truth=("truth", "first"), score=("score", "mean"))
+
+
+def _delong_stages(preds: pd.DataFrame) -> set[str]:
+    """Stages the predictions are of: their ``stage`` column, or ``test`` alone without one."""
+    return set(preds["stage"]) if "stage" in preds.columns else {"test"}
 
 
 def _delong_for(preds: pd.DataFrame, cell: tuple[str, str], ref: tuple[str, str], stage: str, target: str):
-    """(result of delong_test or None, n subjects, note) for the pooled out-of-fold scores of cell vs reference."""
+    """(result of delong_test or None, note) for the pooled out-of-fold scores of cell vs reference.
+
+    The two sides are inner-joined on (fold, seed, row) after dropping non-finite scores and truths, so for every
+    subject both sides average the same seeds; the note says how many predictions that left out."""
     sel = preds["target"] == target
     if "stage" in preds.columns:
         sel &= preds["stage"] == stage
-    preds = preds.loc[sel & preds["score"].notna() & preds["truth"].notna()]
+    preds = preds.loc[sel & np.isfinite(preds["score"]) & np.isfinite(preds["truth"])]
+    keys = ["fold", "seed", "row"]
     sides = {}
     for name, (variant, dropped) in (("cell", cell), ("reference", ref)):
-        side = preds.loc[(preds["variant"] == variant) & (preds["dropped"] == dropped)]
+        side = preds.loc[(preds["variant"] == variant) & (preds["dropped"] == dropped), [*keys, "truth", "score"]]
         if side.empty:
-            return None, 0, f"DeLong not run: no predictions of target {target!r} for the {name}"
+            return None, f"DeLong not run: no predictions of target {target!r} for the {name}"
+        _check_subjects(side, f"{name} {cell if name == 'cell' else ref}")
         sides[name] = side
     labels = set(np.unique(pd.concat([sides["cell"]["truth"], sides["reference"]["truth"]])).tolist())
     if not labels <= {0.0, 1.0}:
-        return None, 0, f"DeLong not run: target {target!r} is not binary 0/1 (truth holds {sorted(labels)[:5]})"
-    # seeds defined on both sides of a fold, so both sides average the same seeds
-    keys = ["fold", "seed"]
-    common = sides["cell"][keys].drop_duplicates().merge(sides["reference"][keys].drop_duplicates(), on=keys)
-    if common.empty:
-        return None, 0, "DeLong not run: no (seed, fold) with predictions on both sides"
-    pooled = {
-        name: _pool_out_of_fold(side.merge(common, on=keys), f"{name} {cell if name == 'cell' else ref}")
-        for name, side in sides.items()
-    }
-    both = pooled["cell"].add_suffix("_cell").join(pooled["reference"].add_suffix("_ref"), how="inner")
-    if (both["truth_cell"] != both["truth_ref"]).any():
-        row = _plain(both.index[(both["truth_cell"] != both["truth_ref"]).to_numpy()][0])
+        return None, f"DeLong not run: target {target!r} is not binary 0/1 (truth holds {sorted(labels)[:5]})"
+    # (subject, seed) predictions present on both sides: both sides average the same seeds for every subject
+    joined = sides["cell"].merge(sides["reference"], on=keys, suffixes=("_cell", "_ref"))
+    differ = joined["truth_cell"] != joined["truth_ref"]
+    if differ.any():
+        row = _plain(joined.loc[differ, "row"].iloc[0])
         raise ValueError(
             f"predictions of target {target!r}: subject row={row!r} has different truths in {cell} and {ref}"
         )
-    if both.empty:
-        return None, 0, "DeLong not run: no subject with predictions on both sides"
-    result = delong_test(both["truth_cell"], both["score_cell"], both["score_ref"])
-    enough = result["n_pos"] >= 2 and result["n_neg"] >= 2
-    if enough and result["reason"] and np.array_equal(both["score_cell"].to_numpy(), both["score_ref"].to_numpy()):
-        # identical scores: every difference zero, which enters the FDR family with p = 1 like the other tests
-        result = {**result, "p_value": 1.0, "reason": "identical pooled scores: DeLong p = 1"}
-    note = f"DeLong: {result['reason']}" if result["reason"] else ""
-    return result, len(both), note
+    if joined.empty:
+        return None, "DeLong not run: no (subject, seed) with a finite prediction on both sides"
+    both = joined.groupby("row").agg(
+        truth=("truth_cell", "first"), score_cell=("score_cell", "mean"), score_ref=("score_ref", "mean")
+    )
+    result = delong_test(both["truth"], both["score_cell"], both["score_ref"])
+    notes = [f"DeLong: {result['reason']}" if result["reason"] else ""]
+    unmatched = {name: len(side) - len(joined) for name, side in sides.items()}
+    if any(unmatched.values()):
+        notes.append(
+            f"DeLong on {len(both)} subjects: {unmatched['cell']} of the cell's and {unmatched['reference']} of "
+            "the reference's (subject, seed) predictions left out because the other side lacked them (each "
+            "subject's score averages the same seeds on both sides)"
+        )
+    return result, "; ".join(filter(None, notes))
 
 
 # ------------------------------------------------------------------------------------------------- summarize
@@ -550,8 +611,9 @@ def summarize(
       differences, with ``test_train_ratio`` (n_test / n_train: one number, or fold -> number, then the mean
       over the folds paired) and its q; NaN, and a note, without ``test_train_ratio``;
     * ``delong_diff``, ``p_delong``, ``q_delong``: on rows of metrics named ``<stage>/<target>/auroc`` when
-      ``predictions`` are given, the pooled out-of-fold AUROC of the cell minus the reference's and DeLong's
-      test of it (see below) and its q; NaN elsewhere;
+      ``predictions`` of that stage are given (without a ``stage`` column: ``test`` only), the pooled
+      out-of-fold AUROC of the cell minus the reference's and DeLong's test of it (see below) and its q; NaN
+      elsewhere;
     * ``n_untestable``: how many comparisons of this metric got no Wilcoxon p (fewer than 2 fold pairs): the BH
       family was the other ones (the note gives the same count for the other tests);
     * ``tests``: the tests behind this row's p-values, each with its number of folds (or subjects);
@@ -562,16 +624,20 @@ def summarize(
 
     The reference rows have ``n_pairs`` 0, NaN differences, p and q, and ``worse`` False.
 
-    Every p is two-sided. A comparison whose fold differences are all zero gets p = 1 from each test; one with
-    fewer than 2 fold pairs gets NaN, is counted as untestable, and stays out of the BH family of its (metric,
-    test), which is otherwise every comparable comparison of that metric.
+    Every p is two-sided. A comparison whose fold differences are all zero gets p = 1 from each test (DeLong: the
+    pooled scores rank the subjects identically); one with fewer than 2 fold pairs gets NaN, is counted as
+    untestable, and stays out of the BH family of its (metric, test), which is otherwise every comparable
+    comparison of that metric. So does a corrected t of equal non-zero fold differences (no fold-to-fold
+    variance: the t-test is undefined) and a DeLong test that is undefined (e.g. one class).
 
     ``predictions``: a DataFrame with columns ``variant, dropped, seed, fold, target, row, truth, score`` (and
-    optionally ``stage``): one row per test subject of each cell, ``row`` the subject's position in the cohort
-    (the same subject in every cell of a fold), ``truth`` 0/1 and ``score`` P(class 1). For each compared cell
-    and each ``<stage>/<target>/auroc`` metric, each subject's score is averaged over the seeds of its fold
-    that both the cell and the reference have, the test subjects of all folds are pooled, and DeLong's test
-    compares the cell's and the reference's pooled out-of-fold AUROC on the subjects present in both.
+    optionally ``stage``; without it they are the test stage's): one row per test subject of each cell, ``row``
+    the subject's position in the cohort (the same subject in every cell of a fold), ``truth`` 0/1 and
+    ``score`` P(class 1). For each compared cell and each ``<stage>/<target>/auroc`` metric of a stage the
+    predictions have, the cell's and the reference's predictions with finite scores are matched per (fold,
+    seed, subject), each subject's score is averaged over its matched seeds (the same ones on both sides), the
+    test subjects of all folds are pooled, and DeLong's test compares the two pooled out-of-fold AUROCs; the
+    note counts the (subject, seed) predictions left out because the other side lacked them.
 
     ``higher_is_better`` maps metric names to a direction; other names are recognised by their ending (see the
     module docstring) or rejected.
@@ -579,6 +645,7 @@ def summarize(
     results = tidy_results(results)
     _check_ratio(test_train_ratio)
     preds = _tidy_predictions(predictions) if predictions is not None else None
+    delong_stages = _delong_stages(preds) if preds is not None else set()
     ref_key = (str(reference[0]), str(reference[1]))
     cells = set(zip(results["variant"], results["dropped"], strict=True))
     if ref_key not in cells:
@@ -647,12 +714,15 @@ def summarize(
         if terms is None:
             diffs = _pair_diffs([lookup[key]], [lookup.get((*ref_key, metric), {})])
         elif terms:
-            diffs = _pair_diffs([lookup[(variant, dropped, t)] for t in terms], [lookup[(*ref_key, t)] for t in terms])
+            cell_terms = [lookup[(variant, dropped, t)] for t in terms]
+            ref_terms = [lookup[(*ref_key, t)] for t in terms]
+            diffs = _pair_diffs(cell_terms, ref_terms)
             modalities = ", ".join(t.rsplit("/", 1)[1] for t in terms)
             notes.append(
                 f"compared like with like: sum over {modalities} of (cell - reference) {metric}/<modality> terms "
                 "(the totals sum different modality sets; mean and sd are the cell's logged totals)"
             )
+            notes.append(_left_out_by_terms(terms, cell_terms, ref_terms, diffs))
         else:
             stage = metric.split("/")[0]
             row["comparable"] = False
@@ -694,15 +764,18 @@ def summarize(
             notes.append("corrected t not run: pass test_train_ratio (n_test / n_train)")
 
         target = _auroc_target(metric)
-        if preds is not None and target is not None:
+        if preds is not None and target is not None and target[0] not in delong_stages:
+            # not a DeLong hypothesis: no predictions of this stage (without a stage column they are test's)
+            notes.append(f"DeLong not run: no {target[0]}-stage predictions")
+        elif preds is not None and target is not None:
             row["_p_delong"] = True
-            result, n_subjects, note = _delong_for(preds, (variant, dropped), ref_key, *target)
+            result, note = _delong_for(preds, (variant, dropped), ref_key, *target)
             notes.append(note)
             if result is not None:
                 row["delong_diff"] = result["diff"]
                 row["p_delong"] = result["p_value"]
                 if np.isfinite(row["p_delong"]):
-                    tests.append(f"{DELONG} ({n_subjects} subjects)")
+                    tests.append(f"{DELONG} ({result['n_pos'] + result['n_neg']} subjects)")
         row["tests"] = "; ".join(tests)
         row["note"] = "; ".join(filter(None, notes))
         rows.append(row)
@@ -772,8 +845,10 @@ def modality_contributions(summary: pd.DataFrame, metric: str, *, variant: str =
 
     A metric that is not comparable across modality sets is refused with a ValueError: a masked-modelling
     ``<stage>/loss`` sums one term per modality, so it falls when one is left out whatever the modality does;
-    use ``<stage>/recon`` (compared like with like) or a supervised metric. For a per-modality term
-    ``<stage>/recon/<m>`` the row of ``m`` itself has no contribution (NaN, with the note).
+    use ``<stage>/recon`` (compared like with like) or a supervised metric. Reconstruction metrics are never
+    refused as a whole: for a per-modality term ``<stage>/recon/<m>`` the row of ``m`` itself, and for
+    ``<stage>/recon`` a row with no ``<stage>/recon/<modality>`` term defined on both sides, has no contribution
+    (NaN, with the summary's note); the other rows keep theirs.
     """
     _require_columns(summary, _CORE_SUMMARY_COLUMNS, "summary")
     if metric not in set(summary["metric"]):
@@ -787,8 +862,11 @@ def modality_contributions(summary: pd.DataFrame, metric: str, *, variant: str =
     select = (summary["metric"] == metric) & (summary["variant"] == variant) & (summary["dropped"] != "none")
     rows = summary.loc[select]
     parts = metric.split("/")
-    per_modality_term = len(parts) == 3 and parts[1] == "recon"
-    if not per_modality_term and not _comparable(summary).loc[rows.index].all():
+    # reconstruction metrics (<stage>/recon, <stage>/recon/<m>): a row that cannot be compared (its own term,
+    # or a total with no term shared with the reference) gets NaN and its note; the others stand
+    reconstruction = len(parts) in (2, 3) and parts[1] == "recon"
+    if not reconstruction and not _comparable(summary).loc[rows.index].all():
+        # never a reconstruction metric here, so the advice never names the metric refused
         stage = parts[0]
         raise ValueError(
             f"{metric!r} is not comparable between cells with different modalities: it is a sum over modalities "
@@ -819,20 +897,31 @@ def _kaplan_meier(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.n
     return event_times, np.cumprod(1.0 - events / at_risk)
 
 
-def _km_summary(time: np.ndarray, event: np.ndarray) -> tuple[float, float, float]:
-    """(KM median, restricted mean up to tau, tau = the largest time followed); NaN without cells.
+def _km_horizon(time: np.ndarray, event: np.ndarray) -> float:
+    """How far the Kaplan-Meier curve of these cells is known: the largest time followed (reached or censored),
+    or inf when the curve reaches 0 (every cell still at risk reached the target: it stays 0 afterwards)."""
+    _, survival = _kaplan_meier(time, event)
+    return math.inf if survival.size and survival[-1] <= 1e-12 else float(time.max())
 
-    The median is the first event time at which the survival is <= 0.5, inf when it never gets there (fewer
-    than half reached the target within the times followed). The restricted mean is the area under the KM
-    curve from 0 to tau, the mean of min(time, tau): with censored cells left at tau a lower bound of the mean.
+
+def _km_summary(time: np.ndarray, event: np.ndarray, tau: float | None = None) -> tuple[float, float, float]:
+    """(KM median, restricted mean up to tau, tau); NaN without cells. ``tau`` defaults to the largest time and
+    must not exceed :func:`_km_horizon` (the curve is not extrapolated).
+
+    The median is the smallest event time t with S(t) <= 0.5, inf when the survival never gets there (fewer
+    than half reached the target within the times followed). When S(t) is exactly 0.5 over an interval
+    [t_i, t_(i+1)) this is its left end t_i; R's survival package reports the midpoint (t_i + t_(i+1)) / 2
+    instead. The restricted mean is the Kaplan-Meier estimate of E[min(T, tau)], the area under the KM curve
+    from 0 to tau: with censored cells a lower bound of the mean (it is the plain mean of min(time, tau) only
+    when nothing is censored before tau).
     """
     if time.size == 0:
         return np.nan, np.nan, np.nan
-    tau = float(time.max())
+    tau = float(time.max()) if tau is None else float(tau)
     event_times, survival = _kaplan_meier(time, event)
     halved = survival <= 0.5 + 1e-12
     median = float(event_times[np.argmax(halved)]) if halved.any() else math.inf
-    edges = np.concatenate([[0.0], event_times, [tau]])
+    edges = np.minimum(np.concatenate([[0.0], event_times, [tau]]), tau)
     levels = np.concatenate([[1.0], survival])
     return median, float(np.sum(levels * np.diff(edges))), tau
 
@@ -867,10 +956,18 @@ def steps_to_reference_quality(
     reference_final_step, step_reached, last_step, reached, ratio, censored_at_ratio`` (and ``flops_ratio,
     censored_at_flops_ratio``) and a note. ``per_variant``: ``n_cells``, ``n_compared`` (cells with a
     reference curve for their (seed, fold)), ``n_reached``, ``n_censored``; ``km_median_ratio``, the
-    Kaplan-Meier median of the ratio (inf = not reached by half the cells within the ratios followed);
-    ``restricted_mean_ratio``, the area under the Kaplan-Meier curve from 0 to ``restricted_mean_ratio_tau``,
-    the largest ratio followed (the mean of min(ratio, tau): a lower bound of the mean while cells are
-    censored); the same three for ``flops_ratio`` when given; and a note.
+    Kaplan-Meier median of the ratio (inf = not reached by half the cells within the ratios followed; where the
+    KM curve is exactly 0.5 over an interval, its left end, whereas R's survival takes the midpoint);
+    ``restricted_mean_ratio``, the Kaplan-Meier estimate of E[min(ratio, tau)], i.e. the area under the KM
+    curve from 0 to tau = ``restricted_mean_ratio_tau`` (a lower bound of the mean while cells are censored);
+    the same three for ``flops_ratio`` when given; and a note.
+
+    tau is *common to all variants* (the same in every row): the smallest, over the variants, of how far each
+    variant's KM curve is known, i.e. its largest ratio followed (reached or censored), a variant whose curve
+    reaches 0 (its cells all reached the target) being known beyond it; when every curve reaches 0, the largest
+    ratio of any variant. With each variant's own tau a variant whose runs all stop early would be measured over
+    a shorter range and get the smallest restricted mean, looking fastest. The note says when tau cuts a
+    variant's own follow-up short.
     """
     df = curves
     if "metric" in df.columns:
@@ -954,6 +1051,23 @@ def steps_to_reference_quality(
     per_cell = pd.DataFrame(rows)
 
     ratio_cols = ["ratio"] + (["flops_ratio"] if flops_per_step is not None else [])
+    # (time, reached) per variant and ratio column, over the cells with a reference curve
+    survival_data: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for variant, cells in per_cell.groupby("variant", sort=True):
+        compared = cells["reference_final_step"].notna()
+        for col in ratio_cols:
+            time = cells.loc[compared, col].fillna(cells.loc[compared, f"censored_at_{col}"]).to_numpy(dtype=float)
+            survival_data[(variant, col)] = time, (cells["reached"].astype(bool) & compared)[compared].to_numpy()
+    # one tau per ratio column for every variant: the shortest follow-up of any variant, so that a variant whose
+    # runs stop early is not measured over a shorter range (and does not look fast for it)
+    common_tau: dict[str, float] = {}
+    for col in ratio_cols:
+        followed = {v: d for (v, c), d in survival_data.items() if c == col and d[0].size}
+        horizons = [_km_horizon(*d) for d in followed.values()]
+        finite = [h for h in horizons if math.isfinite(h)]
+        # every curve reaches 0: each area is complete once tau covers every time
+        common_tau[col] = min(finite) if finite else max((float(d[0].max()) for d in followed.values()), default=np.nan)
+
     summary_rows = []
     for variant, cells in per_cell.groupby("variant", sort=True):
         compared = cells["reference_final_step"].notna()
@@ -967,8 +1081,8 @@ def steps_to_reference_quality(
             "n_censored": int(censored.sum()),
         }
         for col in ratio_cols:
-            time = cells.loc[compared, col].fillna(cells.loc[compared, f"censored_at_{col}"]).to_numpy(dtype=float)
-            median, restricted, tau = _km_summary(time, reached[compared].to_numpy())
+            time, event = survival_data[(variant, col)]
+            median, restricted, tau = _km_summary(time, event, common_tau[col])
             srow[f"km_median_{col}"] = median
             srow[f"restricted_mean_{col}"] = restricted
             srow[f"restricted_mean_{col}_tau"] = tau
@@ -980,7 +1094,16 @@ def steps_to_reference_quality(
             )
             if math.isinf(srow["km_median_ratio"]):
                 notes.append("km_median inf: not reached by half the cells within the ratios followed")
-            notes.append("restricted_mean is the mean of min(ratio, tau): a lower bound of the mean")
+            notes.append(
+                "restricted_mean is the Kaplan-Meier estimate of E[min(ratio, tau)] (the area under the KM curve "
+                "up to tau): a lower bound of the mean"
+            )
+        time, _ = survival_data[(variant, "ratio")]
+        if time.size and float(time.max()) > common_tau["ratio"]:
+            notes.append(
+                f"restricted_mean up to the common tau {common_tau['ratio']:.4g} (the shortest follow-up of any "
+                f"variant), below this variant's largest ratio {float(time.max()):.4g}"
+            )
         if (~compared).any():
             notes.append(f"{int((~compared).sum())} cell(s) without a {reference_variant!r} curve left out")
         srow["note"] = "; ".join(notes)

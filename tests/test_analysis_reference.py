@@ -210,14 +210,89 @@ def test_delong_undefined_is_nan_with_a_reason():
     one_class = delong_test([1, 1, 1], [0.2, 0.5, 0.9], [0.1, 0.3, 0.4])
     assert all(np.isnan(one_class[k]) for k in ("auc_a", "auc_b", "diff", "se", "z", "p_value"))
     assert "one class" in one_class["reason"]
-    flat = delong_test([0, 1, 0, 1], [0.5] * 4, [0.3] * 4)
-    assert flat["auc_a"] == flat["auc_b"] == 0.5 and flat["se"] == 0.0
-    assert np.isnan(flat["p_value"]) and np.isnan(flat["z"]) and "standard error 0" in flat["reason"]
-    scores = [0.1, 0.7, 0.4, 0.8, 0.3]
-    same = delong_test([0, 1, 0, 1, 0], scores, scores)
-    assert np.isnan(same["p_value"]) and "identical scores" in same["reason"]
+    # AUROC 1 against a constant score (AUROC 0.5): every placement difference is 0.5, no spread, z infinite
+    truth = [0, 1, 0, 1]
+    assert roc_auc_score(truth, [0.1, 0.9, 0.2, 0.8]) - roc_auc_score(truth, [0.5] * 4) == 0.5
+    spreadless = delong_test(truth, [0.1, 0.9, 0.2, 0.8], [0.5] * 4)
+    assert spreadless["diff"] == 0.5 and spreadless["se"] == 0.0
+    assert np.isnan(spreadless["p_value"]) and np.isnan(spreadless["z"])
+    assert "standard error 0 with a non-zero difference" in spreadless["reason"]
     with pytest.raises(ValueError, match="0/1"):
         delong_test([0, 2, 1], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])
+
+
+def _placements(truth, score) -> tuple[np.ndarray, np.ndarray]:
+    """Each positive's and each negative's placement, from the Mann-Whitney kernel."""
+    truth, score = np.asarray(truth), np.asarray(score, dtype=float)
+    kernel = np.array([[_psi(x, y) for y in score[truth == 0]] for x in score[truth == 1]])
+    return kernel.mean(axis=1), kernel.mean(axis=0)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda s: s,  # the same scores
+        lambda s: 1 / (1 + np.exp(-s)),  # a monotone transform: the same ranking
+        lambda s: np.round(3 * s) ** 3,  # monotone with ties created on both sides (a coarser ranking of its own)
+        lambda s: np.full_like(s, 0.3),  # constant: compared with another constant below
+    ],
+)
+def test_delong_identical_rankings_are_an_all_zero_difference_with_p_one(transform):
+    """Two models that rank every positive against every negative alike differ by 0 at every placement: the
+    comparison is an all-zero difference, p = 1 (as the fold-level tests do), not an untestable NaN."""
+    rng = np.random.default_rng(21)
+    truth = rng.integers(0, 2, 40)
+    a = rng.normal(truth, 1.0)
+    b = transform(a)
+    if np.ptp(b) == 0:
+        a = np.full_like(a, 0.5)  # two different constant scores
+    v10_a, v01_a = _placements(truth, a)
+    v10_b, v01_b = _placements(truth, b)
+    identical = np.array_equal(v10_a, v10_b) and np.array_equal(v01_a, v01_b)
+    out = delong_test(truth, a, b)
+    if identical:
+        assert out["p_value"] == 1.0 and out["diff"] == 0.0 and out["se"] == 0.0 and out["z"] == 0.0
+        assert "identical rankings" in out["reason"]
+        assert out["auc_a"] == pytest.approx(roc_auc_score(truth, a)) == pytest.approx(roc_auc_score(truth, b))
+    else:  # the coarser ranking ties some pairs the other separates: an ordinary test
+        assert out["reason"] == ""
+        assert out["p_value"] == pytest.approx(_delong_structural(truth, a, b)[3], rel=1e-9)
+
+
+def test_summarize_keeps_identical_rankings_in_the_delong_family():
+    """The reviewer's example: a cell whose scores are a monotone transform of the reference's gets p = 1 and
+    counts in the BH family, which is not shrunk to the other comparisons."""
+    rng = np.random.default_rng(3)
+    n = 60
+    truth = rng.integers(0, 2, n)
+    fold = np.arange(n) % 6
+    s = rng.normal(truth, 1.0)
+    scores = {"mot": s, "mono": 1 / (1 + np.exp(-s)), "other": rng.normal(truth, 1.0), "dense": rng.normal(truth, 1)}
+    preds = pd.concat(
+        pd.DataFrame(
+            {
+                "variant": v,
+                "dropped": "none",
+                "seed": 0,
+                "fold": fold,
+                "target": "y",
+                "row": np.arange(n),
+                "truth": truth,
+                "score": x,
+            }
+        )
+        for v, x in scores.items()
+    )
+    records = [_rec(v, "none", 0, f, "test/y/auroc", rng.uniform(0.5, 0.9)) for v in scores for f in range(6)]
+    summary = summarize(records, predictions=preds)
+    rows = summary.loc[~summary.is_reference].set_index("variant")
+    assert rows.loc["mono", "p_delong"] == 1.0 and rows.loc["mono", "delong_diff"] == 0.0
+    assert "identical rankings" in rows.loc["mono", "note"] and "untestable" not in rows.loc["mono", "note"]
+    expected = {v: _delong_structural(truth, scores[v], s)[3] for v in ("other", "dense")}
+    for v, p in expected.items():
+        assert rows.loc[v, "p_delong"] == pytest.approx(p, rel=1e-9)
+    ps = np.array([1.0, expected["other"], expected["dense"]])
+    np.testing.assert_allclose(rows.loc[["mono", "other", "dense"], "q_delong"], _bh(ps))
 
 
 def _prediction_grid():
@@ -270,12 +345,12 @@ def test_summarize_runs_delong_on_pooled_out_of_fold_scores():
     )
     assert auroc.p_delong.notna().all()
 
-    # identical pooled scores: every difference zero, p = 1 in the family (like the other tests)
+    # identical pooled scores (so identical rankings): every difference zero, p = 1 in the family
     twin_preds = preds.loc[(preds.variant == "mot") & (preds.dropped == "none")].assign(variant="twin")
     twin_records = [{**r, "variant": "twin"} for r in records if (r["variant"], r["dropped"]) == ("mot", "none")]
     summary = summarize(records + twin_records, predictions=pd.concat([preds, twin_preds]))
     twin = _row(summary, "twin", "none", "test/dx/auroc")
-    assert twin.p_delong == 1.0 and twin.delong_diff == 0.0 and "identical pooled scores" in twin.note
+    assert twin.p_delong == 1.0 and twin.delong_diff == 0.0 and "identical rankings" in twin.note
     family = summary.loc[(summary.metric == "test/dx/auroc") & ~summary.is_reference]
     np.testing.assert_allclose(family.q_delong, _bh(family.p_delong.to_numpy()))
 
@@ -407,8 +482,9 @@ def test_contributions_refuse_a_loss_summed_over_modalities(tmp_path):
 
 
 # ============================================================== G. steps to dense quality, censored
-def _km_textbook(times, reached):
-    """Product-limit estimator: survival after each distinct time at which a cell reached the target."""
+def _km_textbook(times, reached, tau=None):
+    """Product-limit estimator: survival after each distinct time at which a cell reached the target; the median
+    (the first time the survival is <= 0.5) and the area under the curve up to tau (default: the largest time)."""
     pairs = sorted(zip(times, reached, strict=True))
     survival, curve = 1.0, []
     for t in sorted({t for t, e in pairs if e}):
@@ -417,9 +493,11 @@ def _km_textbook(times, reached):
         survival *= 1 - events / at_risk
         curve.append((t, survival))
     median = next((t for t, s in curve if s <= 0.5), math.inf)
-    tau = max(times)
+    tau = max(times) if tau is None else tau
     area, previous_t, previous_s = 0.0, 0.0, 1.0
     for t, s in curve:
+        if t >= tau:
+            break
         area += previous_s * (t - previous_t)
         previous_t, previous_s = t, s
     area += previous_s * (tau - previous_t)
@@ -474,7 +552,11 @@ def test_km_median_and_restricted_mean_with_censoring_in_between():
     median, restricted, tau = _km_textbook([0.3, 0.5, 0.6, 0.8], [True, False, True, True])
     assert median == pytest.approx(0.6) and mot.km_median_ratio == pytest.approx(median)
     assert mot.restricted_mean_ratio == pytest.approx(restricted)
-    assert mot.restricted_mean_ratio_tau == pytest.approx(tau) == 0.8
+    assert tau == 0.8
+    # mot's curve reaches 0 at 0.8, so it is known beyond: the common tau is dense's 1.0 (whose curve also
+    # reaches 0), and mot's area up to 1.0 is its area up to 0.8
+    assert (per_variant.restricted_mean_ratio_tau == 1.0).all()
+    assert mot.restricted_mean_ratio == pytest.approx(_km_textbook([0.3, 0.5, 0.6, 0.8], [1, 0, 1, 1], tau=1.0)[1])
 
 
 # =============================================================== H. undefined values are not drawn as 0
@@ -511,3 +593,246 @@ def test_plot_draws_no_bar_or_error_bar_where_undefined():
     labels = [t.get_text() for t in right.get_xticklabels()]
     assert labels == ["dense", "mot_ffn", "mot"]
     assert set(heights) == {0, 1, 2} and with_err == {0, 2}  # mot_ffn has one cell: no error bar
+
+
+# ====================================================== I. DeLong: stages and seeds matched per subject
+def _subject_preds(variant, seed, rows, truth, score, fold_of, dropped="none") -> pd.DataFrame:
+    return pd.DataFrame(
+        {"variant": variant, "dropped": dropped, "seed": seed, "fold": fold_of[rows], "target": "y", "row": rows,
+         "truth": truth[rows], "score": score[rows]}
+    )  # fmt: skip
+
+
+def test_delong_predictions_without_a_stage_are_test_stage_only():
+    """A val/<target>/auroc row must not get the test predictions' DeLong result; with a stage column each
+    stage's rows get their own predictions."""
+    rng = np.random.default_rng(0)
+    n = 40
+    truth = rng.integers(0, 2, n)
+    fold_of = np.arange(n) % 4
+    rows = np.arange(n)
+    test_scores = {v: rng.normal(truth, 1.0) for v in ("mot", "dense")}
+    val_scores = {v: rng.normal(truth, 1.0) for v in ("mot", "dense")}
+    preds = pd.concat([_subject_preds(v, 0, rows, truth, test_scores[v], fold_of) for v in ("mot", "dense")])
+    records = [
+        _rec(v, "none", 0, f, f"{stage}/y/auroc", rng.uniform(0.5, 0.9))
+        for v in ("mot", "dense")
+        for f in range(4)
+        for stage in ("val", "test")
+    ]
+    expected_test = _delong_structural(truth, test_scores["dense"], test_scores["mot"])
+    summary = summarize(records, predictions=preds)
+    test = _row(summary, "dense", "none", "test/y/auroc")
+    assert test.p_delong == pytest.approx(expected_test[3], rel=1e-9)
+    assert test.delong_diff == pytest.approx(expected_test[0] - expected_test[1])
+    val = _row(summary, "dense", "none", "val/y/auroc")
+    assert np.isnan(val.delong_diff) and np.isnan(val.p_delong) and np.isnan(val.q_delong)
+    assert "DeLong" not in val.tests and "untestable" not in val.note  # no DeLong hypothesis: no family
+
+    staged = pd.concat(
+        [preds.assign(stage="test")]
+        + [_subject_preds(v, 0, rows, truth, val_scores[v], fold_of).assign(stage="val") for v in ("mot", "dense")]
+    )
+    summary = summarize(records, predictions=staged)
+    expected_val = _delong_structural(truth, val_scores["dense"], val_scores["mot"])
+    assert _row(summary, "dense", "none", "test/y/auroc").p_delong == pytest.approx(expected_test[3], rel=1e-9)
+    assert _row(summary, "dense", "none", "val/y/auroc").p_delong == pytest.approx(expected_val[3], rel=1e-9)
+
+
+def test_delong_matches_seeds_per_subject():
+    """Identical models, but one side lacks seed 1 of some subjects (and has a NaN score for another): both sides
+    must average the same seeds for every subject, so the pooled scores are identical (diff 0, p 1)."""
+    rng = np.random.default_rng(0)
+    n = 40
+    truth = rng.integers(0, 2, n)
+    fold_of = np.arange(n) % 4
+    rows = np.arange(n)
+    s0, s1 = rng.normal(truth, 1.0), rng.normal(truth, 1.0)
+    lacking = rows[rows % 8 == 0]  # 5 subjects without seed 1 in dense
+    s1_nan = s1.copy()
+    s1_nan[3] = np.nan  # and subject 3's seed-1 score undefined
+    preds = pd.concat(
+        [
+            _subject_preds("mot", 0, rows, truth, s0, fold_of),
+            _subject_preds("mot", 1, rows, truth, s1, fold_of),
+            _subject_preds("dense", 0, rows, truth, s0, fold_of),
+            _subject_preds("dense", 1, np.setdiff1d(rows, lacking), truth, s1_nan, fold_of),
+        ]
+    )
+    records = [_rec(v, "none", s, f, "test/y/auroc", 0.7) for v in ("mot", "dense") for s in (0, 1) for f in range(4)]
+    row = _row(summarize(records, predictions=preds), "dense", "none", "test/y/auroc")
+    assert row.delong_diff == 0.0 and row.p_delong == 1.0
+    assert "DeLong on 40 subjects: 0 of the cell's and 6 of the reference's (subject, seed) predictions" in row.note
+    assert "(40 subjects)" in row.tests
+
+    # a different cell with the same gaps: pooled over the matched seeds, as written out here
+    s2, s3 = rng.normal(truth, 1.2), rng.normal(truth, 1.2)
+    other = pd.concat(
+        [
+            _subject_preds("mot", 0, rows, truth, s0, fold_of),
+            _subject_preds("mot", 1, rows, truth, s1, fold_of),
+            _subject_preds("dense", 0, rows, truth, s2, fold_of),
+            _subject_preds("dense", 1, rows[rows % 8 != 0], truth, np.where(rows == 3, np.nan, s3), fold_of),
+        ]
+    )
+    has_seed1 = (rows % 8 != 0) & (rows != 3)
+    cell = np.where(has_seed1, (s2 + s3) / 2, s2)
+    ref = np.where(has_seed1, (s0 + s1) / 2, s0)
+    expected = _delong_structural(truth, cell, ref)
+    row = _row(summarize(records, predictions=other), "dense", "none", "test/y/auroc")
+    assert row.p_delong == pytest.approx(expected[3], rel=1e-9)
+    assert row.delong_diff == pytest.approx(expected[0] - expected[1])
+
+
+def test_delong_counts_the_subjects_it_used():
+    """A subject whose score is not finite on one side is not one of the subjects compared."""
+    preds, records = _prediction_grid()
+    preds.loc[(preds.variant == "dense") & (preds.row.isin([0, 1])), "score"] = np.inf
+    summary = summarize(records, predictions=preds)
+    assert "DeLong on pooled out-of-fold AUROC (58 subjects)" in _row(summary, "dense", "none", "test/dx/auroc").tests
+    assert "(60 subjects)" in _row(summary, "mot", "brain", "test/dx/auroc").tests
+
+
+# ========================================================= J. corrected t with no fold-to-fold variance
+def test_corrected_t_constant_difference_is_untestable_whether_or_not_it_rounds():
+    """A constant shift of 0.1 leaves fold differences equal only up to rounding (ptp ~ 1e-17); an exact
+    constant leaves none. Both have no fold-to-fold variance: NaN, noted, counted untestable; all-zero: p = 1."""
+    ref = np.array([0.31, 0.47, 0.52, 0.18, 0.66, 0.29])
+    exact_ref = np.array([0.5, 0.25, 0.75, 0.125, 0.375, 0.625])  # + 0.125: exact in binary
+    cells = {"rounded": ref + 0.1, "exact": None, "twin": ref, "noisy": ref + np.array([0.1, 0, 0.05, 0.2, 0.1, 0.3])}
+    records = [_rec("mot", "none", 0, f, "test/y/mae", v) for f, v in enumerate(ref)]
+    records += [_rec("mot", "none", 0, f, "exact/y/mae", v) for f, v in enumerate(exact_ref)]
+    records += [_rec("exact", "none", 0, f, "exact/y/mae", v + 0.125) for f, v in enumerate(exact_ref)]
+    for name, values in cells.items():
+        if values is not None:
+            records += [_rec(name, "none", 0, f, "test/y/mae", v) for f, v in enumerate(values)]
+    assert 0 < np.ptp((ref + 0.1) - ref) < 1e-15 and np.ptp((exact_ref + 0.125) - exact_ref) == 0
+    summary = summarize(records, test_train_ratio=0.2)
+    for variant, metric in (("rounded", "test/y/mae"), ("exact", "exact/y/mae")):
+        row = _row(summary, variant, "none", metric)
+        assert np.isnan(row.p_corrected_t) and np.isnan(row.q_corrected_t)
+        assert "no fold-to-fold variance" in row.note and "the t-test is undefined" in row.note
+        assert row.p_value == pytest.approx(stats.wilcoxon(np.full(6, 0.1)).pvalue)  # the rank test still runs
+    rounded = _row(summary, "rounded", "none", "test/y/mae")
+    assert "1 of 3 corrected t comparison(s) of test/y/mae untestable (p NaN): BH over the other 2" in rounded.note
+    assert _row(summary, "twin", "none", "test/y/mae").p_corrected_t == 1.0
+    noisy = _row(summary, "noisy", "none", "test/y/mae")
+    d = cells["noisy"] - ref
+    assert noisy.p_corrected_t == pytest.approx(_nadeau_bengio_p(d, 0.2), rel=1e-10)
+
+
+def test_a_boolean_test_train_ratio_is_refused():
+    records = _grid({"mot": 0.0, "dense": -0.03})
+    for ratio in (True, {f: True for f in range(6)}, np.bool_(True)):
+        with pytest.raises(ValueError, match="n_test / n_train > 0"):
+            summarize(records, test_train_ratio=ratio)
+
+
+# ============================================ K. like with like: undefined terms, contributions per row
+def _recon_with_gaps() -> list[dict]:
+    """The reviewer's grid: without brain, the clin term is undefined in folds 3-5; without gene no term is
+    logged at all, only the total."""
+    rng = np.random.default_rng(5)
+    records = []
+    for f in range(6):
+        b, g, c = rng.uniform(0.5, 1.0, 3)
+        for m, v in (("brain", b), ("gene", g), ("clin", c)):
+            records.append(_rec("mot", "none", 0, f, f"test/recon/{m}", v))
+        records.append(_rec("mot", "none", 0, f, "test/recon", b + g + c))
+        clin = c + 0.05 if f < 3 else math.nan
+        records.append(_rec("mot", "brain", 0, f, "test/recon/gene", g + 0.05 + 0.01 * f))
+        records.append(_rec("mot", "brain", 0, f, "test/recon/clin", clin))
+        records.append(_rec("mot", "brain", 0, f, "test/recon", g + 0.05 + (0.0 if f >= 3 else clin)))
+        records.append(_rec("mot", "gene", 0, f, "test/recon", 1.0))
+        for dropped, shift in (("none", 0.0), ("brain", 0.02), ("gene", 0.04)):
+            records.append(_rec("mot", dropped, 0, f, "test/loss", 2.0 + shift))
+    return records
+
+
+def test_like_with_like_says_which_folds_an_undefined_term_left_out():
+    records = _recon_with_gaps()
+    value = {(r["dropped"], r["fold"], r["metric"]): r["value"] for r in records}
+    row = _row(summarize(records), "mot", "brain", "test/recon")
+    like = np.array(
+        [
+            sum(value["brain", f, f"test/recon/{m}"] - value["none", f, f"test/recon/{m}"] for m in ("clin", "gene"))
+            for f in range(6)
+        ]
+    )
+    kept = like[np.isfinite(like)]
+    assert kept.size == 3 and row.n_pairs == 3
+    assert row.mean_diff == pytest.approx(kept.mean())
+    assert "3 (seed, fold) pair(s) left out where a term was undefined on either side (clin in 3)" in row.note
+    assert "3 fold(s) left out entirely: 3, 4, 5" in row.note
+
+
+def test_contributions_of_recon_keep_the_rows_that_can_be_compared():
+    records = _recon_with_gaps()
+    summary = summarize(records)
+    contrib = modality_contributions(summary, "test/recon").set_index("modality")
+    assert list(contrib.index) == ["brain", "gene"]
+    brain = _row(summary, "mot", "brain", "test/recon")
+    assert contrib.loc["brain", "contribution"] == pytest.approx(brain.mean_diff) and brain.mean_diff > 0
+    assert np.isnan(contrib.loc["gene", "contribution"]) and np.isnan(contrib.loc["gene", "p_value"])
+    assert "no test/recon/<modality> term is defined on both sides" in contrib.loc["gene", "note"]
+    # the total loss is still refused, and its advice is another metric
+    with pytest.raises(ValueError, match="'test/loss' is not comparable") as err:
+        modality_contributions(summary, "test/loss")
+    assert "use test/recon" in str(err.value) and "use test/loss" not in str(err.value)
+
+
+# ====================================================== L. steps to reference quality: one tau for all
+def test_restricted_mean_uses_one_tau_so_stopping_early_does_not_look_fast():
+    """The reviewer's example: 'bad' stops at half the steps and never reaches the target. With each variant's
+    own tau it had the smallest restricted mean (0.5, vs 0.9 and 1.0) and looked fastest."""
+    steps = np.arange(1, 11) * 10
+    reference = 1 / np.sqrt(steps)
+    cells = {}
+    for f in range(4):
+        cells[("dense", f)] = dict(zip(steps.tolist(), reference, strict=True))
+        cells[("mot", f)] = dict(zip(steps.tolist(), 0.9 * reference, strict=True))
+        cells[("bad", f)] = dict(zip(steps[:5].tolist(), 1.2 * reference[:5], strict=True))
+    _, per_variant = steps_to_reference_quality(_curves(cells))
+    summ = per_variant.set_index("variant")
+    assert (summ.restricted_mean_ratio_tau == 0.5).all()  # bad is followed to 0.5 and no further
+    for variant, times, reached in (("dense", [1.0] * 4, [1] * 4), ("mot", [0.9] * 4, [1] * 4),
+                                    ("bad", [0.5] * 4, [0] * 4)):  # fmt: skip
+        assert summ.loc[variant, "restricted_mean_ratio"] == pytest.approx(_km_textbook(times, reached, tau=0.5)[1])
+    assert summ.loc["bad", "restricted_mean_ratio"] >= summ[["restricted_mean_ratio"]].drop("bad").max().item()
+    assert summ.loc["bad", "km_median_ratio"] == math.inf and summ.loc["mot", "km_median_ratio"] == 0.9
+    assert "common tau 0.5" in summ.loc["mot", "note"]
+
+
+def test_common_tau_cuts_every_curve_at_the_shortest_follow_up():
+    """'short' reaches the target at 0.2 in one fold and is censored at 0.5 in the other: its curve is known to
+    0.5 only, so every variant's restricted mean is the area up to 0.5 (mot's curve drops at 0.3 and 0.6)."""
+    dense = {100: 1.0}
+    cells = {("dense", f): dense for f in range(2)}
+    cells[("mot", 0)] = {30: 1.0}  # 0.3
+    cells[("mot", 1)] = {60: 1.0}  # 0.6
+    cells[("short", 0)] = {20: 1.0}  # 0.2
+    cells[("short", 1)] = {50: 1.5}  # censored at 0.5
+    _, per_variant = steps_to_reference_quality(_curves(cells))
+    summ = per_variant.set_index("variant")
+    assert (summ.restricted_mean_ratio_tau == 0.5).all()
+    assert summ.loc["mot", "restricted_mean_ratio"] == pytest.approx(_km_textbook([0.3, 0.6], [1, 1], tau=0.5)[1])
+    assert summ.loc["mot", "restricted_mean_ratio"] == pytest.approx(0.3 + 0.2 * 0.5)
+    assert summ.loc["short", "restricted_mean_ratio"] == pytest.approx(0.2 + 0.3 * 0.5)
+    assert summ.loc["dense", "restricted_mean_ratio"] == pytest.approx(0.5)
+    assert "Kaplan-Meier estimate of E[min(ratio, tau)]" in summ.loc["short", "note"]
+
+
+def test_km_median_where_the_survival_is_one_half_over_an_interval():
+    """Four cells reach the target at 0.2, 0.4, 0.6, 0.8: S = 0.5 on [0.4, 0.6). The median reported is the
+    left end, 0.4, the smallest time with S <= 0.5 (R's survival package would report the midpoint, 0.5)."""
+    dense = {100: 1.0}
+    cells = {("dense", f): dense for f in range(4)}
+    for f, step in enumerate((20, 40, 60, 80)):
+        cells[("mot", f)] = {step: 1.0}
+    _, per_variant = steps_to_reference_quality(_curves(cells))
+    mot = per_variant.set_index("variant").loc["mot"]
+    survival = {t: (4 - k) / 4 for k, t in enumerate((0.2, 0.4, 0.6, 0.8), start=1)}  # after each time
+    assert survival[0.4] == 0.5
+    assert mot.km_median_ratio == pytest.approx(min(t for t, s in survival.items() if s <= 0.5)) == 0.4
+    # nothing censored: the area under the curve is the plain mean of the times
+    assert mot.restricted_mean_ratio == pytest.approx(np.mean([0.2, 0.4, 0.6, 0.8]))
