@@ -18,7 +18,11 @@ and a ridge fit has at most trace / alpha effective degrees of freedom, so the r
 from alpha = 1e-3 (practically least squares) up to 100 n p, where the fit has at most 0.01 degrees of freedom
 (practically the mean); the old fixed grid stopped at 1e3, too weak for 20,000 early-fusion features. Logistic C
 runs in whole decades from 1e4 (practically unpenalized) down to 0.04 / (n p), the same bound with a log-loss
-curvature of at most 1/4. A choice on either edge is logged (one warning line) and noted in the table.
+curvature of at most 1/4. A choice on either edge is logged (one warning line) and noted in the table. When the
+inner CV loss is flat across the whole grid (every penalty scores alike, as with features that are constant in the
+training rows) no penalty was chosen at all: that is logged and noted instead of an edge ("CV loss flat across the
+penalty grid"). Feature columns missing (NaN) in every training subject of a target are dropped before fitting,
+with a note giving their count; with none left the probe cannot fit.
 
 CIs. Test metrics carry percentile bootstrap 95% CIs over resampled test subjects, drawn with replacement
 (the ``resampling`` column says which scheme each row used):
@@ -104,7 +108,9 @@ COLUMNS = (
 over the valid resamples; ``resampling``: what a resample draws (:data:`RESAMPLING`); ``n_resamples``: requested;
 ``n_resamples_valid``: those where the metric was defined (the CI's sample); ``penalty``: ridge alpha
 (regression) or logistic C (classification, the inverse strength) chosen by the inner CV; ``note``: why a number
-is NaN, resamples were skipped, or the penalty sat on the edge of its grid."""
+is NaN or has no CI, resamples were skipped, a class had few test cases, feature columns missing in every training
+subject were dropped, the inner CV loss was flat across the penalty grid, or the penalty sat on the edge of its
+grid."""
 RESAMPLING = {
     ("plain", False): "subjects",
     ("plain", True): "groups (cluster)",
@@ -127,6 +133,12 @@ RIDGE_ALPHA_MIN = 1e-3
 LOGISTIC_C_MAX = 1e4
 NULL_MODEL_DF = 0.01
 """The heavy end of each penalty grid allows at most this many effective degrees of freedom."""
+FLAT_LOSS_RTOL = 1e-9
+"""The inner CV loss (mean over inner splits) is flat when its range across the grid is at most this fraction of
+its largest magnitude: no penalty did better than another (features constant in the training rows give exactly
+equal losses; one pure-noise feature among 20,000 subjects still varies by about 1e-5)."""
+_EMPTY_FEATURE_WARNING = "Skipping features without any observed values"
+"""SimpleImputer's warning for a column without a value in its fit rows (it leaves such a column out)."""
 GRID_STEP = {"regression": 0.5, "classification": 1.0}
 """Decades between penalty grid points: ridge is solved for every alpha of a fold at once (one eigendecomposition),
 so its grid is finer; each logistic C is a separate fit (the old grid stepped 0.89 decades)."""
@@ -401,6 +413,9 @@ class _TunedProbe:
     tolerance (where the classes are separable and C is large, the optimum is barely defined and solvers stop
     at different points).
 
+    A column without a value in an inner training part is left out of that part's fit by the imputer, as in
+    ``GridSearchCV``, without its warning (the caller drops columns without a value in every row beforehand).
+
     ``cv``: a splitter or ``[(train positions, test positions), ...]``. After ``fit``: ``grid_``, ``cv_loss_``
     (``[splits, grid]`` mean squared error or log loss on each inner test part), ``penalty_`` (ridge alpha or
     logistic C), ``pipeline_`` (refitted on all rows), ``classes_`` (classification)."""
@@ -420,8 +435,11 @@ class _TunedProbe:
         labels = np.unique(y)
         loss = np.empty((len(splits), len(self.grid_)))
         for i, (train, test) in enumerate(splits):
-            preprocess = _preprocessor(self.kind, len(train), x.shape[1]).fit(x[train])
-            x_train, x_test = preprocess.transform(x[train]), preprocess.transform(x[test])
+            with warnings.catch_warnings():
+                # a column observed only in this split's held-out rows: the imputer leaves it out of this split
+                warnings.filterwarnings("ignore", message=_EMPTY_FEATURE_WARNING, category=UserWarning)
+                preprocess = _preprocessor(self.kind, len(train), x.shape[1]).fit(x[train])
+                x_train, x_test = preprocess.transform(x[train]), preprocess.transform(x[test])
             if self.kind == "regression":
                 loss[i] = _ridge_fold_errors(x_train, y[train], x_test, y[test], self.grid_)
                 continue
@@ -527,6 +545,51 @@ def _empty_rows(name, target, kind, n_train, n_test, note, n_bootstrap: int = 0)
     ]
 
 
+def _flat_note(kind: str, cv_loss: np.ndarray, y: np.ndarray) -> str:
+    """A note when the inner CV loss (mean over the inner splits) is flat across the whole penalty grid, else ``""``.
+
+    Then no penalty scored better than another and the first of the grid was kept by the tie rule; that is not a
+    choice of a light or heavy penalty, so it replaces the edge note."""
+    mean = np.asarray(cv_loss, dtype=np.float64).mean(axis=0)
+    if not len(mean) or not np.isfinite(mean).all():
+        return ""
+    if np.ptp(mean) > FLAT_LOSS_RTOL * max(float(np.abs(mean).max()), np.finfo(float).tiny):
+        return ""
+    if kind == "regression" and np.ptp(y) == 0:
+        return "CV loss flat across the penalty grid: the training target is constant"
+    return (
+        "CV loss flat across the penalty grid: no usable features (every penalty scored the same; the first of"
+        " the grid was kept)"
+    )
+
+
+def _undefined_note(kind: str, metric: str, y: np.ndarray, pred: np.ndarray, classes) -> str:
+    """Why ``metric`` is undefined (NaN) on the whole test set, as :func:`_metric_values` decides it."""
+    if kind == "regression":
+        reasons = []
+        if np.ptp(y) == 0:
+            reasons.append("the test targets are all equal (constant truth)")
+        if metric == "pearson" and np.ptp(pred) == 0:
+            reasons.append("the probe predicts one value for every test subject (constant prediction)")
+        return "undefined on the test set: " + (" and ".join(reasons) or "a zero variance")
+    present = np.unique(y)
+    if kind == "binary":
+        return f"undefined on the test set: it holds only class {', '.join(f'{c:g}' for c in present)}"
+    unseen = np.setdiff1d(present, classes)
+    if len(unseen):
+        listed = ", ".join(f"{c:g}" for c in unseen)
+        return f"undefined on the test set: it holds class(es) {listed} the probe never saw in training"
+    absent = ", ".join(f"{c:g}" for c in np.setdiff1d(classes, present))
+    return f"undefined on the test set: class(es) {absent} absent there (one-vs-rest macro needs every class)"
+
+
+def _resample_reason(kind: str, metric: str) -> str:
+    """What makes ``metric`` undefined in a resample (as in :func:`_metric_values`)."""
+    if kind == "regression":
+        return "constant truth" if metric == "r2" else "constant truth or constant prediction"
+    return "a class missing"
+
+
 def _edge_note(kind: str, penalty: float, grid: np.ndarray) -> str:
     """A note when the inner CV chose the first or last penalty of its grid, else ``""``."""
     if kind == "regression":
@@ -577,11 +640,15 @@ def _probe_one(
             raise ValueError(f"target {target!r} is {kind} but holds values that are not class labels 0, 1, ...")
         if kind == "binary" and not all(np.isin(v, (0.0, 1.0)).all() for v in labels):
             raise ValueError(f"target {target!r} is binary but holds values other than 0 and 1")
-        _, per_class = np.unique(y_fit, return_counts=True)
+        present, per_class = np.unique(y_fit, return_counts=True)
         # the inner CV is stratified: a rare class limits how many folds it can have
         n_folds = min(inner_folds, int(per_class.min())) if len(per_class) else 0
         if len(per_class) < 2 or n_folds < 2:
-            note = "cannot fit: the training subjects need at least 2 classes with 2 or more subjects each"
+            held = ", ".join(f"class {c:g}: {k}" for c, k in zip(present, per_class, strict=True)) or "none"
+            note = (
+                "cannot fit: the training subjects need at least 2 classes, every class held by 2 or more of them"
+                f" ({held})"
+            )
             warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
             return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
     elif n_train < 3:
@@ -595,14 +662,29 @@ def _probe_one(
     if grouped:
         inner_splits = grouped_inner_splits(kind, y_fit, _group_codes(groups, fit_ids), inner_folds, seed)
         if not inner_splits:
-            note = "cannot fit: no inner CV keeps groups whole (too few groups, or a class in fewer than 2 groups)"
+            note = (
+                "cannot fit: no inner CV keeps groups whole (fewer than 2 groups, or no grouped split gives every"
+                " inner training part every class)"
+            )
             warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
             return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
         test_groups = _group_codes(groups, test_ids)
     x_fit = x.loc[fit_ids].to_numpy(np.float64)
+    observed = ~np.isnan(x_fit).all(axis=0)  # a column without a value in any training row cannot be imputed
+    dropped = int((~observed).sum())
+    if not observed.any():
+        note = f"cannot fit: every feature column is missing (NaN) in all {n_train} training subjects"
+        warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
+        return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
+    dropped_note = (
+        f"{dropped} feature column(s) missing (NaN) in every training subject dropped before fitting" if dropped else ""
+    )
+    if dropped:
+        log.info("probe %r / %r: %s", name, target, dropped_note)
+    x_fit = x_fit[:, observed]
     with threadpool_limits(limits=1) if x_fit.size < _SMALL_FIT_CELLS else nullcontext():
         model = _pipeline(kind, n_folds, seed, inner_splits).fit(x_fit, y_fit)
-    x_test = x.loc[test_ids].to_numpy(np.float64)
+    x_test = x.loc[test_ids].to_numpy(np.float64)[:, observed]
     classes = None
     if kind == "regression":
         pred = model.predict(x_test)
@@ -611,7 +693,9 @@ def _probe_one(
     else:
         pred, classes = model.predict_proba(x_test), model.classes_
     penalty, grid = getattr(model, "penalty_", np.nan), getattr(model, "grid_", None)
-    edge = _edge_note(kind, penalty, grid) if grid is not None and len(grid) else ""
+    edge = _flat_note(kind, model.cv_loss_, y_fit) or (
+        _edge_note(kind, penalty, grid) if grid is not None and len(grid) else ""
+    )
     if edge:
         log.warning("probe %r / %r: %s", name, target, edge)
 
@@ -620,9 +704,9 @@ def _probe_one(
     one_group = grouped and len(np.unique(test_groups)) < 2
     rows = []
     for metric, (value, low, high, valid, drawn) in bootstrap.items():
-        notes = []
+        notes = [dropped_note] if dropped_note else []
         if not np.isfinite(value):
-            notes.append("undefined on the test set (e.g. a class missing)")
+            notes.append(_undefined_note(kind, metric, y_test, pred, classes))
         elif n_bootstrap and not drawn:
             notes.append(
                 "no CI: the test subjects are all in one group"
@@ -632,10 +716,13 @@ def _probe_one(
         elif drawn and not np.isfinite(low):
             notes.append(
                 f"no CI: the metric is defined in only {valid} of {drawn} resamples (under"
-                f" {MIN_VALID_FRACTION:.0%}); the rest would be a selected subset"
+                f" {MIN_VALID_FRACTION:.0%}; undefined in the others: {_resample_reason(kind, metric)}); the rest"
+                " would be a selected subset"
             )
         elif valid < drawn:
-            notes.append(f"{drawn - valid} of {drawn} resamples undefined and skipped")
+            notes.append(
+                f"{drawn - valid} of {drawn} resamples undefined ({_resample_reason(kind, metric)}) and skipped"
+            )
         if np.isfinite(value) and drawn and few and metric in STRATIFIED_METRICS:
             notes.append(few)
         if edge:
@@ -698,7 +785,8 @@ def probe(
     bootstrap; stratified by the classes a group holds). See the module docstring.
 
     Args:
-        feature_sets: name -> numeric DataFrame indexed by subject ID (NaN allowed: mean-imputed on the fit set).
+        feature_sets: name -> numeric DataFrame indexed by subject ID (NaN allowed: mean-imputed on the fit set;
+            a column missing in every fit subject of a target is dropped for that target, with a note).
         targets: DataFrame indexed by subject ID, one column per target (NaN = not observed).
         splits: ``{"train": ids, "val": ids, "test": ids}``; train and val are fitted on, test is held out.
         kinds: target -> ``"regression"``, ``"binary"`` (0/1) or ``"multiclass"`` (labels 0..K-1).
@@ -717,9 +805,10 @@ def probe(
         ``resampling`` (what a resample draws, :data:`RESAMPLING`; ``"none"`` without resamples),
         ``n_resamples`` (requested) and ``n_resamples_valid`` (those where the metric was defined: the CI's
         sample; under :data:`MIN_VALID_FRACTION` of the requested the CI is NaN), ``penalty`` (ridge alpha or
-        logistic C chosen by the inner CV) and ``note`` (``"; "``-joined: why a number is NaN, resamples
-        skipped, a class with few test cases, a penalty on the edge of its grid). A set's subjects are its index
-        intersected with the split IDs.
+        logistic C chosen by the inner CV) and ``note`` (``"; "``-joined: feature columns dropped as missing in
+        every fit subject, why a number is NaN or has no CI, resamples skipped, a class with few test cases, an
+        inner CV loss flat across the penalty grid or else a penalty on the edge of its grid). A set's subjects
+        are its index intersected with the split IDs.
     """
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")

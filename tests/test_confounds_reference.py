@@ -21,7 +21,7 @@ from data_adapters.cache import save_cohort
 from data_adapters.cohort import build_cohort
 from data_adapters.core import AdapterError, TokenizedModality
 from mot_neuro.data.datamodule import NeuroOmicsDataModule
-from mot_neuro.data.preprocess import FoldPreprocessor
+from mot_neuro.data.preprocess import FoldPreprocessor, _category_label, _category_labels
 
 demo = test_bad_inputs.demo  # the demo cohort, written once per module (fixture)
 case = test_bad_inputs.case  # one CLI run's folder and runner (fixture)
@@ -209,6 +209,128 @@ def test_blank_and_unseen_held_out_codes_get_the_training_average_as_in_the_refe
     expected = reference_residuals(y, age, codes, train)[held_out]
     ok = ~np.isnan(y[held_out])
     np.testing.assert_allclose(out[ok], expected[ok], rtol=1e-5, atol=1e-4)
+
+
+def _shortest_float32_text(value: np.float32) -> str:
+    """The fewest significant digits that read back as the same float32, found by trying 1, 2, ... digits."""
+    for digits in range(1, 10):
+        text = f"{float(value):.{digits}g}"
+        if np.float32(float(text)) == value:
+            return text
+    raise AssertionError(value)
+
+
+def _as_number_label(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
+def test_category_labels_match_by_value_whatever_the_type():
+    """Each group is one value written as the dtypes a column can be read with; groups must not share a label.
+    Missing-value text is missing, text booleans are the booleans, numeric text is its number."""
+    same_value = [
+        [1.5, "1.5", "1.50", " 1.5 ", np.float32(1.5), np.float64(1.5)],
+        [0.1, "0.1", "0.10", "1e-1", np.float32(0.1), np.float16(0.1)],
+        [1e20, "1e20", "1E+20", 10**20, "100000000000000000000"],
+        [True, np.True_, "True", " true ", "TRUE", 1, "1", 1.0, "1.0", np.int8(1)],
+        [False, np.False_, "False", "false", 0, "0", "0.0", -0.0, "-0"],
+        [11025, 11025.0, "11025", " 11025.0", "011025", np.int64(11025), np.float32(11025), "1.1025e4"],
+        [-3, "-3", "-3.0", -3.0, np.float32(-3)],
+        ["centre A", " centre A "],
+        ["a"],
+        ["A"],
+    ]
+    labels = [{_category_label(v) for v in group} for group in same_value]
+    assert all(len(found) == 1 for found in labels), labels
+    assert len(set.union(*labels)) == len(same_value)  # distinct values keep distinct labels
+    assert _category_label(0.1) == "0.1" and _category_label(True) == "1" and _category_label(11025.0) == "11025"
+    for missing in ["", "  ", "nan", "NaN", "NA", "n/a", "N/A", "None", "null", " NULL ", None, np.nan, pd.NA]:
+        assert _category_label(missing) is None, missing
+    # any float32: its shortest decimal text, found here by trying digits, is the same category as that text
+    rng = np.random.default_rng(0)
+    for value in (rng.normal(size=200) * 10.0 ** rng.integers(-8, 9, 200)).astype(np.float32):
+        text = _shortest_float32_text(value)
+        assert _category_label(value) == _category_label(text) == _as_number_label(float(text))
+    assert _category_label(np.float32(1 / 3)) != _category_label(1 / 3)  # 0.33333334 is not 0.3333333333333333
+    # a float32 column (factorize hands its values back as float64) and its text agree too
+    column = pd.Series(np.array([0.1, 2.75, np.nan, 0.1], dtype=np.float32))
+    assert list(_category_labels(column)) == ["0.1", "2.75", None, "0.1"]
+    assert list(_category_labels(column.astype("Float32"))) == ["0.1", "2.75", None, "0.1"]
+
+
+HALF_CODES = {11025: 0.1, 11026: 1.5, 11027: 2.75, 11028: -0.3}  # sites coded by non-whole numbers
+
+
+def test_float32_and_text_codes_of_non_whole_values_are_one_category_in_fit_and_transform():
+    """Fitted on a float32 column (0.1 stored as 0.10000000149011612), applied to the same sites read as
+    float64 or written as text ("0.10", "1.50"): no unseen category, the same residuals, and those of the
+    dummy-coded least squares reference."""
+    codes = sites()
+    train, held_out = split()
+    as_float32 = make_cohort(np.array([HALF_CODES[c] for c in codes], dtype=np.float32))
+    pre = preprocessor(as_float32, train, categorical_confounds=["site"], standardize=False)
+    assert pre.state_dict()["confounds"][1]["categories"] == ["-0.3", "0.1", "1.5", "2.75"]
+    y, age = raw(as_float32), as_float32.participants["age"].to_numpy(float)
+    expected = reference_residuals(y, age, codes.astype(float), train)
+    ok = ~np.isnan(y[held_out])
+    others = {
+        "float64": np.array([HALF_CODES[c] for c in codes], dtype=np.float64),
+        "text": np.array([f"{HALF_CODES[c]:.2f}" for c in codes], dtype=object),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an "unseen category" warning would fail here
+        own = pre.transform("brain", held_out)[0][:, 0, 0]
+        np.testing.assert_allclose(own[ok], expected[held_out][ok], rtol=1e-5, atol=1e-4)
+        for site in others.values():
+            out = pre.transform("brain", held_out, cohort=make_cohort(site))[0][:, 0, 0]
+            np.testing.assert_array_equal(out, own)
+
+
+def reference_with_missing(y, age, site, train):
+    """Least squares on the observed training rows with one dummy per training site but the first; a row whose
+    site is missing gets the dummies' means over the training rows whose site is observed (their shares)."""
+    levels = np.unique(site[train][~np.isnan(site[train])])
+    dummies = np.stack([(site == level).astype(float) for level in levels[1:]], axis=1)
+    observed_train = train[~np.isnan(site[train])]
+    dummies[np.isnan(site)] = dummies[observed_train].mean(axis=0)
+    fit_rows = train[~np.isnan(y[train])]
+    design = np.column_stack([np.ones(len(y)), age, dummies])
+    beta, *_ = np.linalg.lstsq(design[fit_rows], y[fit_rows], rcond=None)
+    return y - design @ beta
+
+
+def test_missing_value_text_is_missing_and_text_booleans_are_the_booleans():
+    """Site labels with "NA", "", " n/a ", "None", "null" in training and held-out rows: those rows are missing
+    (no category of their own, the training average), as the reference computes; a boolean confound applied
+    to the same column as "True"/"False" text matches category by category."""
+    codes = sites().astype(float)
+    train, held_out = split()
+    text = np.array([f"centre {int(c)}" for c in codes], dtype=object)
+    blank_rows = np.concatenate([train[:10], held_out[:10]])
+    text[blank_rows] = np.resize(["NA", "", " n/a ", "None", "null"], len(blank_rows))
+    codes[blank_rows] = np.nan
+    cohort = make_cohort(text)
+    pre = preprocessor(cohort, train, categorical_confounds=["site"], standardize=False)
+    assert pre.state_dict()["confounds"][1]["categories"] == [f"centre {c}" for c in CODES]
+    y, age = raw(cohort), cohort.participants["age"].to_numpy(float)
+    expected = reference_with_missing(y, age, codes, train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # missing, not unseen: no warning
+        for rows in (train, held_out):
+            out = pre.transform("brain", rows)[0][:, 0, 0]
+            ok = ~np.isnan(y[rows])
+            np.testing.assert_allclose(out[ok], expected[rows][ok], rtol=1e-5, atol=1e-4)
+
+    flag = np.isin(sites(), [11026, 11028])
+    as_bool = make_cohort(sex=flag)
+    as_text = make_cohort(sex=np.array([f" {f} " if i % 2 else str(f).upper() for i, f in enumerate(flag)], object))
+    fitted = preprocessor(as_bool, train, confounds=["age", "sex"], categorical_confounds=["sex"])
+    assert fitted.state_dict()["confounds"][1]["categories"] == ["0", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        on_text = fitted.transform("brain", held_out, cohort=as_text)[0]
+    np.testing.assert_array_equal(on_text, fitted.transform("brain", held_out)[0])
+    from_text = preprocessor(as_text, train, confounds=["age", "sex"], categorical_confounds=["sex"])
+    assert from_text.state_dict()["confounds"] == fitted.state_dict()["confounds"]
 
 
 # ====================================================================== (d) a declaration that is not a confound

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -438,3 +439,136 @@ def test_a_penalty_on_the_edge_of_its_grid_is_logged_once_and_noted(caplog):
     assert len(messages) == 2
     assert "'noise'" in messages[0] and "heavy-penalty edge" in messages[0]
     assert "'separable'" in messages[1] and "light-penalty edge" in messages[1]
+
+
+# ---------------------------------------------------------------------------------------------- notes
+def test_a_flat_cv_loss_is_noted_instead_of_an_edge(caplog):
+    """Constant features: every penalty of the grid scores exactly alike, so no penalty was chosen (the tie rule
+    kept the first). The note says so, not "light-penalty edge: practically unpenalized"; the probe predicts the
+    training mean (regression) or prevalence (binary), computed here directly."""
+    rng = np.random.default_rng(11)
+    n = 60
+    ids = _ids(n)
+    x = pd.DataFrame({"one": np.ones(n), "two": np.full(n, 2.0)}, index=ids)
+    targets = pd.DataFrame({"yr": rng.normal(size=n), "yb": (rng.random(n) < 0.3).astype(float)}, index=ids)
+    splits = {"train": ids[:40], "val": ids[40:50], "test": ids[50:]}
+    with caplog.at_level(logging.WARNING, logger="mot_neuro.probe"):
+        results = probe({"x": x}, targets, splits, kinds={"yr": "regression", "yb": "binary"}, n_bootstrap=20)
+    flat = "CV loss flat across the penalty grid: no usable features"
+    assert results.note.str.contains(flat, regex=False).all()
+    assert not results.note.str.contains("edge").any()
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(messages) == 2 and all(flat in m for m in messages)
+
+    y_fit, y_test = targets.loc[ids[:50]], targets.loc[ids[50:]]
+    mae = np.mean(np.abs(y_test.yr - y_fit.yr.mean()))
+    assert _row(results, "yr", "mae").value == pytest.approx(mae, rel=1e-10)
+    brier = np.mean((y_test.yb - y_fit.yb.mean()) ** 2)
+    assert _row(results, "yb", "brier").value == pytest.approx(brier, abs=1e-4)
+    # one prediction for every test subject: pearson is undefined for that reason, not for a missing class
+    pearson = _row(results, "yr", "pearson")
+    assert np.isnan(pearson.value) and "constant prediction" in pearson.note and "class" not in pearson.note
+
+    # a feature that carries the target: the loss varies across the grid and no flat note is given
+    x["signal"] = targets.yr + 0.1 * rng.normal(size=n)
+    results = probe({"x": x}, targets[["yr"]], splits, kinds={"yr": "regression"}, n_bootstrap=0)
+    assert not results.note.str.contains("flat").any()
+
+
+def test_an_undefined_metric_names_its_reason():
+    """Regression: a constant test target leaves r2 and pearson undefined (zero variance of the truth, checked
+    here directly); classification: a class absent from the test set leaves the ranking metrics undefined."""
+    rng = np.random.default_rng(12)
+    n = 90
+    ids = _ids(n)
+    x = rng.normal(size=(n, 3))
+    latent = x[:, 0] + 0.5 * rng.normal(size=n)
+    targets = pd.DataFrame(
+        {
+            "yr": latent,
+            "yb": (latent > 0).astype(float),
+            "y3": np.digitize(latent, [-0.5, 0.5]).astype(float),
+        },
+        index=ids,
+    )
+    test = ids[70:]
+    targets.loc[test, "yr"] = 2.5
+    targets.loc[test, "yb"] = 0.0
+    targets.loc[test, "y3"] = np.where(np.arange(len(test)) % 2, 0.0, 1.0)  # class 2 absent
+    splits = {"train": ids[:60], "val": ids[60:70], "test": test}
+    kinds = {"yr": "regression", "yb": "binary", "y3": "multiclass"}
+    results = probe({"x": pd.DataFrame(x, index=ids)}, targets, splits, kinds=kinds, n_bootstrap=20)
+    assert np.var(targets.loc[test, "yr"].to_numpy()) == 0.0
+    for metric in ("r2", "pearson"):
+        row = _row(results, "yr", metric)
+        assert np.isnan(row.value) and "constant truth" in row.note and "class" not in row.note
+    assert np.isfinite(_row(results, "yr", "mae").value)
+    assert sorted(np.unique(targets.loc[test, "yb"])) == [0.0]
+    for metric in ("auroc", "auprc"):
+        assert "only class 0" in _row(results, "yb", metric).note
+        row = _row(results, "y3", metric)
+        assert np.isnan(row.value) and "class(es) 2 absent" in row.note
+
+
+def test_feature_columns_missing_in_every_training_subject_are_dropped_once():
+    """A column without a value in any training subject is dropped before fitting: no imputer warning (there was
+    one per inner fit), a note with the count, and the same results as the set without it. A column observed in
+    one training subject stays (its inner splits without it leave it out silently). The refit predictions equal a
+    scikit-learn pipeline on the kept columns with the probe's penalty."""
+    rng = np.random.default_rng(13)
+    n = 80
+    ids = _ids(n)
+    x = pd.DataFrame(rng.normal(size=(n, 3)), index=ids, columns=["a", "b", "c"])
+    x["once"] = np.nan
+    x.loc[ids[5], "once"] = 1.0
+    y = x.a + 0.5 * rng.normal(size=n)
+    targets = pd.DataFrame({"yr": y, "yb": (y > 0).astype(float)}, index=ids)
+    splits = {"train": ids[:50], "val": ids[50:60], "test": ids[60:]}
+    kinds = {"yr": "regression", "yb": "binary"}
+    with_nan = x.assign(empty=np.nan, empty_too=np.nan)
+    with_nan.loc[ids[60:], "empty"] = 3.0  # observed in test subjects only: still nothing to fit on
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings_free = probe({"x": with_nan}, targets, splits, kinds=kinds, n_bootstrap=50)
+    assert [str(w.message) for w in caught] == []
+    assert warnings_free.note.str.startswith(
+        "2 feature column(s) missing (NaN) in every training subject dropped before fitting"
+    ).all()
+    reference = probe({"x": x}, targets, splits, kinds=kinds, n_bootstrap=50)
+    numeric = ["value", "ci_low", "ci_high", "n_resamples_valid", "penalty"]
+    pd.testing.assert_frame_equal(warnings_free[numeric], reference[numeric])
+
+    fit, test = ids[:60], ids[60:]
+    alpha = _row(warnings_free, "yr", "mae").penalty
+    pipeline = Pipeline(
+        [("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler()), ("model", Ridge(alpha=alpha))]
+    ).fit(x.loc[fit].to_numpy(), y.loc[fit].to_numpy())
+    mae = mean_absolute_error(y.loc[test], pipeline.predict(x.loc[test].to_numpy()))
+    assert _row(warnings_free, "yr", "mae").value == pytest.approx(mae, rel=1e-9)
+
+    # nothing observed at all: no fit, one warning, the reason in the note
+    with pytest.warns(UserWarning, match="every feature column is missing"):
+        empty = probe({"x": with_nan[["empty"]]}, targets[["yr"]], splits, kinds=kinds, n_bootstrap=10)
+    assert empty.value.isna().all() and empty.note.str.startswith("cannot fit: every feature column").all()
+
+
+def test_a_class_too_rare_to_fit_is_named_in_the_note():
+    """Every class needs 2 training subjects (the inner CV is stratified); the note gives each class's count, as
+    counted here, even when 2 other classes have plenty."""
+    rng = np.random.default_rng(14)
+    n = 70
+    ids = _ids(n)
+    y = np.r_[np.zeros(30), np.ones(29), [2.0], rng.integers(0, 3, 10).astype(float)]
+    splits = {"train": ids[:50], "val": ids[50:60], "test": ids[60:]}
+    with pytest.warns(UserWarning, match="cannot fit"):
+        results = probe(
+            {"x": pd.DataFrame(rng.normal(size=(n, 2)), index=ids)},
+            pd.DataFrame({"y3": y}, index=ids),
+            splits,
+            kinds={"y3": "multiclass"},
+            n_bootstrap=10,
+        )
+    labels, counts = np.unique(y[:60], return_counts=True)
+    held = ", ".join(f"class {int(c)}: {k}" for c, k in zip(labels, counts, strict=True))
+    assert held == "class 0: 30, class 1: 29, class 2: 1"
+    assert results.note.str.contains(f"every class held by 2 or more of them ({held})", regex=False).all()

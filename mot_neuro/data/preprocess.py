@@ -13,12 +13,15 @@ processed on its own, in this order:
    that is not declared and holds 3 to 30 distinct whole numbers in the training rows is logged as a
    warning (two levels are not: with an intercept, a 0/1 column and a one-hot block span the same space,
    so number or category give the same residuals). A category is matched by value, so that training and
-   held-out rows, or a cohort read with another dtype, agree: whole numbers as integers (``11025``,
-   ``11025.0`` and the text ``"11025"``, ``"11025.0"`` are one category), other numbers as written by
-   ``repr(float)``, other text stripped of surrounding spaces. The fit uses the training rows where the slot is
-   observed (token present, value not NaN); ``X^T W X`` and ``X^T W y`` are accumulated over blocks of
-   ``block_rows`` rows, so memory-mapped arrays are never read whole. A slot observed in fewer training
-   rows than there are design columns only has its mean removed. The residual is ``value - prediction``.
+   held-out rows, or a cohort read with another dtype, agree (:func:`_category_label`): whole numbers as
+   integers (``11025``, ``11025.0`` and the text ``"11025"``, ``" 11025.0 "`` are one category), other
+   numbers, and text that parses as one, by their shortest ``repr`` (``1.5`` and ``"1.50"`` are one category,
+   as are ``0.1``, ``"0.1"`` and a float32 ``0.1``), booleans and the text ``"True"``/``"False"`` as 1/0, text
+   such as ``""``, ``"NA"``, ``"nan"``, ``"None"`` as missing, other text stripped of surrounding spaces. The
+   fit uses the training rows where the slot is observed (token present, value not NaN); ``X^T W X`` and
+   ``X^T W y`` are accumulated over blocks of ``block_rows`` rows, so memory-mapped arrays are never read whole.
+   A slot observed in fewer training rows than there are design columns only has its mean removed. The residual
+   is ``value - prediction``.
 2. Standardization: mean and SD of the (residual) values over the observed training values; SD < 1e-12 -> 1.
 3. Imputation: a missing value becomes the training mean (0 once standardized).
 
@@ -116,31 +119,67 @@ def _is_numeric(series: pd.Series) -> bool:
 
 
 _WHOLE_TEXT = re.compile(r"[+-]?\d+(\.0*)?")
+_NUMBER_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity)", re.IGNORECASE)
+MISSING_TEXT = frozenset({"", "nan", "na", "n/a", "none", "null"})
+"""Text that is a missing category (compared stripped and case-insensitively), as a CSV reader's NA values."""
+BOOLEAN_TEXT = {"true": "1", "false": "0"}
+"""Text booleans (stripped, case-insensitive) take the labels of the booleans themselves: True -> "1"."""
 
 
-def _category_label(value) -> str:
-    """A confound's category as text, matched by value whichever dtype the column was read with.
+def _number_label(value: float) -> str:
+    """A finite or infinite float as a category: a whole number as its integer, else ``repr`` (shortest)."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
-    Whole numbers are integers (``11025``, ``11025.0``, ``np.int64(11025)``, ``True`` -> ``"1"``); other
-    numbers ``repr(float)``; text is stripped of surrounding spaces, and text holding a whole number (``"11025"``,
-    ``"11025.0"`` from a float column saved as text, ``"007"``) is that integer, as a numeric read would give."""
+
+def _category_label(value) -> str | None:
+    """A confound's category as text, matched by value whichever dtype the column was read with; None = missing.
+
+    * Missing: None, NaN, pd.NA, NaT, and the text of :data:`MISSING_TEXT` (``""``, ``"nan"``, ``"NA"``,
+      ``"N/A"``, ``"None"``, ``"null"``, any case, surrounding spaces ignored).
+    * Booleans are the integers 0 and 1: ``True``, ``np.True_``, ``1``, ``1.0``, ``"1"`` and the text ``"True"``
+      / ``" true "`` (:data:`BOOLEAN_TEXT`) are all ``"1"``, and likewise ``"0"`` for false.
+    * Whole numbers are integers, exactly for integer dtypes and integer text: ``11025``, ``11025.0``,
+      ``np.int64(11025)``, ``"11025"``, ``" 11025.0 "``, ``"011025"``, ``"1.1025e4"`` are all ``"11025"``.
+    * Other numbers are the shortest ``repr`` of the value, text parsed with ``float()`` first (``"1.50"`` and
+      ``1.5`` are ``"1.5"``; ``"1e20"`` and ``1e20`` are ``"100000000000000000000"``). A float32 (or float16)
+      value is read at its own precision, as its shortest text: ``np.float32(0.1)`` is ``"0.1"``, like ``0.1``
+      and ``"0.1"`` (not ``0.10000000149011612``, its exact value as a float64).
+    * Other text is stripped of surrounding spaces and kept as it is (case matters: ``"A"`` is not ``"a"``).
+    """
+    missing = pd.isna(value) if np.ndim(value) == 0 else False
+    if missing is True or (isinstance(missing, np.bool_) and bool(missing)):
+        return None
     if isinstance(value, (bool, np.bool_)):
         return str(int(value))
     if isinstance(value, (int, np.integer)):
         return str(int(value))
+    if isinstance(value, np.floating) and np.finfo(value.dtype).bits < 64:
+        # its shortest text at its own precision: np.float32(0.1) reads "0.1", not 0.10000000149011612
+        return _number_label(float(np.format_float_positional(value, unique=True)))
     if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return str(int(value)) if value.is_integer() else repr(value)
+        return _number_label(float(value))
     text = str(value).strip()
-    if _WHOLE_TEXT.fullmatch(text):
+    lower = text.lower()
+    if lower in MISSING_TEXT:
+        return None
+    if lower in BOOLEAN_TEXT:
+        return BOOLEAN_TEXT[lower]
+    if _WHOLE_TEXT.fullmatch(text):  # exactly, not through a float: "9007199254740993" stays that integer
         return str(int(text.split(".")[0]))
+    if _NUMBER_TEXT.fullmatch(text):
+        return _number_label(float(text))
     return text
 
 
 def _category_labels(series: pd.Series) -> np.ndarray:
     """:func:`_category_label` of each value (object array); None where the value is missing (None, NaN,
-    pd.NA). Each distinct value is labelled once: a column of 500,000 centre codes costs one hash pass."""
+    pd.NA, :data:`MISSING_TEXT`). Each distinct value is labelled once: a column of 500,000 centre codes costs
+    one hash pass."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    dtype = getattr(series.dtype, "numpy_dtype", series.dtype)
+    if isinstance(dtype, np.dtype) and dtype.kind == "f" and dtype.itemsize < 8:
+        # factorize hands back a float32 column's values as Python floats (float64): label them as float32
+        uniques = np.asarray(uniques, dtype=dtype)
     labels = np.array([*(_category_label(value) for value in uniques), None], dtype=object)
     return labels[codes]  # code -1 (missing) takes the None at the end
 
@@ -459,6 +498,10 @@ class FoldPreprocessor:
                 specs.append({"name": column, "kind": "numeric", "mean": mean, "sd": sd})
             else:
                 labels = pd.Series(_category_labels(series), dtype=object).dropna()
+                if labels.empty:  # only missing-value text such as "NA" or ""
+                    raise AdapterError(
+                        "confound has no observed value in the training rows; fill it in or drop it", column=column
+                    )
                 counts = labels.value_counts().sort_index()
                 specs.append(
                     {
