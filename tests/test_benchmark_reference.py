@@ -29,6 +29,14 @@ def test_mask_routed_reference_matches_backbone():
     torch.testing.assert_close(reference(x[:, perm], masks), model(x, layout)[:, perm], rtol=1e-5, atol=1e-5)
 
 
+def test_benchmark_uses_the_model_specification():
+    import mask_reference
+
+    from mot_neuro.model import reference
+
+    assert mask_reference.MaskRoutedMoT is reference.MaskRoutedMoT
+
+
 def test_benchmark_runs_and_reports_ratios():
     import backbone
 

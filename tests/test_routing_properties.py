@@ -21,12 +21,10 @@ examples explore further.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
@@ -35,6 +33,7 @@ from torch import nn
 
 from mot_neuro.model import PAD_ID, PARTS, ModalityLayout, MoTBackbone, MoTConfig
 from mot_neuro.model.layout import check_modality_names
+from mot_neuro.model.reference import MaskRoutedMoT
 
 PROFILE = settings(
     derandomize=True,
@@ -72,8 +71,9 @@ UNTIE = [tuple(p for i, p in enumerate(PARTS) if mask >> i & 1) for mask in rang
 
 @st.composite
 def model_configs(draw, *, causal=None, reference=False) -> MoTConfig:
-    """A small MoTConfig: random names, order, towers and variant. ``reference``: only what the
-    boolean-mask reference in ``benchmarks/`` computes (output norms, every part untied, no QK norm)."""
+    """A small MoTConfig: random names, order, towers and variant. ``reference``: only the published
+    reference's variant (output norms, every part untied, no QK norm); ``tests/test_mot_spec.py`` checks
+    every variant against the specification."""
     n = draw(st.integers(1, 4))
     names = draw(st.lists(IDENTIFIERS, min_size=n, max_size=n, unique=True))
     # Tower grouping: group[i] says which tower modality i uses; tower names may reuse modality names.
@@ -179,15 +179,6 @@ SEEDS = st.integers(0, 2**16)
 BATCH = st.integers(1, 3)
 
 
-def load_mask_reference():
-    """``benchmarks/mask_reference.py`` loaded by path (putting ``benchmarks/`` on sys.path shadows modules)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mask_reference.py"
-    spec = importlib.util.spec_from_file_location("_mask_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.MaskRoutedMoT
-
-
 # ------------------------------------------------------------------------------------------ properties
 @examples(60)
 @given(data=st.data(), cfg=model_configs(), batch=BATCH, seed=SEEDS)
@@ -216,16 +207,16 @@ def test_fixed_layout_equals_general_path_and_mask_list_in_any_token_order(data,
 @examples(30)
 @given(data=st.data(), cfg=model_configs(reference=True), batch=BATCH, seed=SEEDS)
 def test_boolean_mask_reference_agrees_in_any_token_order(data, cfg, batch, seed):
-    """The published reference's routing (``x[mask]`` at every projection, ``benchmarks/mask_reference.py``)
-    computes what the backbone computes, for any interleaving of the modalities and any tower grouping."""
+    """The published reference's routing (``x[mask]`` at every projection), as written in the executable
+    specification :mod:`mot_neuro.model.reference`, computes what the backbone computes, for any interleaving
+    of the modalities and any tower grouping."""
     model = build(cfg, seed)
     layout = data.draw(layouts(cfg.modalities), label="layout")
     seq = layout.seq_len
     x = tokens(batch, seq, cfg.dim, seed + 1)
     ids = layout.modality_ids(cfg.modalities).expand(batch, seq)
     order = permutations(data.draw, batch, seq, shared=False)
-    reference = load_mask_reference()(cfg.dim, cfg.n_layers, cfg.n_heads, cfg.ffn_hidden_dim, len(cfg.modalities))
-    reference.copy_from(model)
+    reference = MaskRoutedMoT.from_backbone(model)
     ids_p = take(ids, order)
     masks = [ids_p == i for i in range(len(cfg.modalities))]
     with torch.no_grad():

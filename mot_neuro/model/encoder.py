@@ -274,7 +274,7 @@ class NeuroOmicsEncoder(nn.Module):
     def _block_output(self, x: torch.Tensor, present: torch.Tensor, index: int) -> torch.Tensor:
         """Hidden states after block ``index``: a forward hook catches them and stops the backbone there.
 
-        A hook keeps the backbone's routing (private to ``mot.py``) in one place; raising from it skips the blocks
+        A hook keeps the backbone's routing (private to ``routing.py``) in one place; raising from it skips the blocks
         above, which would be wasted work.
         """
 
