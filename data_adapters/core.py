@@ -16,7 +16,6 @@ A :class:`TokenizedModality` holds, for N subjects and T tokens of one modality:
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -26,38 +25,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import AdapterError
+from .io import (  # noqa: F401  (re-exported: the older import path of these helpers)
+    STORAGE_FULL,
+    STORAGE_READ_ONLY,
+    atomic_write_bytes,
+    nearly_full,
+    storage_problem,
+)
+
 DEFAULT_ID_COLUMN = "eid"
 IDS_FILENAME = "ids.npy"
 # "1.00012E+06": how a spreadsheet shows, then saves, a long numeric ID; its lost digits cannot be recovered
 _SCIENTIFIC_ID = re.compile(r"[+-]?\d\.\d+[eE][+-]?\d+")
-
-
-class AdapterError(ValueError):
-    """Bad input, with where it is (file, column, subject) and what is wrong.
-
-    ``str(err)`` reads ``"<file>: column 'x': subject 123: what is wrong"``, short enough for a CLI.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | os.PathLike | None = None,
-        column: str | None = None,
-        subject: str | None = None,
-    ) -> None:
-        self.file = None if file is None else str(file)
-        self.column = column
-        self.subject = subject
-        self.reason = message
-        where = []
-        if self.file is not None:
-            where.append(self.file)
-        if column is not None:
-            where.append(f"column {column!r}")
-        if subject is not None:
-            where.append(f"subject {subject}")
-        super().__init__(": ".join([*where, message]))
 
 
 def normalize_ids(
@@ -252,46 +232,7 @@ def read_subject_ids(ids, array_path: Path) -> tuple[np.ndarray, str]:
     return normalize_ids(ids, column="ids"), "ids"
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temporary file beside ``path`` and rename it: readers see the old file or the complete new
-    one, never a partial one; a failed write leaves no temporary file behind. Returns ``path``."""
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-STORAGE_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
-STORAGE_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
-
-
-def nearly_full(folder: str | os.PathLike) -> bool:
-    """Less than 1 MiB left for us on ``folder``'s file system (some writers report a full disk without errno:
-    numpy's short write, torch's zip writer)."""
-    try:
-        stat = os.statvfs(folder)
-    except OSError:
-        return False
-    return stat.f_bavail * stat.f_frsize < (1 << 20)
-
-
-def storage_problem(err: OSError, folder: str | os.PathLike, what: str, fix: str) -> str:
-    """``what`` failed in ``folder`` because of ``err``, said in words a user acts on, ending with ``fix``: the
-    one wording of full and read-only folders for the cache, checkpoints and the MLflow store."""
-    if err.errno in STORAGE_FULL or (err.errno is None and nearly_full(folder)):
-        cause = "no space left on the device (or quota exceeded)"
-    elif err.errno in STORAGE_READ_ONLY:
-        cause = "not writable (read-only file system or permissions)"
-    else:
-        cause = err.strerror or str(err) or type(err).__name__
-    return f"{what} failed: {cause}; {fix}"
+def check_choice(value, choices: Sequence[str], argument: str) -> None:
+    """Refuse an argument that is not one of ``choices``, naming them."""
+    if value not in choices:
+        raise AdapterError(f"{argument}={value!r}: choose one of {', '.join(map(repr, choices))}")

@@ -411,7 +411,7 @@ def write_demo_cohort(out_dir: str | Path, n_subjects: int = 300, seed: int = 0)
     genotypes_bed/_bim/_fam, ground_truth. The folder is built aside and renamed into place: a previous
     demo cohort there is replaced, any other non-empty folder is refused.
     """
-    from .cache import replace_folder, temporary_folder
+    from .io import replace_folder, temporary_folder
 
     if isinstance(n_subjects, bool) or not isinstance(n_subjects, (int, np.integer)) or n_subjects < MIN_SUBJECTS:
         raise AdapterError(f"n_subjects must be an integer >= {MIN_SUBJECTS}, got {n_subjects!r}")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, normalize_ids
+from .core import DEFAULT_ID_COLUMN, AdapterError, TokenizedModality, check_choice, normalize_ids
 from .tables import read_table
 
 __all__ = ["feature_table", "plink", "read_gmt", "vcf"]
@@ -75,7 +75,7 @@ def feature_table(
     Empty cells and NaN are missing values (kept NaN); infinite or non-numeric values are errors that name
     the column and subject.
     """
-    _check_choice(empty_groups, EMPTY_GROUP_POLICIES, "empty_groups")
+    check_choice(empty_groups, EMPTY_GROUP_POLICIES, "empty_groups")
     if isinstance(path_or_df, pd.DataFrame):
         label, frame = "<DataFrame>", path_or_df
         if id_column not in frame.columns and frame.index.name == id_column:
@@ -281,7 +281,7 @@ def plink(
     (``chr1/part0``, ``chr1/part1``, ...) so that F stays bounded. The genotypes are read once, in blocks
     of variants.
     """
-    _check_choice(id_format, ("iid", "fid_iid"), "id_format")
+    check_choice(id_format, ("iid", "fid_iid"), "id_format")
     bed_path, bim_path, fam_path = _plink_paths(path)
     fam = _read_fam(fam_path)
     bim = _read_bim(bim_path)
@@ -570,7 +570,7 @@ def _variant_groups(
             f"unknown grouping {grouping!r}: use 'chromosome', 'window' (with window_bp=), "
             "'region' (with regions=) or 'snp'"
         )
-    _check_choice(empty_groups, EMPTY_GROUP_POLICIES, "empty_groups")
+    check_choice(empty_groups, EMPTY_GROUP_POLICIES, "empty_groups")
     if (window_bp is not None) != (grouping == "window"):
         raise AdapterError("window_bp= goes with grouping='window' (both or neither)")
     if (regions is not None) != (grouping == "region"):
@@ -787,11 +787,6 @@ def _scatter(flat: np.ndarray, slots: np.ndarray, data: np.ndarray, data_columns
 
 
 # ====================================================================== helpers
-def _check_choice(value, choices: Sequence[str], argument: str) -> None:
-    if value not in choices:
-        raise AdapterError(f"{argument}={value!r}: choose one of {', '.join(map(repr, choices))}")
-
-
 def _looks_like_path(grouping) -> bool:
     if isinstance(grouping, os.PathLike):
         return True

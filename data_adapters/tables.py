@@ -1,4 +1,4 @@
-"""Reading subject tables (CSV/TSV/parquet) the same way in every adapter."""
+"""Reading subject tables (CSV/TSV/parquet), and their columns as numbers, the same way in every adapter."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .core import DEFAULT_ID_COLUMN, AdapterError
@@ -124,3 +125,56 @@ def require_rows(df: pd.DataFrame, file: str | None, what: str = "table") -> Non
     """A header-only file reads as a frame with columns and no rows: say so, before anything indexes into it."""
     if len(df) == 0:
         raise AdapterError(f"{what} has no rows (header only?): it needs one row per subject", file=file)
+
+
+def _text_mask(series: pd.Series) -> np.ndarray:
+    """Entries that are present but are not numbers (``"abc"``, ``"12,5"``)."""
+    as_number = pd.to_numeric(series, errors="coerce")
+    return (series.notna() & as_number.isna()).to_numpy()
+
+
+def numeric_column(series: pd.Series, *, column: str, ids: np.ndarray, file: str | None) -> np.ndarray:
+    """A measure column as float64 (NaN for missing), or an error saying why it is not numeric."""
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    elif not series.notna().any():
+        values = np.full(len(series), np.nan)
+    else:
+        if isinstance(series.dtype, pd.CategoricalDtype) or pd.api.types.is_datetime64_any_dtype(series):
+            raise AdapterError(
+                f"{series.dtype} column is not a number; declare it with categorical=[{column!r}]"
+                " or convert it to numbers first",
+                file=file,
+                column=column,
+            )
+        text = _text_mask(series)
+        if text[series.notna().to_numpy()].all():
+            examples = sorted({str(v) for v in series[text].head(50)})[:3]
+            raise AdapterError(
+                f"non-numeric column (values such as {examples});"
+                f" if it holds categories, pass categorical=[{column!r}]",
+                file=file,
+                column=column,
+            )
+        if text.any():
+            row = int(np.flatnonzero(text)[0])
+            raise AdapterError(
+                f"mixed numbers and text: {int(text.sum())} of {int(series.notna().sum())} entries are text"
+                f" (first: {str(series.iloc[row])!r}); fix those entries, or pass categorical=[{column!r}]"
+                " if the column holds categories",
+                file=file,
+                column=column,
+                subject=str(ids[row]),
+            )
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    # beyond float32's range a finite value would become inf once stored
+    infinite = np.flatnonzero(np.isinf(values) | (np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max))
+    if len(infinite):
+        raise AdapterError(
+            f"infinite or out-of-range value ({values[infinite[0]]}) in {len(infinite)} row(s);"
+            " use NaN/empty for missing values",
+            file=file,
+            column=column,
+            subject=str(ids[infinite[0]]),
+        )
+    return values

@@ -110,7 +110,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from data_adapters.core import atomic_write_bytes
+from data_adapters.io import atomic_write_bytes
 
 __all__ = [
     "CELL_KEYS",

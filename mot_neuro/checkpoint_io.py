@@ -25,7 +25,8 @@ import torch
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from data_adapters.core import AdapterError, nearly_full, storage_problem
+from data_adapters.errors import AdapterError
+from data_adapters.io import nearly_full, storage_problem
 
 TEMPORARY_MARK = ".tmp-"
 

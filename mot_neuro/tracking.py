@@ -106,7 +106,7 @@ def _check_store_folders(uri: str, artifact_location: str | None) -> None:
     """Before MLflow touches a local SQLite store: its folder, an existing database and the artifact root must
     be writable (else MLflow retries for ~100 s, then fails with a message naming none of them). Writes and
     removes one small probe file; opens no database."""
-    from data_adapters.core import storage_problem
+    from data_adapters.io import storage_problem
     from mot_neuro.checkpoint_io import StorageError, check_writable_folder
 
     database = sqlite_store_path(uri)

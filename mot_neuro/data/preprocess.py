@@ -62,9 +62,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from data_adapters.cache import release_pages
 from data_adapters.cohort import Cohort
 from data_adapters.core import AdapterError
+from data_adapters.io import release_pages
 
 STATE_FORMAT = "mot-neuro-fold-preprocessor"
 STATE_VERSION = 1

@@ -34,33 +34,21 @@ import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from data_adapters import behaviour, brain, embeddings, gene
 from data_adapters.cache import STAT_INDEX, fingerprint, load_cohort, save_cohort
 from data_adapters.cohort import DEFAULT_MIN_MATCH, Cohort, build_cohort
 from data_adapters.core import DEFAULT_ID_COLUMN, AdapterError
-
-from ..names import name_problem
+from data_adapters.names import name_problem
+from data_adapters.registry import ADAPTERS, FILE_ARGUMENTS, input_files
 
 log = logging.getLogger(__name__)
 
-ADAPTERS: dict[str, Callable] = {
-    "feature_table": gene.feature_table,
-    "plink": gene.plink,
-    "vcf": gene.vcf,
-    "regions_from_nifti": brain.regions_from_nifti,
-    "idp_table": brain.idp_table,
-    "connectivity_matrices": brain.connectivity_matrices,
-    "measures_table": behaviour.measures_table,
-    "embeddings": embeddings.load_embeddings,
-}
-MANIFEST_ADAPTERS = {"regions_from_nifti": "manifest", "connectivity_matrices": "source"}
 
-
-def _resolve(value, base: Path):
-    """Relative file paths in a config are relative to ``base`` (the working directory by default)."""
+def _resolve(value, base: Path, kind: str):
+    """A relative path in a config is relative to ``base`` (the working directory by default) when it names
+    something there (for a PLINK argument, also a prefix of a ``.bed`` file there)."""
     if isinstance(value, str) and value and not Path(value).is_absolute():
         candidate = base / value
-        if candidate.exists() or candidate.with_name(candidate.name + ".bed").exists():
+        if candidate.exists() or (kind == "plink" and candidate.with_name(candidate.name + ".bed").exists()):
             return str(candidate)
     return value
 
@@ -98,7 +86,8 @@ def _adapter_call(
     if name not in ADAPTERS:
         raise AdapterError(f"modality {modality!r}: unknown adapter {name!r}; choose one of {sorted(ADAPTERS)}")
     function = ADAPTERS[name]
-    kwargs = {k: _resolve(v, base) for k, v in spec.items() if k != "adapter"}
+    paths = FILE_ARGUMENTS[name]  # the adapter's declared file arguments; other values are not paths
+    kwargs = {k: _resolve(v, base, paths[k]) if k in paths else v for k, v in spec.items() if k != "adapter"}
     accepted = set(inspect.signature(function).parameters) - {"name"}
     if "id_column" in accepted and "id_column" not in kwargs:
         kwargs["id_column"] = id_column  # the data-level ID column: "the same name in every table"
@@ -109,28 +98,6 @@ def _adapter_call(
             f" its arguments are {sorted(accepted)}"
         )
     return function, kwargs
-
-
-def _input_files(adapter: str, kwargs: Mapping) -> list[str]:
-    """Every file an adapter call reads, for the cache fingerprint."""
-    files = []
-    for value in kwargs.values():
-        if not isinstance(value, str):
-            continue
-        path = Path(value)
-        if path.is_file():
-            files.append(str(path))
-        elif path.with_name(path.name + ".bed").is_file():  # a PLINK prefix
-            files += [str(path.with_name(path.name + ext)) for ext in (".bed", ".bim", ".fam")]
-    key = MANIFEST_ADAPTERS.get(adapter)
-    if key and isinstance(kwargs.get(key), str) and Path(kwargs[key]).suffix.lower() != ".npy":
-        listed = brain.listed_files(
-            kwargs[key],
-            id_column=kwargs.get("id_column", DEFAULT_ID_COLUMN),
-            path_column=kwargs.get("path_column", "path"),
-        )
-        files += [str(p) for p in listed]
-    return files
 
 
 def build_cached_cohort(
@@ -153,13 +120,13 @@ def build_cached_cohort(
     """
     check_modality_names(modalities)  # first: a bad name must not cost a NIfTI pass before it is refused
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    participants = _resolve(participants, base)
+    participants = _resolve(participants, base, "file")
     if not Path(participants).is_file():
         raise AdapterError("participants table not found", file=participants)
     calls = {m: _adapter_call(m, spec, base, id_column) for m, spec in modalities.items()}
     inputs = [participants]
     for modality, spec in modalities.items():
-        inputs += _input_files(spec["adapter"], calls[modality][1])
+        inputs += input_files(spec["adapter"], calls[modality][1])
     settings = {
         "modalities": {m: {"adapter": spec["adapter"], **calls[m][1]} for m, spec in modalities.items()},
         "targets": list(targets),

@@ -38,7 +38,8 @@ from sklearn.model_selection import (
     StratifiedShuffleSplit,
 )
 
-from data_adapters.core import AdapterError, atomic_write_bytes
+from data_adapters.errors import AdapterError
+from data_adapters.io import atomic_write_bytes
 
 SPLITS_FORMAT = "mot-neuro-splits"
 SPLITS_VERSION = 1
