@@ -28,6 +28,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mot_neuro.experiment import experiment_overrides, lightning_cli, set_overrides
+
 log = logging.getLogger(__name__)
 
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -180,8 +182,6 @@ class Ablation:
     def __init__(self, config: str, name: str, out_dir: Path, extra: list[str]):
         from mlflow.tracking import MlflowClient
 
-        from mot_neuro.cli import lightning_cli
-
         self.config, self.name, self.out_dir, self.extra = config, name, out_dir, extra
         # Parse the experiment once (no run) for its modalities, folds and MLflow settings.
         with warnings.catch_warnings():
@@ -231,8 +231,6 @@ class Ablation:
         return done
 
     def run_cell(self, cell: Cell, parent_id: str) -> None:
-        from mot_neuro.cli import lightning_cli
-
         for stale in self.children(parent_id).get(cell.id, []):
             if stale.info.status in ("RUNNING", "FAILED", "SCHEDULED"):
                 self.client.set_terminated(stale.info.run_id, "KILLED")  # an interrupted attempt: redo the cell
@@ -345,8 +343,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--print-commands", action="store_true", help="print unfinished cells as fit commands")
     mode.add_argument("--summarize", action="store_true", help="only collect finished cells")
     args, unparsed = p.parse_known_args(argv)
-    from mot_neuro.cli import experiment_overrides, set_overrides
-
     # --data/--model/--trainer mean what they mean in fit, and reach every cell like --set
     args.extra = [*experiment_overrides("ablate", unparsed), *set_overrides(args.set)]
     return args

@@ -1,4 +1,4 @@
-"""Per-subject embeddings to parquet: the engine behind ``mot-neuro embed``.
+"""Per-subject embeddings to parquet: ``mot-neuro embed`` (:func:`embed_main`) and its engine.
 
 ::
 
@@ -14,7 +14,8 @@ fold), sorted by subject ID, with the columns ``eid`` (string), ``split`` (``tra
 tokens) for each modality the model has tokens for (one left out with ``drop_modalities`` has no column). The
 parquet key-value metadata records the variant (``mot``/``dense``), the layer, the checkpoint, the data and
 splits fingerprints, the model's modality order, the embedding size and the mot-neuro version
-(:func:`read_embeddings` decodes it).
+(:func:`read_embeddings` decodes it). The file format (columns, metadata keys, writing and reading) is defined
+in :mod:`mot_neuro.embeddings_format`; its names are re-exported here.
 
 Memory stays flat in the number of subjects: batches go to a per-rank part file
 (``<output>.part-rank<r>.parquet.tmp``) whenever ``buffer_rows`` rows are pending, and Lightning must not keep
@@ -22,57 +23,51 @@ the predictions (``return_predictions=False``, checked). At the end rank 0 merge
 by position; under DDP the sampler's padding repeats are skipped at write time), refuses an ID seen twice, and
 renames the finished file into place: a reader sees the previous file or the complete new one. A failed
 predict leaves neither a new output nor part files.
+
+The layer is chosen through the module's ``embed_layer`` attribute, read by its ``predict_step``; making it an
+argument of the backbone belongs to the model package and is left for its restructuring.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
-import json
-import os
-import tempfile
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mot_neuro.data.datamodule import SPLIT_CODES, RowBatches
+from mot_neuro.embeddings_format import (
+    EMBEDDING_TYPE,
+    FORMAT,
+    FORMAT_VERSION,
+    MERGE_CHUNK_ROWS,
+    RESERVED_METADATA,
+    list_column,
+    merge_parts,
+    part_path,
+    read_embeddings,
+    schema,
+    stale_parts,
+)
+from mot_neuro.experiment import (
+    EXPERIMENT_HELP,
+    checkpoint_model_settings,
+    experiment_overrides,
+    lightning_cli,
+    set_overrides,
+)
 
-FORMAT = "mot-neuro-embeddings"
-FORMAT_VERSION = 1
 BUFFER_ROWS = 4096
 """Rows a writer holds before appending them to its part file as one row group."""
-MERGE_CHUNK_ROWS = 65536
-"""Rows the merge holds in memory at once."""
 
 SPLIT_NAMES = np.array(sorted(SPLIT_CODES, key=SPLIT_CODES.get))  # code -> name
-EMBEDDING_TYPE = pa.list_(pa.float32())
-RESERVED_METADATA = (
-    "format",
-    "format_version",
-    "variant",
-    "layer",
-    "n_layers",
-    "checkpoint",
-    "config_fingerprint",
-    "splits_fingerprint",
-    "predict_split",
-    "modalities",
-    "embedding_dim",
-    "mot_neuro_version",
-)
-# stored as JSON (numbers, null, lists) and decoded by read_embeddings; every other value is a plain string
-_JSON_METADATA = ("format_version", "layer", "n_layers", "modalities", "embedding_dim")
-
-
-def part_path(output: str | os.PathLike, rank: int) -> Path:
-    """The part file rank ``rank`` writes while predicting into ``output``."""
-    return Path(f"{output}.part-rank{rank}.parquet.tmp")
 
 
 def _version() -> str:
@@ -80,133 +75,6 @@ def _version() -> str:
         return importlib.metadata.version("mot-neuro")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def _encode_metadata(metadata: Mapping[str, object]) -> dict[bytes, bytes]:
-    encoded = {}
-    for key, value in metadata.items():
-        text = json.dumps(value) if key in _JSON_METADATA else str(value)
-        encoded[str(key).encode()] = text.encode()
-    return encoded
-
-
-def _decode_metadata(raw: Mapping[bytes, bytes] | None) -> dict:
-    decoded = {}
-    for key, value in (raw or {}).items():
-        name, text = key.decode(), value.decode()
-        if name.startswith("ARROW:") or name == "pandas":  # pyarrow's and pandas' own bookkeeping
-            continue
-        decoded[name] = json.loads(text) if name in _JSON_METADATA else text
-    return decoded
-
-
-def _list_column(values: np.ndarray) -> pa.ListArray:
-    """``[n, d]`` float32 -> list<float32> without a Python loop."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    n, d = values.shape
-    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1)), type=EMBEDDING_TYPE)
-
-
-def merge_parts(
-    parts: Iterable[str | os.PathLike],
-    output: str | os.PathLike,
-    metadata: Mapping[str, object],
-    *,
-    chunk_rows: int = MERGE_CHUNK_ROWS,
-) -> int:
-    """Merge part files by subject ID into ``output`` (sorted by ``eid``, written atomically); returns its rows.
-
-    Raises ``ValueError`` when an ID occurs more than once (saying how many, never which) or the parts disagree
-    on their columns; ``output`` is then left as it was. The parts are not removed. Memory holds the IDs and
-    about ``chunk_rows`` rows: the rows go through scratch files, one per ``chunk_rows`` of the sorted order.
-    """
-    parts = [Path(p) for p in parts]
-    output = Path(output)
-    if not parts:
-        raise ValueError("no part files to merge")
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    files = [pq.ParquetFile(p) for p in parts]
-    try:
-        schema = files[0].schema_arrow.remove_metadata()
-        for path, f in zip(parts[1:], files[1:], strict=True):
-            if not f.schema_arrow.remove_metadata().equals(schema):
-                raise ValueError(
-                    f"part {path.name} has columns {f.schema_arrow.names}, but {parts[0].name} has {schema.names}"
-                )
-        if "eid" not in schema.names:
-            raise ValueError(f"the parts have no 'eid' column (columns: {schema.names})")
-        ids = pa.concat_arrays([f.read(columns=["eid"]).column("eid").combine_chunks() for f in files])
-        if ids.null_count:
-            raise ValueError(f"{ids.null_count} row(s) of the parts have no subject ID")
-        order = np.asarray(pc.sort_indices(ids), dtype=np.int64)
-        n = len(ids)
-        sorted_ids = ids.take(pa.array(order))
-        if n > 1:
-            repeats = sorted_ids.slice(1).filter(pc.equal(sorted_ids.slice(1), sorted_ids.slice(0, n - 1)))
-            if len(repeats):
-                raise ValueError(
-                    f"{len(pc.unique(repeats))} subject ID(s) occur more than once in the embeddings "
-                    f"({len(repeats)} extra row(s)); each subject must be embedded exactly once"
-                )
-        position = np.empty(n, dtype=np.int64)  # row (in part order) -> its place in the sorted output
-        position[order] = np.arange(n)
-        out_schema = schema.with_metadata(_encode_metadata(metadata))
-        output.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        os.close(handle)
-        tmp = Path(tmp_name)
-        try:
-            with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.merge-") as scratch:
-                _write_sorted(files, position, chunk_rows, out_schema, tmp, Path(scratch))
-            with open(tmp, "rb") as fh:  # on disk before the rename makes it visible
-                os.fsync(fh.fileno())
-            os.replace(tmp, output)
-        finally:
-            tmp.unlink(missing_ok=True)
-    finally:
-        for f in files:
-            f.close()
-    return n
-
-
-def _write_sorted(
-    files: list[pq.ParquetFile],
-    position: np.ndarray,
-    chunk_rows: int,
-    schema: pa.Schema,
-    output: Path,
-    scratch: Path,
-) -> None:
-    """Scatter rows into one Arrow file per ``chunk_rows`` of the output order, then sort each and append it."""
-    n_chunks = -(-len(position) // chunk_rows)
-    field = "__position"
-    scratch_schema = schema.remove_metadata().append(pa.field(field, pa.int64()))
-    sinks: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-    try:
-        start = 0
-        for f in files:
-            for batch in f.iter_batches(batch_size=chunk_rows):
-                pos = position[start : start + batch.num_rows]
-                start += batch.num_rows
-                batch = pa.RecordBatch.from_arrays([*batch.columns, pa.array(pos)], schema=scratch_schema)
-                chunk = pos // chunk_rows
-                for c in np.unique(chunk).tolist():
-                    if c not in sinks:
-                        sinks[c] = pa.ipc.new_file(scratch / f"{c}.arrow", scratch_schema)
-                    sinks[c].write_batch(batch.filter(pa.array(chunk == c)))
-    finally:
-        for sink in sinks.values():
-            sink.close()
-    with pq.ParquetWriter(output, schema) as writer:
-        if n_chunks == 0:  # no rows at all: still a valid file with the columns and metadata
-            writer.write_table(schema.empty_table())
-        for c in range(n_chunks):
-            with pa.memory_map(str(scratch / f"{c}.arrow")) as source:
-                table = pa.ipc.open_file(source).read_all()
-                table = table.take(pa.array(np.argsort(table.column(field).to_numpy())))
-                writer.write_table(table.drop_columns([field]))
 
 
 class EmbeddingWriter(BasePredictionWriter):
@@ -277,14 +145,7 @@ class EmbeddingWriter(BasePredictionWriter):
         self._fold = int(datamodule.hparams.fold)
         self._dim = int(pl_module.encoder.cfg.dim)
         self._modalities = list(pl_module.active) if self.include_per_modality else []
-        fields = [
-            pa.field("eid", pa.string()),
-            pa.field("split", pa.string()),
-            pa.field("fold", pa.int32()),
-            pa.field("embedding", EMBEDDING_TYPE),
-        ]
-        fields += [pa.field(f"embedding_{name}", EMBEDDING_TYPE) for name in self._modalities]
-        self._schema = pa.schema(fields)
+        self._schema = schema(self._modalities)
         model_inputs = getattr(datamodule, "model_inputs", None) or {}
         splits = getattr(datamodule, "splits", None)
         self._file_metadata = {
@@ -328,10 +189,10 @@ class EmbeddingWriter(BasePredictionWriter):
             pa.array(self._subject_ids[rows], type=pa.string()),
             pa.array(SPLIT_NAMES[codes], type=pa.string()),
             pa.array(np.full(len(rows), self._fold, dtype=np.int32)),
-            _list_column(pooled),
+            list_column(pooled),
         ]
         for name in self._modalities:
-            columns.append(_list_column(prediction["per_modality"][name].detach().float().cpu().numpy()))
+            columns.append(list_column(prediction["per_modality"][name].detach().float().cpu().numpy()))
         self._buffer.append(pa.RecordBatch.from_arrays(columns, schema=self._schema))
         self.buffered_rows += len(rows)
         if self.buffered_rows >= self.buffer_rows:
@@ -353,7 +214,7 @@ class EmbeddingWriter(BasePredictionWriter):
                 for part in parts:
                     part.unlink(missing_ok=True)
                 # parts of an earlier run killed before it could clean up (e.g. more ranks than now)
-                for stale in self.output.parent.glob(f"{self.output.name}.part-rank*.parquet.tmp"):
+                for stale in stale_parts(self.output):
                     stale.unlink(missing_ok=True)
         message = trainer.strategy.broadcast(None if error is None else f"{type(error).__name__}: {error}", src=0)
         self._restore_layer()
@@ -401,18 +262,83 @@ class EmbeddingWriter(BasePredictionWriter):
         return sampler.is_repeat(batch_idx, trainer.global_rank, trainer.world_size)
 
 
-def read_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
-    """The embeddings table (list columns as arrays of float32) and its metadata, decoded.
+def _variant(untie) -> str:
+    return "mot" if untie else "dense"
 
-    ``np.stack(table["embedding"])`` gives the ``[subjects, dim]`` matrix.
-    """
-    table = pq.read_table(path)
-    metadata = _decode_metadata(table.schema.metadata)
-    return table.replace_schema_metadata(None).to_pandas(), metadata
+
+def _state_dict_mismatch(checkpoint: str, settings: dict, model, err: RuntimeError) -> ValueError:
+    """One line for weights that do not fit the model built from the config (a checkpoint without settings)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    built = f"{_variant(model.hparams.untie)} (untie {list(model.hparams.untie)}, dim {model.hparams.dim})"
+    saved = (
+        f"{_variant(settings.get('untie'))} (untie {list(settings.get('untie') or [])}, dim {settings.get('dim')})"
+        if settings
+        else "unknown (it saves no hyper_parameters)"
+    )
+    return ValueError(
+        f"{checkpoint}: its weights do not fit the model of the config: checkpoint's model {saved}, config's model"
+        f" {built} ({first[:120]}); pass --model with the config the checkpoint was trained with"
+    )
+
+
+def embed_main(argv: list[str]) -> int:
+    """``mot-neuro embed``: per-subject embeddings of a checkpoint to parquet (see ``mot_neuro.embed``)."""
+    parser = argparse.ArgumentParser(
+        prog="mot-neuro embed",
+        description="Write one parquet row per subject: eid, split, fold, the pooled embedding and one per modality."
+        " The model's settings (dense or MoT, sizes) come from the checkpoint; the data from the experiment.",
+        epilog=EXPERIMENT_HELP,
+        allow_abbrev=False,  # an abbreviation must not swallow an experiment override such as --data
+    )
+    parser.add_argument("--config", required=True, help="the experiment config the checkpoint was trained with")
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint to embed with")
+    parser.add_argument("--output", default="outputs/embeddings.parquet")
+    parser.add_argument("--layer", type=int, default=None, help="encoder block (0-based, -1 = last); default: output")
+    parser.add_argument("--split", choices=["all", "train", "val", "test"], default="all", help="subjects to embed")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
+    args, unparsed = parser.parse_known_args(argv)
+    overrides = experiment_overrides("embed", unparsed)
+    if not Path(args.ckpt_path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.ckpt_path}")
+    settings = checkpoint_model_settings(args.ckpt_path)
+    # every subject of the split, always: a smoke trainer (fast_dev_run, limit_predict_batches) would write a
+    # partial file that probes and analyses then take for the cohort
+    whole = ["--trainer.fast_dev_run", "false", "--trainer.limit_predict_batches", "1.0"]
+    overrides = [*overrides, *set_overrides(args.set), "--data.predict_split", args.split, "--trainer.logger", "false"]
+    overrides += whole
+    cli = lightning_cli(["--config", args.config, *overrides], run=False, model_checkpoint=args.ckpt_path)
+    writer = EmbeddingWriter(args.output, layer=args.layer, metadata={"config": args.config})
+    cli.trainer.callbacks.append(writer)
+    with warnings.catch_warnings():
+        # whole batches come from the dataset (batch_size=None), so Lightning cannot list indices: not needed
+        warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+        try:
+            cli.trainer.predict(
+                cli.model,
+                datamodule=cli.datamodule,
+                ckpt_path=args.ckpt_path,
+                return_predictions=False,
+                weights_only=True,
+            )
+        except RuntimeError as err:
+            if "state_dict" not in str(err):
+                raise
+            raise _state_dict_mismatch(args.ckpt_path, settings, cli.model, err) from err
+    if cli.trainer.global_rank == 0:
+        print(
+            f"embeddings of {writer.rows_written} subjects (rank 0) written to {args.output}"
+            f" ({_variant(cli.model.hparams.untie)} model of the checkpoint)"
+        )
+    return 0
 
 
 __all__ = [
+    "EMBEDDING_TYPE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MERGE_CHUNK_ROWS",
     "EmbeddingWriter",
+    "embed_main",
     "merge_parts",
     "part_path",
     "read_embeddings",

@@ -53,12 +53,16 @@ a vector of counts), in blocks of resamples, without a Python loop over resample
 
 No torch or Lightning at import: only :func:`early_fusion_features` (which builds the experiment's DataModule)
 imports them, when called.
+
+Layout: this module holds :func:`probe` (one probe per feature set and target, and its notes) and
+``mot-neuro probe`` (:func:`main`); the metrics and bootstrap CIs are in :mod:`mot_neuro.probe_metrics`, the
+penalty search in :mod:`mot_neuro.probe_penalty`, the feature sets and the fold in
+:mod:`mot_neuro.probe_features`, the command's arguments, checks and table in :mod:`mot_neuro.probe_cli`, the
+embeddings file in :mod:`mot_neuro.embeddings_format`. Their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -67,19 +71,61 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import log_loss
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.model_selection import KFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from data_adapters.core import atomic_write_bytes
+from mot_neuro.embeddings_format import read_embedding_matrices
+from mot_neuro.experiment import experiment_overrides
+from mot_neuro.probe_cli import (
+    _check_embeddings_fold,
+    _feature_set_names,
+    _overrides,
+    _write_csv,
+    build_parser,
+    format_table,
+)
+from mot_neuro.probe_features import (
+    _SPLIT_PARTS,
+    EARLY_FUSION,
+    LATE_FUSION_SUFFIX,
+    _early_fusion_matrix,
+    _embedding_sets,
+    _fold_datamodule,
+    _fold_groups,
+    _fold_labels,
+    _ids,
+    early_fusion_features,
+    embedding_features,
+)
+from mot_neuro.probe_metrics import (
+    ECE_BINS,
+    FEW_CASES,
+    MIN_VALID_FRACTION,
+    RESAMPLING,
+    STRATIFIED_METRICS,
+    _bootstrap,
+    _few_cases_note,
+    _resample_reason,
+    _resampling_label,
+    _undefined_note,
+)
+from mot_neuro.probe_metrics import _metric_values as _metric_values
+from mot_neuro.probe_metrics import _resample_counts as _resample_counts
+from mot_neuro.probe_metrics import _resampling as _resampling
+from mot_neuro.probe_penalty import (
+    FLAT_LOSS_RTOL,
+    GRID_STEP,
+    LOGISTIC_C_MAX,
+    LOGISTIC_MAX_ITER,
+    NULL_MODEL_DF,
+    RIDGE_ALPHA_MIN,
+    _edge_note,
+    _flat_note,
+    _TunedProbe,
+    grouped_inner_splits,
+    penalty_grid,
+)
+from mot_neuro.probe_penalty import _RowSpace as _RowSpace
 
 log = logging.getLogger(__name__)
 
@@ -111,356 +157,11 @@ over the valid resamples; ``resampling``: what a resample draws (:data:`RESAMPLI
 is NaN or has no CI, resamples were skipped, a class had few test cases, feature columns missing in every training
 subject were dropped, the inner CV loss was flat across the penalty grid, or the penalty sat on the edge of its
 grid."""
-RESAMPLING = {
-    ("plain", False): "subjects",
-    ("plain", True): "groups (cluster)",
-    ("stratified", False): "subjects within class (stratified)",
-    ("stratified", True): "groups (cluster) within class pattern (stratified)",
-}
-"""``resampling`` column: subjects or whole groups drawn with replacement; for the ranking metrics of a
-classification target (:data:`STRATIFIED_METRICS`) within each class (with groups: within each set of classes a
-group holds), keeping the test set's counts; ``"none"`` when no resample was drawn."""
-STRATIFIED_METRICS = ("auroc", "auprc")
-"""Classification metrics resampled within class: they need every class in a resample, and they are conditional on
-the class counts anyway (AUROC does not depend on them; AUPRC's baseline is the prevalence). Brier, ECE and
-accuracy are defined in any resample and depend on the prevalence, so they are resampled plainly: held to the
-test set's class counts, a constant classifier's accuracy would get a CI of zero width."""
-MIN_VALID_FRACTION = 0.9
-"""Below this share of valid resamples a CI is NaN: the rest would be a selected subset, not a bootstrap."""
-FEW_CASES = 5
-"""A class held by fewer test subjects (groups) than this gets a note: its few cases limit the CI."""
-RIDGE_ALPHA_MIN = 1e-3
-LOGISTIC_C_MAX = 1e4
-NULL_MODEL_DF = 0.01
-"""The heavy end of each penalty grid allows at most this many effective degrees of freedom."""
-FLAT_LOSS_RTOL = 1e-9
-"""The inner CV loss (mean over inner splits) is flat when its range across the grid is at most this fraction of
-its largest magnitude: no penalty did better than another (features constant in the training rows give exactly
-equal losses; one pure-noise feature among 20,000 subjects still varies by about 1e-5)."""
-_EMPTY_FEATURE_WARNING = "Skipping features without any observed values"
-"""SimpleImputer's warning for a column without a value in its fit rows (it leaves such a column out)."""
-GRID_STEP = {"regression": 0.5, "classification": 1.0}
-"""Decades between penalty grid points: ridge is solved for every alpha of a fold at once (one eigendecomposition),
-so its grid is finer; each logistic C is a separate fit (the old grid stepped 0.89 decades)."""
-LOGISTIC_MAX_ITER = 2000
-ECE_BINS = 10
 MISSING_TEST_WARN_FRACTION = 0.1
 """A feature set lacking more than this share of the test subjects is warned about (counts only)."""
-EARLY_FUSION = "early_fusion"
-LATE_FUSION_SUFFIX = "_late_fusion"
-_BLOCK_CELLS = 2_000_000  # resamples x subjects held at once while bootstrapping
 _SMALL_FIT_CELLS = 1_000_000
 """Below this many training cells (subjects x features) a probe runs with one BLAS/OpenMP thread: its many small
 fits gain nothing from threads, and threads that spin on a busy machine make them several times slower."""
-_SPLIT_PARTS = ("train", "val", "test")
-
-
-# ---------------------------------------------------------------------------------------------- metrics
-def _levels(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ascending order of ``scores`` and where each run of tied scores starts in that order."""
-    order = np.argsort(scores, kind="stable")
-    ordered = scores[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    return order, starts
-
-
-def _ranking_metrics(counts: np.ndarray, positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted AUROC and average precision per row of ``counts`` (NaN where one class has no weight).
-
-    Ties are grouped into one threshold, as sklearn's ``roc_auc_score`` (ties count 1/2) and
-    ``average_precision_score`` (one precision-recall point per distinct score) do.
-    """
-    order, starts = _levels(scores)
-    ordered = counts[:, order]
-    pos = np.add.reduceat(ordered * positive[order], starts, axis=1)  # weight of positives per score level
-    neg = np.add.reduceat(ordered * (1.0 - positive[order]), starts, axis=1)
-    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
-    defined = (n_pos > 0) & (n_neg > 0)
-    below = np.cumsum(neg, axis=1) - neg
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auroc = (pos * (below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
-        tp = np.cumsum(pos[:, ::-1], axis=1)  # thresholds from the highest score down
-        fp = np.cumsum(neg[:, ::-1], axis=1)
-        precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
-        auprc = (pos[:, ::-1] * precision).sum(axis=1) / n_pos
-    return np.where(defined, auroc, np.nan), np.where(defined, auprc, np.nan)
-
-
-def _calibration_error(counts: np.ndarray, confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
-    """Expected calibration error, 10 equal-width confidence bins: sum over bins |accuracy - confidence| * share."""
-    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
-    bins = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, ECE_BINS - 1)
-    onehot = np.zeros((len(confidence), ECE_BINS))
-    onehot[np.arange(len(confidence)), bins] = 1.0
-    gap = counts @ (onehot * (correct - confidence)[:, None])
-    return np.abs(gap).sum(axis=1) / counts.sum(axis=1)
-
-
-def _metric_values(kind: str, counts: np.ndarray, y: np.ndarray, pred: np.ndarray, classes=None) -> dict:
-    """Every metric of ``kind`` for each row of ``counts`` (``[resamples, subjects]`` weights); NaN = undefined.
-
-    ``pred``: regression predictions; binary P(class 1); multiclass probabilities ``[subjects, classes]`` in the
-    order of ``classes``.
-    """
-    total = counts.sum(axis=1)
-    if kind == "regression":
-        # centred on the full test means first: the weighted moments below then lose no precision
-        yc, pc_ = y - y.mean(), pred - pred.mean()
-        mean_y, mean_p = counts @ yc / total, counts @ pc_ / total
-        var_y = counts @ (yc * yc) / total - mean_y**2
-        var_p = counts @ (pc_ * pc_) / total - mean_p**2
-        cov = counts @ (yc * pc_) / total - mean_y * mean_p
-        tiny_y = 1e-12 * max(float(np.var(y)), np.finfo(float).tiny)
-        tiny_p = 1e-12 * max(float(np.var(pred)), np.finfo(float).tiny)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r2 = 1.0 - (counts @ (y - pred) ** 2 / total) / var_y
-            pearson = cov / np.sqrt(var_y * var_p)
-        return {
-            "r2": np.where(var_y > tiny_y, r2, np.nan),
-            "mae": counts @ np.abs(y - pred) / total,
-            "pearson": np.where((var_y > tiny_y) & (var_p > tiny_p), np.clip(pearson, -1.0, 1.0), np.nan),
-        }
-    if kind == "binary":
-        auroc, auprc = _ranking_metrics(counts, y, pred)
-        return {
-            "auroc": auroc,
-            "auprc": auprc,
-            "brier": counts @ (pred - y) ** 2 / total,
-            "ece": _calibration_error(counts, pred, y),
-        }
-    classes = np.asarray(classes)
-    per_class = [_ranking_metrics(counts, (y == c).astype(float), pred[:, k]) for k, c in enumerate(classes)]
-    auroc = np.mean([a for a, _ in per_class], axis=0)  # NaN as soon as one class is undefined: macro needs all
-    auprc = np.mean([p for _, p in per_class], axis=0)
-    if not np.isin(y, classes).all():  # a test label the probe never saw: one-vs-rest over its classes is undefined
-        auroc = auprc = np.full(len(counts), np.nan)
-    correct = (classes[pred.argmax(axis=1)] == y).astype(float)
-    return {
-        "auroc": auroc,
-        "auprc": auprc,
-        "accuracy": counts @ correct / total,
-        "ece": _calibration_error(counts, pred.max(axis=1), correct),
-    }
-
-
-def _resample_counts(
-    rng: np.random.Generator, size: int, n: int, groups: np.ndarray | None, strata: np.ndarray | None = None
-) -> np.ndarray:
-    """``[size, n]`` bootstrap weights: how often each subject is drawn in each resample.
-
-    The units drawn are the subjects, or with ``groups`` (a code 0..G-1 per subject) whole groups (a cluster
-    bootstrap): a subject weighs as often as its group is drawn, so the CI reflects the group, not the visit or
-    relative, as the unit of independent data. ``strata`` (a code per unit) makes it a stratified bootstrap: each
-    stratum's units are drawn with replacement as many times as the stratum has units, so every resample keeps
-    the stratum sizes. Draws: per stratum in ascending code order, ``rng.integers(0, units in it, (size, units
-    in it))``; without strata, one stratum of all units."""
-    units = n if groups is None else int(groups.max()) + 1 if len(groups) else 0
-    strata = np.zeros(units, dtype=np.int64) if strata is None else np.asarray(strata)
-    offsets = units * np.arange(size)[:, None]
-    counts = np.zeros(size * units)
-    for stratum in np.unique(strata):
-        members = np.flatnonzero(strata == stratum)
-        picks = members[rng.integers(0, len(members), size=(size, len(members)))] + offsets
-        counts += np.bincount(picks.ravel(), minlength=size * units)
-    counts = counts.reshape(size, units)
-    return counts if groups is None else counts[:, groups]
-
-
-def _resampling(
-    kind: str, y: np.ndarray, groups: np.ndarray | None, metric: str | None = None
-) -> tuple[np.ndarray | None, str]:
-    """(stratum code per resampled unit, or None for no strata; the ``resampling`` label) of ``metric``.
-
-    Units are the subjects, or the groups 0..G-1 of ``groups``. A classification target's ranking metrics
-    (:data:`STRATIFIED_METRICS`; ``metric=None`` means one of them) are stratified: by class, or with groups by
-    the set of classes a group holds, the coarsest grouping of whole groups that still puts every class of the
-    test set in every resample (strata by a group's majority class would not: a lone case in a family of
-    controls could be left out). Everything else is resampled plainly."""
-    grouped = groups is not None
-    if kind == "regression" or (metric is not None and metric not in STRATIFIED_METRICS):
-        return None, RESAMPLING["plain", grouped]
-    _, label = np.unique(y, return_inverse=True)
-    if not grouped:
-        return label.reshape(-1), RESAMPLING["stratified", False]
-    held = np.zeros((int(groups.max()) + 1 if len(groups) else 0, int(label.max()) + 1 if len(label) else 0), bool)
-    held[groups, label.reshape(-1)] = True
-    _, pattern = np.unique(held, axis=0, return_inverse=True)
-    return pattern.reshape(-1), RESAMPLING["stratified", True]
-
-
-def _bootstrap(
-    kind, y, pred, classes, n_bootstrap: int, seed: int, groups: np.ndarray | None = None
-) -> dict[str, tuple[float, float, float, int, int]]:
-    """metric -> (value, ci_low, ci_high, valid resamples, resamples drawn); ``groups``: resample whole groups
-    (codes 0..G-1).
-
-    Each resampling scheme (:func:`_resampling`: plain, and stratified for a classification target's ranking
-    metrics) draws its own ``n_bootstrap`` resamples from ``default_rng(seed)``, so every feature set with the same
-    test subjects gets the same resamples. None are drawn (0) when every stratum has one unit (one test group,
-    one subject per class): each resample would be the test set itself, a CI of zero width that would read as
-    certainty. The CI is NaN when fewer than :data:`MIN_VALID_FRACTION` of the drawn resamples are valid."""
-    n = len(y)
-    point = _metric_values(kind, np.ones((1, n)), y, pred, classes)
-    schemes: dict[str, list[str]] = {}
-    for name in point:
-        schemes.setdefault(_resampling(kind, y, groups, name)[1], []).append(name)
-    out = {}
-    for names in schemes.values():
-        strata, _ = _resampling(kind, y, groups, names[0])
-        units = np.bincount(strata) if strata is not None else [n if groups is None else len(np.unique(groups))]
-        drawn = n_bootstrap if len(units) and max(units) > 1 else 0
-        rng = np.random.default_rng(seed)
-        draws = {name: [] for name in names}
-        block = max(1, _BLOCK_CELLS // max(n, 1))
-        for start in range(0, drawn, block):
-            size = min(block, drawn - start)
-            counts = _resample_counts(rng, size, n, groups, strata)
-            values = _metric_values(kind, counts, y, pred, classes)
-            for name in names:
-                draws[name].append(values[name])
-        for name in names:
-            values = np.concatenate(draws[name]) if draws[name] else np.empty(0)
-            values = values[np.isfinite(values)]
-            enough = len(values) > 0 and len(values) >= MIN_VALID_FRACTION * drawn
-            low, high = np.percentile(values, [2.5, 97.5]) if enough else (np.nan, np.nan)
-            out[name] = (float(point[name][0]), float(low), float(high), int(len(values)), drawn)
-    return {name: out[name] for name in point}
-
-
-# ---------------------------------------------------------------------------------------------- probe
-def penalty_grid(kind: str, n_samples: int, n_features: int) -> np.ndarray:
-    """The penalties the inner CV chooses from, ascending, in steps of :data:`GRID_STEP` decades.
-
-    After standardization every column of X has a sum of squares of (at most) n, so trace(X'X) <= n p, and a
-    ridge fit has at most trace / alpha effective degrees of freedom (sum of l / (l + alpha) over the eigenvalues
-    l of X'X). Ridge alpha: from :data:`RIDGE_ALPHA_MIN` (negligible next to eigenvalues of order n) up to
-    n p / :data:`NULL_MODEL_DF`, where the fit keeps at most 0.01 degrees of freedom, i.e. predicts about the
-    mean: wide enough for any number of features (the old fixed 1e3 was too weak a penalty for 20,000 features).
-    Logistic C (sklearn minimizes C * sum(log loss) + |w|^2 / 2, so 1/C plays alpha against a curvature of at
-    most 1/4 per row): from 4 :data:`NULL_MODEL_DF` / (n p), about the class prior, up to
-    :data:`LOGISTIC_C_MAX` (practically unpenalized). Ends are rounded outwards to whole steps."""
-    scale = max(int(n_samples), 1) * max(int(n_features), 1)  # an upper bound on trace(X'X)
-    if kind == "regression":
-        step = GRID_STEP["regression"]
-        low, high = np.log10(RIDGE_ALPHA_MIN), np.ceil(np.log10(scale / NULL_MODEL_DF) / step) * step
-    else:
-        step = GRID_STEP["classification"]
-        low, high = np.floor(np.log10(4 * NULL_MODEL_DF / scale) / step) * step, np.log10(LOGISTIC_C_MAX)
-    return 10.0 ** np.arange(low, high + step / 2, step)
-
-
-class _RowSpace(TransformerMixin, BaseEstimator):
-    """x -> its coordinates in the span of the training rows: ``x V`` for ``x_train = U S V'``, computed through
-    the n x n Gram matrix (``x x_train' Q / sqrt(l)`` with ``x_train x_train' = Q diag(l) Q'``).
-
-    An L2-penalized linear model's coefficients lie in that span (a component orthogonal to every training row
-    leaves the training loss unchanged and only adds penalty), and sklearn does not penalize the intercept, so a
-    logistic regression on these coordinates reaches the optimum it reaches on the p features, at n x n instead
-    of n x p cost per solver iteration. Used when there are more features than training rows."""
-
-    def fit(self, x, y=None):
-        gram = x @ x.T
-        eigenvalues, vectors = np.linalg.eigh(gram)
-        keep = eigenvalues > 1e-12 * max(float(eigenvalues.max(initial=0.0)), np.finfo(float).tiny)
-        self.rows_, self.projection_ = x, vectors[:, keep] / np.sqrt(eigenvalues[keep])
-        if not keep.any():  # every feature constant on these rows: one zero column, an intercept-only model
-            self.projection_ = np.zeros((len(x), 1))
-        return self
-
-    def transform(self, x):
-        return (x @ self.rows_.T) @ self.projection_
-
-
-def _preprocessor(kind: str = "regression", n_rows: int = 0, n_features: int = 0) -> Pipeline:
-    """Mean imputation -> standardization (-> :class:`_RowSpace` for a logistic probe with more features than
-    rows)."""
-    steps = [("impute", SimpleImputer(strategy="mean")), ("scale", StandardScaler())]
-    if kind != "regression" and n_features > n_rows:
-        steps.append(("row_space", _RowSpace()))
-    return Pipeline(steps)
-
-
-def _ridge_fold_errors(x_train, y_train, x_test, y_test, alphas: np.ndarray) -> np.ndarray:
-    """Mean squared test error of ``Ridge(alpha)`` (with intercept) for every alpha, from one eigendecomposition.
-
-    Ridge's coefficients are (X'X + alpha I)^-1 X'y on centred data; with X'X = V diag(l) V' (or, when there are
-    more features than rows, through the n x n Gram matrix XX' = Q diag(l) Q') every alpha costs a diagonal."""
-    x_mean, y_mean = x_train.mean(axis=0), y_train.mean()
-    xc, yc, xt = x_train - x_mean, y_train - y_mean, x_test - x_mean
-    if xc.shape[1] <= xc.shape[0]:
-        eigenvalues, vectors = np.linalg.eigh(xc.T @ xc)
-        projected = xt @ vectors  # [test, features]
-        weights = vectors.T @ (xc.T @ yc)
-    else:
-        eigenvalues, vectors = np.linalg.eigh(xc @ xc.T)
-        projected = (xt @ xc.T) @ vectors  # [test, train]
-        weights = vectors.T @ yc
-    eigenvalues = np.clip(eigenvalues, 0.0, None)  # rounding can make a zero eigenvalue slightly negative
-    pred = y_mean + projected @ (weights[:, None] / (eigenvalues[:, None] + alphas[None, :]))  # [test, alphas]
-    return ((pred - y_test[:, None]) ** 2).mean(axis=0)
-
-
-class _TunedProbe:
-    """imputer -> scaler -> ridge (regression) or logistic regression, its penalty chosen by cross-validating the
-    whole pipeline over :func:`penalty_grid`, then refitted on every training row.
-
-    The same choice as ``GridSearchCV(pipeline, {penalty: grid}, cv=cv, scoring="neg_mean_squared_error" or
-    log loss over every class)`` followed by its refit, computed with less repetition: the imputer and scaler are
-    fitted once per inner split (on its training rows; they do not depend on the penalty), ridge solves every
-    alpha of a split from one eigendecomposition, and the log loss is scored directly. Ties go to the first
-    (smallest) penalty of the grid, as in ``GridSearchCV``. With more features than rows a logistic probe is
-    fitted in the span of its training rows (:class:`_RowSpace`): the same optimum, reached to the solver's
-    tolerance (where the classes are separable and C is large, the optimum is barely defined and solvers stop
-    at different points).
-
-    A column without a value in an inner training part is left out of that part's fit by the imputer, as in
-    ``GridSearchCV``, without its warning (the caller drops columns without a value in every row beforehand).
-
-    ``cv``: a splitter or ``[(train positions, test positions), ...]``. After ``fit``: ``grid_``, ``cv_loss_``
-    (``[splits, grid]`` mean squared error or log loss on each inner test part), ``penalty_`` (ridge alpha or
-    logistic C), ``pipeline_`` (refitted on all rows), ``classes_`` (classification)."""
-
-    def __init__(self, kind: str, cv) -> None:
-        self.kind, self.cv = kind, cv
-
-    def _model(self, penalty: float):
-        if self.kind == "regression":
-            return Ridge(alpha=penalty)
-        # binary and multiclass alike: lbfgs fits the multinomial loss when there are more than 2 classes
-        return LogisticRegression(C=penalty, l1_ratio=0.0, max_iter=LOGISTIC_MAX_ITER)
-
-    def fit(self, x: np.ndarray, y: np.ndarray) -> _TunedProbe:
-        self.grid_ = penalty_grid(self.kind, *x.shape)
-        splits = list(self.cv.split(x, y)) if hasattr(self.cv, "split") else list(self.cv)
-        labels = np.unique(y)
-        loss = np.empty((len(splits), len(self.grid_)))
-        for i, (train, test) in enumerate(splits):
-            with warnings.catch_warnings():
-                # a column observed only in this split's held-out rows: the imputer leaves it out of this split
-                warnings.filterwarnings("ignore", message=_EMPTY_FEATURE_WARNING, category=UserWarning)
-                preprocess = _preprocessor(self.kind, len(train), x.shape[1]).fit(x[train])
-                x_train, x_test = preprocess.transform(x[train]), preprocess.transform(x[test])
-            if self.kind == "regression":
-                loss[i] = _ridge_fold_errors(x_train, y[train], x_test, y[test], self.grid_)
-                continue
-            for j, penalty in enumerate(self.grid_):
-                model = self._model(penalty).fit(x_train, y[train])
-                # log loss, a proper score (the C with the best probabilities, not just labels), over every
-                # class even when an inner test part lacks one
-                loss[i, j] = log_loss(y[test], model.predict_proba(x_test), labels=labels)
-        self.cv_loss_ = loss
-        self.penalty_ = float(self.grid_[int(np.argmin(loss.mean(axis=0)))])
-        preprocess = _preprocessor(self.kind, *x.shape)
-        self.pipeline_ = Pipeline([*preprocess.steps, ("model", self._model(self.penalty_))]).fit(x, y)
-        if self.kind != "regression":
-            self.classes_ = self.pipeline_.classes_
-        return self
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.pipeline_.predict(x)
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.pipeline_.predict_proba(x)
 
 
 def _pipeline(kind: str, n_folds: int, seed: int, inner_splits: list | None = None) -> _TunedProbe:
@@ -475,34 +176,6 @@ def _pipeline(kind: str, n_folds: int, seed: int, inner_splits: list | None = No
     return _TunedProbe(kind, cv)
 
 
-def grouped_inner_splits(kind: str, y: np.ndarray, groups: np.ndarray, inner_folds: int, seed: int) -> list:
-    """Inner CV splits that keep every group on one side: ``[(train positions, test positions), ...]``.
-
-    Regression: ``GroupKFold``; classification: ``StratifiedGroupKFold``, with fewer folds when a class occurs
-    in fewer groups than that, down to 2. Empty when no split can be made (fewer than 2 groups, or no number
-    of folds gives every inner training part every class)."""
-    labels = np.unique(y)
-    n_groups = len(np.unique(groups))
-    if kind == "regression":
-        n_folds = min(inner_folds, n_groups)
-        if n_folds < 2:
-            return []
-        return list(GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(y, y, groups))
-    groups_with = [len(np.unique(groups[y == label])) for label in labels]
-    for n_folds in range(min(inner_folds, *groups_with), 1, -1):
-        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "least populated class": checked just below
-            splits = list(splitter.split(y, y, groups))
-        if all(len(np.unique(y[train])) == len(labels) and len(test) for train, test in splits):
-            return splits
-    return []
-
-
-def _ids(values) -> np.ndarray:
-    return np.asarray([str(v) for v in np.asarray(values, dtype=object).ravel()], dtype=object)
-
-
 def _check_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"{what} must be a pandas DataFrame indexed by subject ID, got {type(frame).__name__}")
@@ -515,13 +188,6 @@ def _check_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
 def _group_codes(groups: pd.Series, ids: np.ndarray) -> np.ndarray:
     """Codes 0..G-1 of the groups of ``ids`` (in that order)."""
     return pd.factorize(groups.reindex(ids).to_numpy(object), sort=True)[0]
-
-
-def _resampling_label(kind: str, metric: str, grouped: bool, drawn: int) -> str:
-    if not drawn:
-        return "none"
-    stratified = kind != "regression" and metric in STRATIFIED_METRICS
-    return RESAMPLING["stratified" if stratified else "plain", grouped]
 
 
 def _empty_rows(name, target, kind, n_train, n_test, note, n_bootstrap: int = 0) -> list[dict]:
@@ -543,84 +209,6 @@ def _empty_rows(name, target, kind, n_train, n_test, note, n_bootstrap: int = 0)
         )
         for metric in METRICS[kind]
     ]
-
-
-def _flat_note(kind: str, cv_loss: np.ndarray, y: np.ndarray) -> str:
-    """A note when the inner CV loss (mean over the inner splits) is flat across the whole penalty grid, else ``""``.
-
-    Then no penalty scored better than another and the first of the grid was kept by the tie rule; that is not a
-    choice of a light or heavy penalty, so it replaces the edge note."""
-    mean = np.asarray(cv_loss, dtype=np.float64).mean(axis=0)
-    if not len(mean) or not np.isfinite(mean).all():
-        return ""
-    if np.ptp(mean) > FLAT_LOSS_RTOL * max(float(np.abs(mean).max()), np.finfo(float).tiny):
-        return ""
-    if kind == "regression" and np.ptp(y) == 0:
-        return "CV loss flat across the penalty grid: the training target is constant"
-    return (
-        "CV loss flat across the penalty grid: no usable features (every penalty scored the same; the first of"
-        " the grid was kept)"
-    )
-
-
-def _undefined_note(kind: str, metric: str, y: np.ndarray, pred: np.ndarray, classes) -> str:
-    """Why ``metric`` is undefined (NaN) on the whole test set, as :func:`_metric_values` decides it."""
-    if kind == "regression":
-        reasons = []
-        if np.ptp(y) == 0:
-            reasons.append("the test targets are all equal (constant truth)")
-        if metric == "pearson" and np.ptp(pred) == 0:
-            reasons.append("the probe predicts one value for every test subject (constant prediction)")
-        return "undefined on the test set: " + (" and ".join(reasons) or "a zero variance")
-    present = np.unique(y)
-    if kind == "binary":
-        return f"undefined on the test set: it holds only class {', '.join(f'{c:g}' for c in present)}"
-    unseen = np.setdiff1d(present, classes)
-    if len(unseen):
-        listed = ", ".join(f"{c:g}" for c in unseen)
-        return f"undefined on the test set: it holds class(es) {listed} the probe never saw in training"
-    absent = ", ".join(f"{c:g}" for c in np.setdiff1d(classes, present))
-    return f"undefined on the test set: class(es) {absent} absent there (one-vs-rest macro needs every class)"
-
-
-def _resample_reason(kind: str, metric: str) -> str:
-    """What makes ``metric`` undefined in a resample (as in :func:`_metric_values`)."""
-    if kind == "regression":
-        return "constant truth" if metric == "r2" else "constant truth or constant prediction"
-    return "a class missing"
-
-
-def _edge_note(kind: str, penalty: float, grid: np.ndarray) -> str:
-    """A note when the inner CV chose the first or last penalty of its grid, else ``""``."""
-    if kind == "regression":
-        name, heavy, light = "ridge alpha", grid[-1], grid[0]
-    else:
-        name, heavy, light = "logistic C", grid[0], grid[-1]
-    if np.isclose(penalty, heavy, rtol=1e-9, atol=0.0):
-        return (
-            f"{name}={penalty:.3g} on the heavy-penalty edge of its grid: the probe is nearly constant (at most"
-            f" {NULL_MODEL_DF} degrees of freedom), the inner CV found no signal it could use"
-        )
-    if np.isclose(penalty, light, rtol=1e-9, atol=0.0):
-        why = " (classes may be separable)" if kind != "regression" else ""
-        return f"{name}={penalty:.3g} on the light-penalty edge of its grid: the probe is practically unpenalized{why}"
-    return ""
-
-
-def _few_cases_note(kind: str, y: np.ndarray, groups: np.ndarray | None) -> str:
-    """A note when a class is held by fewer than :data:`FEW_CASES` test subjects (groups), else ``""``."""
-    if kind == "regression" or not len(y):
-        return ""
-    labels = np.unique(y)
-    held = [len(np.unique(groups[y == c])) if groups is not None else int((y == c).sum()) for c in labels]
-    k = int(np.argmin(held))
-    if held[k] >= FEW_CASES:
-        return ""
-    unit = "group" if groups is not None else "subject"
-    return (
-        f"class {labels[k]:g} in only {held[k]} test {unit}(s): resampled within class, the CI leaves out the"
-        " uncertainty of having so few cases"
-    )
 
 
 def _probe_one(
@@ -861,293 +449,8 @@ def probe(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
-# ---------------------------------------------------------------------------------------------- embeddings
-_JSON_METADATA = ("format_version", "layer", "n_layers", "modalities", "embedding_dim")  # as EmbeddingWriter
-
-
-def _decode(key: str, text: str):
-    if key not in _JSON_METADATA:
-        return text  # plain strings (variant, checkpoint, ...) are stored as they are
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _list_matrix(column: pa.ChunkedArray, name: str, path: Path) -> np.ndarray:
-    """A list<float> column as a ``[rows, dim]`` float32 matrix, without a Python loop over rows."""
-    array = column.combine_chunks()
-    if array.null_count:
-        raise ValueError(f"{path.name}: column {name!r} has {array.null_count} empty row(s)")
-    lengths = pc.list_value_length(array).to_numpy(zero_copy_only=False)
-    if len(lengths) and (lengths != lengths[0]).any():
-        raise ValueError(f"{path.name}: column {name!r} holds vectors of different lengths {sorted(set(lengths))[:5]}")
-    dim = int(lengths[0]) if len(lengths) else 0
-    return array.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(array), dim)
-
-
-def _read_embeddings(path) -> tuple[pd.DataFrame, np.ndarray, dict[str, np.ndarray], dict]:
-    """(eid/split/fold table, pooled matrix, modality -> matrix in modality order, metadata) of one file.
-
-    Read with pyarrow directly rather than ``mot_neuro.embed.read_embeddings``: that module imports Lightning,
-    and turning list columns into per-row arrays is slow for large cohorts.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"embeddings file not found: {path}")
-    table = pq.read_table(path)
-    metadata = {
-        k.decode(): _decode(k.decode(), v.decode())
-        for k, v in (table.schema.metadata or {}).items()
-        if not k.startswith(b"ARROW:") and k != b"pandas"
-    }
-    missing = [c for c in ("eid", "split", "fold", "embedding") if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path.name} is not an embeddings file: no column(s) {missing} (has {table.column_names})")
-    info = pd.DataFrame(
-        {
-            "eid": _ids(table.column("eid").to_pylist()),
-            "split": [str(s) for s in table.column("split").to_pylist()],
-            "fold": table.column("fold").to_numpy(),
-        }
-    )
-    if not info["eid"].is_unique:
-        raise ValueError(f"{path.name}: {int(info['eid'].duplicated().sum())} subject ID(s) occur more than once")
-    pooled = _list_matrix(table.column("embedding"), "embedding", path)
-    present = [c[len("embedding_") :] for c in table.column_names if c.startswith("embedding_")]
-    listed = metadata.get("modalities")
-    listed = [str(m) for m in listed] if isinstance(listed, list) else []
-    order = [m for m in listed if m in present] + [m for m in present if m not in listed]
-    per_modality = {m: _list_matrix(table.column(f"embedding_{m}"), f"embedding_{m}", path) for m in order}
-    return info, pooled, per_modality, metadata
-
-
-def _embedding_sets(info: pd.DataFrame, pooled: np.ndarray, per_modality: dict, name: str) -> dict:
-    index = pd.Index(info["eid"].to_numpy(object), name="eid")
-    sets = {name: pd.DataFrame(pooled, index=index, columns=[f"emb_{i}" for i in range(pooled.shape[1])])}
-    if per_modality:
-        blocks = [
-            pd.DataFrame(values, index=index, columns=[f"{m}:emb_{i}" for i in range(values.shape[1])])
-            for m, values in per_modality.items()
-        ]
-        sets[name + LATE_FUSION_SUFFIX] = pd.concat(blocks, axis=1)
-    return sets
-
-
-def embedding_features(path) -> dict[str, pd.DataFrame]:
-    """Feature sets of one embeddings parquet, indexed by ``eid``.
-
-    ``{"<variant>": pooled embedding (columns emb_0 ..), "<variant>_late_fusion": the per-modality embeddings
-    concatenated in the file's modality order (columns <modality>:emb_0 ..)}``; the late fusion set is left out
-    when the file has no per-modality columns. The variant comes from the file's metadata (else the file stem).
-    """
-    info, pooled, per_modality, metadata = _read_embeddings(path)
-    return _embedding_sets(info, pooled, per_modality, str(metadata.get("variant") or Path(path).stem))
-
-
-# ---------------------------------------------------------------------------------------------- early fusion
-def _fold_datamodule(config: str, overrides: Sequence[str]):
-    """The experiment's DataModule, prepared (cohort, splits, FoldPreprocessor fitted on the fold's train rows)."""
-    from mot_neuro.cli import lightning_cli
-
-    # Only the DataModule is used. Last, so that no --trainer file given by the user undoes them: no logger
-    # (building the DataModule must not create an MLflow store or run), and one CPU process whatever
-    # accelerator or strategy the experiment trains with
-    only_data = ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "1"]
-    only_data += ["--trainer.strategy", "auto", "--trainer.num_nodes", "1"]
-    cli = lightning_cli(["--config", str(config), *overrides, *only_data], run=False)
-    datamodule = cli.datamodule
-    datamodule.setup("fit")
-    return datamodule
-
-
-def _fold_labels(datamodule) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, str]]:
-    fold = datamodule.splits.fold(datamodule.hparams.fold)
-    splits = {part: np.asarray(sorted(fold[part]), dtype=object) for part in _SPLIT_PARTS}
-    names = list(datamodule.hparams.targets)
-    targets = datamodule.cohort.participants[names].copy()
-    for name in names:  # the classes as the model sees them: a binary target coded 1/2 (PLINK) becomes 0/1
-        targets[name] = datamodule.preprocessor.code_target(name, targets[name].to_numpy(dtype=float, na_value=np.nan))
-    targets.index = pd.Index(_ids(targets.index), name="eid")
-    kinds = {name: datamodule.preprocessor.target_kinds[name] for name in names}
-    return targets, splits, kinds
-
-
-def _fold_groups(datamodule) -> pd.Series | None:
-    """Subject ID -> the data config's ``group`` (the column the splits keep whole), or None without one."""
-    column = datamodule.hparams.group
-    if not column:
-        return None
-    participants = datamodule.cohort.participants
-    if column not in participants.columns:
-        raise ValueError(f"data.group {column!r} is not a column of the participants table")
-    # as strings, exactly as the DataModule groups its splits
-    return pd.Series(participants[column].astype(str).to_numpy(object), index=_ids(participants.index), name=column)
-
-
-def _modality_columns(name: str, modality, values: np.ndarray, missing: np.ndarray) -> pd.DataFrame:
-    """Real slots (``feature_mask``) of one modality as columns ``<modality>:<token>:<feature>``.
-
-    A categorical token holds a category index; it becomes one 0/1 column per category
-    (``<modality>:<token>:<feature>=<label>``, all 0 where missing), since a linear probe must not read an
-    order into category codes.
-    """
-    mask = np.asarray(modality.feature_mask, dtype=bool)
-    columns, names = [], []
-    for t, token in enumerate(modality.token_names):
-        for f in np.flatnonzero(mask[t]):
-            if token in modality.categories:
-                codes = values[:, t, f]
-                for c, label in enumerate(modality.categories[token]):
-                    columns.append(((codes == c) & ~missing[:, t, f]).astype(np.float32))
-                    names.append(f"{name}:{token}:{f}={label}")
-            else:
-                columns.append(values[:, t, f])
-                names.append(f"{name}:{token}:{f}")
-    return pd.DataFrame(np.column_stack(columns) if columns else np.empty((len(values), 0)), columns=names)
-
-
-def _early_fusion_matrix(datamodule) -> pd.DataFrame:
-    rows = np.sort(np.concatenate([datamodule.rows[part] for part in _SPLIT_PARTS]))
-    cohort = datamodule.cohort
-    blocks = []
-    for name in datamodule.kept:
-        values, missing = datamodule.preprocessor.transform(name, rows, cohort=cohort)
-        blocks.append(_modality_columns(name, cohort.modalities[name], values, missing))
-    features = pd.concat(blocks, axis=1)
-    features.index = pd.Index(cohort.subject_ids[rows].astype(object), name="eid")
-    return features
-
-
-def early_fusion_features(
-    config: str, overrides: Sequence[str] = ()
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, np.ndarray], dict[str, str]]:
-    """Raw features of an experiment's cohort, preprocessed fold-safely, with its targets, splits and kinds.
-
-    Builds the experiment's DataModule (``lightning_cli(["--config", config, *overrides], run=False)``), whose
-    FoldPreprocessor is fitted on the fold's training rows only, and transforms every row of the fold with it.
-
-    Returns:
-        ``(features, targets, splits, kinds)``: features indexed by ``eid`` (columns
-        ``<modality>:<token>:<feature index>``, categorical tokens one-hot; no NaN: missing values are the
-        training mean), the raw targets (original units) indexed by ``eid``, ``{"train", "val", "test"} -> IDs``
-        of the fold from the splits file, and ``{target: kind}``.
-    """
-    datamodule = _fold_datamodule(config, overrides)
-    targets, splits, kinds = _fold_labels(datamodule)
-    return _early_fusion_matrix(datamodule), targets, splits, kinds
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def _check_embeddings_fold(path: Path, info: pd.DataFrame, fold: int, splits: Mapping[str, np.ndarray]) -> None:
-    """The file must hold embeddings of the config's fold, with the splits file's label for every subject."""
-    folds = sorted({int(f) for f in info["fold"]})
-    if folds != [fold]:
-        raise ValueError(
-            f"{path} holds embeddings of fold {', '.join(map(str, folds)) or '(none)'}, but the config trains fold"
-            f" {fold}; probe with the embeddings of fold {fold} (or set data.fold to match)"
-        )
-    expected = {sid: part for part in _SPLIT_PARTS for sid in splits[part]}
-    labels = info["eid"].map(expected)
-    outside = int(labels.isna().sum())
-    differ = int((labels.notna() & (labels != info["split"])).sum())
-    if outside or differ:
-        raise ValueError(
-            f"{path} does not match fold {fold} of the splits file: {differ} subject(s) have another split label"
-            f" there and {outside} subject(s) are not in that fold; embed with the same splits file and fold"
-        )
-
-
-def _feature_set_names(paths: Sequence[Path], variants: Sequence[str]) -> list[str]:
-    """Each file's variant; files sharing a variant are named by their stem (made unique if stems repeat)."""
-    names = []
-    for path, variant in zip(paths, variants, strict=True):
-        name = variant if variants.count(variant) == 1 else path.stem
-        base, k = name, 2
-        while name in names or name == EARLY_FUSION:
-            name, k = f"{base}_{k}", k + 1
-        names.append(name)
-    return names
-
-
-def _overrides(pairs: Sequence[str]) -> list[str]:
-    from mot_neuro.cli import set_overrides  # lazily: the CLI module imports torch
-
-    return set_overrides(list(pairs))
-
-
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    atomic_write_bytes(path, table.to_csv(index=False).encode())  # readers see the old file or the new one
-
-
-def format_table(results: pd.DataFrame, digits: int = 3) -> str:
-    """``feature_set x target/metric`` with ``value [ci_low, ci_high]`` cells, as text."""
-
-    def cell(row) -> str:
-        if not np.isfinite(row["value"]):
-            return "nan"
-        if not np.isfinite(row["ci_low"]):
-            return f"{row['value']:.{digits}f}"
-        return f"{row['value']:.{digits}f} [{row['ci_low']:.{digits}f}, {row['ci_high']:.{digits}f}]"
-
-    if results.empty:
-        return "(no results)"
-    shown = results.assign(
-        cell=results.apply(cell, axis=1),
-        column=results["target"].astype(str) + "/" + results["metric"].astype(str),
-    )
-    sets = list(dict.fromkeys(shown["feature_set"]))
-    columns = list(dict.fromkeys(shown["column"]))
-    wide = shown.pivot(index="feature_set", columns="column", values="cell").reindex(index=sets, columns=columns)
-    wide.index.name, wide.columns.name = "feature_set", None
-    return wide.fillna("").to_string()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mot-neuro probe",
-        description="Linear probes of the experiment's targets on subject embeddings and on the raw features"
-        " (early fusion), on the experiment's folds; penalties chosen by an inner CV of the whole pipeline;"
-        " bootstrap 95%% CIs on the test subjects (AUROC/AUPRC resampled within class). With the data"
-        " config's group set, inner CV splits and bootstrap resamples keep each group whole.",
-        epilog=_experiment_help(),
-        allow_abbrev=False,  # an abbreviation must not swallow an experiment override such as --data
-    )
-    parser.add_argument("--config", required=True, help="the experiment config the embeddings' models were fit with")
-    parser.add_argument("--embeddings", nargs="*", default=[], metavar="PARQUET", help="embeddings files to probe")
-    parser.add_argument(
-        "--no-early-fusion", dest="early_fusion", action="store_false", help="leave out the raw features"
-    )
-    parser.add_argument("--bootstrap", type=int, default=1000, help="test-set resamples for the CIs (default 1000)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the resamples and inner CV folds (default 0)")
-    parser.add_argument(
-        "--inner-folds",
-        type=int,
-        default=5,
-        help="folds of the inner CV that chooses each probe's penalty (default 5)",
-    )
-    parser.add_argument("--out", default=None, help="output folder (default outputs/probes/<config name>)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. --set data.fold=1 (repeatable)",
-    )
-    return parser
-
-
-def _experiment_help() -> str:
-    from mot_neuro.cli import EXPERIMENT_HELP  # lazily: the CLI module imports torch
-
-    return EXPERIMENT_HELP
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``mot-neuro probe``: writes ``<out>/probes.csv`` and prints a table; see :func:`build_parser`."""
-    from mot_neuro.cli import experiment_overrides
-
     args, unparsed = build_parser().parse_known_args(list(argv) if argv is not None else None)
     passed = experiment_overrides("probe", unparsed)  # --data/--model/--trainer mean what they mean in fit
     paths = [Path(p) for p in args.embeddings]
@@ -1163,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     files = []
     for path in paths:
-        info, pooled, per_modality, metadata = _read_embeddings(path)
+        info, pooled, per_modality, metadata = read_embedding_matrices(path)
         _check_embeddings_fold(path, info, fold, splits)
         files.append((info, pooled, per_modality, str(metadata.get("variant") or path.stem)))
     feature_sets: dict[str, pd.DataFrame] = {}
@@ -1195,4 +498,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["COLUMNS", "METRICS", "build_parser", "early_fusion_features", "embedding_features", "main", "probe"]
+__all__ = [
+    "COLUMNS",
+    "EARLY_FUSION",
+    "ECE_BINS",
+    "FEW_CASES",
+    "FLAT_LOSS_RTOL",
+    "GRID_STEP",
+    "LATE_FUSION_SUFFIX",
+    "LOGISTIC_C_MAX",
+    "LOGISTIC_MAX_ITER",
+    "METRICS",
+    "MIN_VALID_FRACTION",
+    "NULL_MODEL_DF",
+    "RESAMPLING",
+    "RIDGE_ALPHA_MIN",
+    "STRATIFIED_METRICS",
+    "build_parser",
+    "early_fusion_features",
+    "embedding_features",
+    "format_table",
+    "grouped_inner_splits",
+    "main",
+    "penalty_grid",
+    "probe",
+]
