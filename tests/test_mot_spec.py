@@ -19,7 +19,9 @@ from test_routing_properties import BATCH, SEEDS, build, examples, model_configs
 from mot_neuro.model import PAD_ID, ModalityLayout, MoTConfig
 from mot_neuro.model.reference import MaskRoutedMoT
 
-TOL = dict(rtol=1e-5, atol=1e-5)
+# float32 with other reduction orders (thread counts differ between runs): 1e-5 was crossed by 1.1e-5 once;
+# a routing error moves outputs by 1e-2 and more (test_specification_notices_a_token_routed_to_the_wrong_tower)
+TOL = dict(rtol=1e-4, atol=1e-4)
 MODALITIES = ("gene", "brain", "behaviour")
 LAYOUT = ModalityLayout(("brain", "gene", "behaviour"), (5, 3, 4))  # not the model's order
 GROUPINGS = {
