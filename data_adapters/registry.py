@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import behaviour, embeddings, gene
 from .connectivity import connectivity_matrices, is_stacked
-from .core import DEFAULT_ID_COLUMN
+from .core import DEFAULT_ID_COLUMN, IDS_FILENAME
 from .idp import idp_table
 from .manifests import listed_files
 from .nifti import regions_from_nifti
@@ -71,4 +71,20 @@ def input_files(adapter: str, kwargs: Mapping) -> list[str]:
                 path_column=kwargs.get("path_column", "path"),
             )
             files += listed
+    files += _ids_beside(adapter, kwargs)
     return [str(p) for p in files]
+
+
+def _ids_beside(adapter: str, kwargs: Mapping) -> list[Path]:
+    """The ``ids.npy`` that a ``.npy`` array argument reads its subject IDs from when ``ids`` is not given
+    (:func:`~data_adapters.core.read_subject_ids`): a cache key must change when only the IDs are edited."""
+    if "ids" not in FILE_ARGUMENTS[adapter] or kwargs.get("ids") is not None:
+        return []
+    found = []
+    for argument in FILE_ARGUMENTS[adapter]:
+        value = kwargs.get(argument)
+        if isinstance(value, str) and value.lower().endswith(".npy"):
+            beside = Path(value).with_name(IDS_FILENAME)
+            if beside.is_file():
+                found.append(beside)
+    return found

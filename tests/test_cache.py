@@ -558,3 +558,18 @@ def test_release_pages_drops_mapped_pages(tmp_path):
     assert cache.release_pages(np.asarray(mapped)[3:], np.zeros(3)) == 1  # views find their map; plain arrays skip
     assert resident_kb() - before < 1000
     assert float(mapped[5, 5, 5]) == 1.0  # still readable
+
+
+@pytest.mark.parametrize("adapter, argument", [("embeddings", "path_or_df"), ("connectivity_matrices", "source")])
+def test_a_stacked_arrays_ids_file_is_part_of_its_inputs(tmp_path, adapter, argument):
+    """A ``.npy`` array given without ``ids`` reads its subject IDs from ``ids.npy`` beside it: editing only that
+    file must change the cache key, so the file is among the adapter's inputs; with ``ids`` given it is not."""
+    from data_adapters.registry import input_files
+
+    array = tmp_path / "stack.npy"
+    np.save(array, np.zeros((2, 3, 3), dtype=np.float32))
+    np.save(tmp_path / "ids.npy", np.array(["s1", "s2"]))
+    assert str(tmp_path / "ids.npy") in input_files(adapter, {argument: str(array)})
+    (tmp_path / "other.txt").write_text("s1\ns2\n")
+    given = input_files(adapter, {argument: str(array), "ids": str(tmp_path / "other.txt")})
+    assert str(tmp_path / "ids.npy") not in given and str(tmp_path / "other.txt") in given
