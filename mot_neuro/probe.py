@@ -54,11 +54,12 @@ a vector of counts), in blocks of resamples, without a Python loop over resample
 No torch or Lightning at import: only :func:`early_fusion_features` (which builds the experiment's DataModule)
 imports them, when called.
 
-Layout: this module holds :func:`probe` (one probe per feature set and target, and its notes) and
-``mot-neuro probe`` (:func:`main`); the metrics and bootstrap CIs are in :mod:`mot_neuro.probe_metrics`, the
-penalty search in :mod:`mot_neuro.probe_penalty`, the feature sets and the fold in
-:mod:`mot_neuro.probe_features`, the command's arguments, checks and table in :mod:`mot_neuro.probe_cli`, the
-embeddings file in :mod:`mot_neuro.embeddings_format`. Their names stay importable from here.
+Layout: this module holds :func:`probe` (one probe per feature set and target: fit, predict, score) and
+``mot-neuro probe`` (:func:`main`); the checks on what :func:`probe` is given are in :mod:`mot_neuro.probe_inputs`,
+the output table's columns and rows in :mod:`mot_neuro.probe_table`, the metrics, bootstrap CIs and their notes in
+:mod:`mot_neuro.probe_metrics`, the penalty search in :mod:`mot_neuro.probe_penalty`, the feature sets and the fold
+in :mod:`mot_neuro.probe_features`, the command's arguments, checks and table in :mod:`mot_neuro.probe_cli`, the
+embeddings file in :mod:`mot_neuro.embeddings_format`. Their public names stay importable from here.
 """
 
 from __future__ import annotations
@@ -85,7 +86,6 @@ from mot_neuro.probe_cli import (
     format_table,
 )
 from mot_neuro.probe_features import (
-    _SPLIT_PARTS,
     EARLY_FUSION,
     LATE_FUSION_SUFFIX,
     _early_fusion_matrix,
@@ -93,9 +93,17 @@ from mot_neuro.probe_features import (
     _fold_datamodule,
     _fold_groups,
     _fold_labels,
-    _ids,
     early_fusion_features,
     embedding_features,
+)
+from mot_neuro.probe_inputs import KINDS as KINDS
+from mot_neuro.probe_inputs import (
+    _check_class_labels,
+    _check_feature_set,
+    _check_options,
+    _check_targets,
+    _split_pools,
+    _subject_groups,
 )
 from mot_neuro.probe_metrics import (
     ECE_BINS,
@@ -104,10 +112,7 @@ from mot_neuro.probe_metrics import (
     RESAMPLING,
     STRATIFIED_METRICS,
     _bootstrap,
-    _few_cases_note,
-    _resample_reason,
-    _resampling_label,
-    _undefined_note,
+    _metric_notes,
 )
 from mot_neuro.probe_metrics import _metric_values as _metric_values
 from mot_neuro.probe_metrics import _resample_counts as _resample_counts
@@ -126,42 +131,19 @@ from mot_neuro.probe_penalty import (
     penalty_grid,
 )
 from mot_neuro.probe_penalty import _RowSpace as _RowSpace
+from mot_neuro.probe_table import COLUMNS, METRICS, _Pair
 
 log = logging.getLogger(__name__)
 
-KINDS = ("regression", "binary", "multiclass")
-METRICS = {
-    "regression": ("r2", "mae", "pearson"),
-    "binary": ("auroc", "auprc", "brier", "ece"),
-    "multiclass": ("auroc", "auprc", "accuracy", "ece"),
-}
-COLUMNS = (
-    "feature_set",
-    "target",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n_train",
-    "n_test",
-    "resampling",
-    "n_resamples",
-    "n_resamples_valid",
-    "penalty",
-    "note",
-)
-"""The output table. ``value``: the metric on all test subjects; ``ci_low``/``ci_high``: 2.5th/97.5th percentiles
-over the valid resamples; ``resampling``: what a resample draws (:data:`RESAMPLING`); ``n_resamples``: requested;
-``n_resamples_valid``: those where the metric was defined (the CI's sample); ``penalty``: ridge alpha
-(regression) or logistic C (classification, the inverse strength) chosen by the inner CV; ``note``: why a number
-is NaN or has no CI, resamples were skipped, a class had few test cases, feature columns missing in every training
-subject were dropped, the inner CV loss was flat across the penalty grid, or the penalty sat on the edge of its
-grid."""
 MISSING_TEST_WARN_FRACTION = 0.1
 """A feature set lacking more than this share of the test subjects is warned about (counts only)."""
 _SMALL_FIT_CELLS = 1_000_000
 """Below this many training cells (subjects x features) a probe runs with one BLAS/OpenMP thread: its many small
-fits gain nothing from threads, and threads that spin on a busy machine make them several times slower."""
+fits gain nothing from threads, and threads that spin on a busy machine slow them down."""
+_UNGROUPABLE = (
+    "cannot fit: no inner CV keeps groups whole (fewer than 2 groups, or no grouped split gives every inner training"
+    " part every class)"
+)
 
 
 def _pipeline(kind: str, n_folds: int, seed: int, inner_splits: list | None = None) -> _TunedProbe:
@@ -176,179 +158,148 @@ def _pipeline(kind: str, n_folds: int, seed: int, inner_splits: list | None = No
     return _TunedProbe(kind, cv)
 
 
-def _check_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
-    if not isinstance(frame, pd.DataFrame):
-        raise ValueError(f"{what} must be a pandas DataFrame indexed by subject ID, got {type(frame).__name__}")
-    frame = frame.set_axis(_ids(frame.index), axis=0)
-    if not frame.index.is_unique:
-        raise ValueError(f"{what} has {int(frame.index.duplicated().sum())} repeated subject ID(s) in its index")
-    return frame
-
-
 def _group_codes(groups: pd.Series, ids: np.ndarray) -> np.ndarray:
     """Codes 0..G-1 of the groups of ``ids`` (in that order)."""
     return pd.factorize(groups.reindex(ids).to_numpy(object), sort=True)[0]
 
 
-def _empty_rows(name, target, kind, n_train, n_test, note, n_bootstrap: int = 0) -> list[dict]:
-    return [
-        dict(
-            feature_set=name,
-            target=target,
-            metric=metric,
-            value=np.nan,
-            ci_low=np.nan,
-            ci_high=np.nan,
-            n_train=n_train,
-            n_test=n_test,
-            resampling="none",
-            n_resamples=n_bootstrap,
-            n_resamples_valid=0,
-            penalty=np.nan,
-            note=note,
-        )
-        for metric in METRICS[kind]
-    ]
+def _observed(y: pd.Series, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Those of ``ids`` whose target ``y`` is observed (finite), and their targets."""
+    values = y.reindex(ids).to_numpy(np.float64)
+    finite = np.isfinite(values)
+    return ids[finite], values[finite]
+
+
+def _inner_fold_count(kind: str, y_fit: np.ndarray, inner_folds: int) -> tuple[int, str]:
+    """The folds of the inner CV that chooses the penalty, and why no probe can be fitted (``""`` when one can).
+
+    Regression needs 3 training subjects. Classification needs 2 classes in the training subjects, each held by 2
+    or more of them: the inner CV is stratified, so a rare class limits how many folds it can have.
+    """
+    if kind == "regression":
+        n_train = len(y_fit)
+        note = f"cannot fit: {n_train} training subject(s) with an observed target" if n_train < 3 else ""
+        return min(inner_folds, n_train), note
+    present, per_class = np.unique(y_fit, return_counts=True)
+    n_folds = min(inner_folds, int(per_class.min())) if len(per_class) else 0
+    if len(per_class) >= 2 and n_folds >= 2:
+        return n_folds, ""
+    held = ", ".join(f"class {c:g}: {k}" for c, k in zip(present, per_class, strict=True)) or "none"
+    return n_folds, (
+        f"cannot fit: the training subjects need at least 2 classes, every class held by 2 or more of them ({held})"
+    )
+
+
+def _grouped_cv(kind, y_fit, groups: pd.Series | None, fit_ids, test_ids, inner_folds: int, seed: int):
+    """Without ``groups``: ``(None, None)``. With them: the inner CV's splits of the ``fit_ids`` that keep groups
+    whole (empty when none can) and the group codes of the ``test_ids`` (the bootstrap draws whole groups)."""
+    if groups is None:
+        return None, None
+    splits = grouped_inner_splits(kind, y_fit, _group_codes(groups, fit_ids), inner_folds, seed)
+    return splits, _group_codes(groups, test_ids)
+
+
+def _cannot_fit(pair: _Pair, note: str) -> list[dict]:
+    """Empty rows with ``note``, and a warning at the caller of :func:`probe` (called from :func:`_probe_one`)."""
+    warnings.warn(f"probe {pair.feature_set!r} / {pair.target!r}: {note}", stacklevel=4)
+    return pair.empty_rows(note)
+
+
+def _dropped_note(pair: _Pair, observed: np.ndarray) -> str:
+    """A note (also logged) on the feature columns not ``observed`` in any training subject, else ``""``."""
+    dropped = int((~observed).sum())
+    if not dropped:
+        return ""
+    note = f"{dropped} feature column(s) missing (NaN) in every training subject dropped before fitting"
+    log.info("probe %r / %r: %s", pair.feature_set, pair.target, note)
+    return note
+
+
+def _fit(kind: str, n_folds: int, seed: int, inner_splits, x_fit: np.ndarray, y_fit: np.ndarray) -> _TunedProbe:
+    """The probe (:func:`_pipeline`, looked up here at each call) fitted with its penalty chosen by the inner CV;
+    on one thread below :data:`_SMALL_FIT_CELLS` training cells."""
+    with threadpool_limits(limits=1) if x_fit.size < _SMALL_FIT_CELLS else nullcontext():
+        return _pipeline(kind, n_folds, seed, inner_splits).fit(x_fit, y_fit)
+
+
+def _predict(kind: str, model: _TunedProbe, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """What the metrics score: the predicted values (regression), the probability of class 1 (binary) or of every
+    class (multiclass, with the classes in their column order; ``None`` otherwise)."""
+    if kind == "regression":
+        return model.predict(x_test), None
+    if kind == "binary":
+        return model.predict_proba(x_test)[:, 1], None
+    return model.predict_proba(x_test), model.classes_
+
+
+def _penalty(pair: _Pair, model: _TunedProbe, y_fit: np.ndarray) -> tuple[float, str]:
+    """The penalty the inner CV chose, and a note (also logged) when its CV loss was flat across the grid or else
+    when it sits on the edge of its grid (``""`` when neither)."""
+    penalty, grid = getattr(model, "penalty_", np.nan), getattr(model, "grid_", None)
+    note = _flat_note(pair.kind, model.cv_loss_, y_fit) or (
+        _edge_note(pair.kind, penalty, grid) if grid is not None and len(grid) else ""
+    )
+    if note:
+        log.warning("probe %r / %r: %s", pair.feature_set, pair.target, note)
+    return penalty, note
 
 
 def _probe_one(
     name, target, kind, x, y, fit_ids, test_ids, n_bootstrap, seed, inner_folds, groups: pd.Series | None = None
 ) -> list[dict]:
-    """``groups``: subject ID -> group label; the inner CV and the bootstrap then keep groups whole."""
-    grouped = groups is not None
-    fit_ids = fit_ids[np.isfinite(y.reindex(fit_ids).to_numpy(np.float64))]  # subjects with an observed target
-    test_ids = test_ids[np.isfinite(y.reindex(test_ids).to_numpy(np.float64))]
-    y_fit, y_test = y.reindex(fit_ids).to_numpy(np.float64), y.reindex(test_ids).to_numpy(np.float64)
-    n_train, n_test = len(fit_ids), len(test_ids)
-    n_folds = min(inner_folds, n_train)
-    empty = dict(n_bootstrap=n_bootstrap)
-    if kind != "regression":
-        labels = (y_fit, y_test)
-        if not all(np.array_equal(v, np.round(v)) and (v >= 0).all() for v in labels):
-            raise ValueError(f"target {target!r} is {kind} but holds values that are not class labels 0, 1, ...")
-        if kind == "binary" and not all(np.isin(v, (0.0, 1.0)).all() for v in labels):
-            raise ValueError(f"target {target!r} is binary but holds values other than 0 and 1")
-        present, per_class = np.unique(y_fit, return_counts=True)
-        # the inner CV is stratified: a rare class limits how many folds it can have
-        n_folds = min(inner_folds, int(per_class.min())) if len(per_class) else 0
-        if len(per_class) < 2 or n_folds < 2:
-            held = ", ".join(f"class {c:g}: {k}" for c, k in zip(present, per_class, strict=True)) or "none"
-            note = (
-                "cannot fit: the training subjects need at least 2 classes, every class held by 2 or more of them"
-                f" ({held})"
-            )
-            warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
-            return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
-    elif n_train < 3:
-        note = f"cannot fit: {n_train} training subject(s) with an observed target"
-        warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
-        return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
-    if n_test == 0:
-        return _empty_rows(name, target, kind, n_train, n_test, "no test subject with features and target", **empty)
+    """The rows of feature set ``name`` x ``target``: the probe fitted on those of ``fit_ids`` with an observed
+    target and scored on such ``test_ids``, or rows without values and with a note saying why it could not be.
 
-    inner_splits = test_groups = None
-    if grouped:
-        inner_splits = grouped_inner_splits(kind, y_fit, _group_codes(groups, fit_ids), inner_folds, seed)
-        if not inner_splits:
-            note = (
-                "cannot fit: no inner CV keeps groups whole (fewer than 2 groups, or no grouped split gives every"
-                " inner training part every class)"
-            )
-            warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
-            return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
-        test_groups = _group_codes(groups, test_ids)
+    ``groups``: subject ID -> group label; the inner CV and the bootstrap then keep groups whole.
+    """
+    fit_ids, y_fit = _observed(y, fit_ids)
+    test_ids, y_test = _observed(y, test_ids)
+    pair = _Pair(name, target, kind, len(fit_ids), len(test_ids), n_bootstrap)
+    _check_class_labels(kind, target, y_fit, y_test)
+    n_folds, note = _inner_fold_count(kind, y_fit, inner_folds)
+    if note:
+        return _cannot_fit(pair, note)
+    if not len(test_ids):
+        return pair.empty_rows("no test subject with features and target")
+    inner_splits, test_groups = _grouped_cv(kind, y_fit, groups, fit_ids, test_ids, inner_folds, seed)
+    if groups is not None and not inner_splits:
+        return _cannot_fit(pair, _UNGROUPABLE)
     x_fit = x.loc[fit_ids].to_numpy(np.float64)
     observed = ~np.isnan(x_fit).all(axis=0)  # a column without a value in any training row cannot be imputed
-    dropped = int((~observed).sum())
     if not observed.any():
-        note = f"cannot fit: every feature column is missing (NaN) in all {n_train} training subjects"
-        warnings.warn(f"probe {name!r} / {target!r}: {note}", stacklevel=3)
-        return _empty_rows(name, target, kind, n_train, n_test, note, **empty)
-    dropped_note = (
-        f"{dropped} feature column(s) missing (NaN) in every training subject dropped before fitting" if dropped else ""
-    )
-    if dropped:
-        log.info("probe %r / %r: %s", name, target, dropped_note)
-    x_fit = x_fit[:, observed]
-    with threadpool_limits(limits=1) if x_fit.size < _SMALL_FIT_CELLS else nullcontext():
-        model = _pipeline(kind, n_folds, seed, inner_splits).fit(x_fit, y_fit)
-    x_test = x.loc[test_ids].to_numpy(np.float64)[:, observed]
-    classes = None
-    if kind == "regression":
-        pred = model.predict(x_test)
-    elif kind == "binary":
-        pred = model.predict_proba(x_test)[:, 1]
-    else:
-        pred, classes = model.predict_proba(x_test), model.classes_
-    penalty, grid = getattr(model, "penalty_", np.nan), getattr(model, "grid_", None)
-    edge = _flat_note(kind, model.cv_loss_, y_fit) or (
-        _edge_note(kind, penalty, grid) if grid is not None and len(grid) else ""
-    )
-    if edge:
-        log.warning("probe %r / %r: %s", name, target, edge)
-
-    bootstrap = _bootstrap(kind, y_test, pred, classes, n_bootstrap, seed, test_groups)
-    few = _few_cases_note(kind, y_test, test_groups)
-    one_group = grouped and len(np.unique(test_groups)) < 2
-    rows = []
-    for metric, (value, low, high, valid, drawn) in bootstrap.items():
-        notes = [dropped_note] if dropped_note else []
-        if not np.isfinite(value):
-            notes.append(_undefined_note(kind, metric, y_test, pred, classes))
-        elif n_bootstrap and not drawn:
-            notes.append(
-                "no CI: the test subjects are all in one group"
-                if one_group
-                else "no CI: every resample would be the test set itself (one subject or group per stratum)"
-            )
-        elif drawn and not np.isfinite(low):
-            notes.append(
-                f"no CI: the metric is defined in only {valid} of {drawn} resamples (under"
-                f" {MIN_VALID_FRACTION:.0%}; undefined in the others: {_resample_reason(kind, metric)}); the rest"
-                " would be a selected subset"
-            )
-        elif valid < drawn:
-            notes.append(
-                f"{drawn - valid} of {drawn} resamples undefined ({_resample_reason(kind, metric)}) and skipped"
-            )
-        if np.isfinite(value) and drawn and few and metric in STRATIFIED_METRICS:
-            notes.append(few)
-        if edge:
-            notes.append(edge)
-        rows.append(
-            dict(
-                feature_set=name,
-                target=target,
-                metric=metric,
-                value=value,
-                ci_low=low,
-                ci_high=high,
-                n_train=n_train,
-                n_test=n_test,
-                resampling=_resampling_label(kind, metric, grouped, drawn),
-                n_resamples=n_bootstrap,
-                n_resamples_valid=valid,
-                penalty=penalty,
-                note="; ".join(notes),
-            )
+        return _cannot_fit(
+            pair, f"cannot fit: every feature column is missing (NaN) in all {pair.n_train} training subjects"
         )
-    return rows
+    dropped_note = _dropped_note(pair, observed)
+    model = _fit(kind, n_folds, seed, inner_splits, x_fit[:, observed], y_fit)
+    pred, classes = _predict(kind, model, x.loc[test_ids].to_numpy(np.float64)[:, observed])
+    penalty, penalty_note = _penalty(pair, model, y_fit)
+    estimates = _bootstrap(kind, y_test, pred, classes, n_bootstrap, seed, test_groups)
+    metric_notes = _metric_notes(kind, estimates, n_bootstrap, y_test, pred, classes, test_groups)
+    return pair.scored_rows(
+        estimates,
+        penalty,
+        groups is not None,
+        dropped_note=dropped_note,
+        metric_notes=metric_notes,
+        penalty_note=penalty_note,
+    )
 
 
-def _subject_groups(groups, subjects: np.ndarray) -> pd.Series:
-    """``groups`` as a Series of strings indexed by subject ID; every one of ``subjects`` must have a group."""
-    series = pd.Series(groups) if isinstance(groups, Mapping) else groups
-    if not isinstance(series, pd.Series):
-        raise ValueError(f"groups must be a Series or a mapping subject ID -> group, not {type(groups).__name__}")
-    series = series.set_axis(_ids(series.index), axis=0)
-    if not series.index.is_unique:
-        raise ValueError(f"groups has {int(series.index.duplicated().sum())} repeated subject ID(s) in its index")
-    series = series.reindex(subjects)
-    if series.isna().any():
-        raise ValueError(
-            f"{int(series.isna().sum())} subject(s) of the splits have no group; give every subject a group"
+def _set_subjects(name: str, x: pd.DataFrame, fit_pool: np.ndarray, test_pool: np.ndarray):
+    """The fit and test subjects of feature set ``name`` (sorted, so that feature sets draw paired resamples),
+    with a warning at the caller of :func:`probe` when it lacks many test subjects."""
+    fit_ids = np.intersect1d(fit_pool, x.index.to_numpy(object))
+    test_ids = np.intersect1d(test_pool, x.index.to_numpy(object))
+    lacking = len(test_pool) - len(test_ids)
+    if len(test_pool) and lacking > MISSING_TEST_WARN_FRACTION * len(test_pool):
+        warnings.warn(
+            f"feature set {name!r} lacks {lacking} of {len(test_pool)} test subjects (and"
+            f" {len(fit_pool) - len(fit_ids)} of {len(fit_pool)} train/val subjects); its metrics are on fewer"
+            " subjects than the other sets'",
+            stacklevel=3,
         )
-    return series.astype(str)
+    return fit_ids, test_ids
 
 
 def probe(
@@ -398,26 +349,9 @@ def probe(
         inner CV loss flat across the penalty grid or else a penalty on the edge of its grid). A set's subjects
         are its index intersected with the split IDs.
     """
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be a non-negative integer, got {n_bootstrap!r}")
-    if isinstance(inner_folds, bool) or not isinstance(inner_folds, (int, np.integer)) or inner_folds < 2:
-        raise ValueError(f"inner_folds must be an integer >= 2, got {inner_folds!r}")
-    unknown = sorted(set(splits) - set(_SPLIT_PARTS))
-    if unknown or "train" not in splits or "test" not in splits:
-        raise ValueError(f"splits must have the keys 'train' and 'test' (and 'val'), got {sorted(splits)}")
-    part = {key: _ids(splits.get(key, ())) for key in _SPLIT_PARTS}
-    fit_pool = np.union1d(part["train"], part["val"]).astype(object)
-    test_pool = np.unique(part["test"]).astype(object)
-    overlap = np.intersect1d(fit_pool, test_pool)
-    if len(overlap):
-        raise ValueError(f"{len(overlap)} subject(s) are both in test and in train/val; the splits must not overlap")
-    targets = _check_frame(targets, "targets")
-    missing_kinds = [t for t in targets.columns if t not in kinds]
-    if missing_kinds:
-        raise ValueError(f"no kind given for target(s) {missing_kinds}; pass kinds={{target: one of {KINDS}}}")
-    bad = {t: kinds[t] for t in targets.columns if kinds[t] not in KINDS}
-    if bad:
-        raise ValueError(f"target kinds must be one of {KINDS}, got {bad}")
+    _check_options(n_bootstrap, inner_folds)
+    fit_pool, test_pool = _split_pools(splits)
+    targets = _check_targets(targets, kinds)
     if not feature_sets:
         raise ValueError("no feature sets to probe")
     if groups is not None:
@@ -425,22 +359,8 @@ def probe(
 
     rows = []
     for name, frame in feature_sets.items():
-        x = _check_frame(frame, f"feature set {name!r}")
-        non_numeric = [str(c) for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
-        if non_numeric:
-            raise ValueError(f"feature set {name!r} has non-numeric column(s) {non_numeric[:5]}")
-        if x.shape[1] == 0:
-            raise ValueError(f"feature set {name!r} has no columns")
-        fit_ids = np.intersect1d(fit_pool, x.index.to_numpy(object))
-        test_ids = np.intersect1d(test_pool, x.index.to_numpy(object))  # sorted: paired resamples across sets
-        lacking = len(test_pool) - len(test_ids)
-        if len(test_pool) and lacking > MISSING_TEST_WARN_FRACTION * len(test_pool):
-            warnings.warn(
-                f"feature set {name!r} lacks {lacking} of {len(test_pool)} test subjects (and"
-                f" {len(fit_pool) - len(fit_ids)} of {len(fit_pool)} train/val subjects); its metrics are on fewer"
-                " subjects than the other sets'",
-                stacklevel=2,
-            )
+        x = _check_feature_set(name, frame)
+        fit_ids, test_ids = _set_subjects(name, x, fit_pool, test_pool)
         for target in targets.columns:
             y = pd.to_numeric(targets[target], errors="raise").astype(np.float64).reindex(x.index)
             rows += _probe_one(

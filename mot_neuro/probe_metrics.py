@@ -249,3 +249,46 @@ def _few_cases_note(kind: str, y: np.ndarray, groups: np.ndarray | None) -> str:
         f"class {labels[k]:g} in only {held[k]} test {unit}(s): resampled within class, the CI leaves out the"
         " uncertainty of having so few cases"
     )
+
+
+def _ci_note(kind: str, metric: str, estimate: tuple, requested: int, one_group: bool) -> str:
+    """Why the CI of a metric defined on the test set is missing, or how many resamples it skipped; else ``""``.
+
+    ``estimate``: the metric's ``(value, low, high, valid, drawn)`` from :func:`_bootstrap`; ``requested``: the
+    resamples asked for; ``one_group``: the test subjects are all in one group.
+    """
+    _, low, _, valid, drawn = estimate
+    if requested and not drawn:
+        if one_group:
+            return "no CI: the test subjects are all in one group"
+        return "no CI: every resample would be the test set itself (one subject or group per stratum)"
+    if drawn and not np.isfinite(low):
+        return (
+            f"no CI: the metric is defined in only {valid} of {drawn} resamples (under"
+            f" {MIN_VALID_FRACTION:.0%}; undefined in the others: {_resample_reason(kind, metric)}); the rest"
+            " would be a selected subset"
+        )
+    if valid < drawn:
+        return f"{drawn - valid} of {drawn} resamples undefined ({_resample_reason(kind, metric)}) and skipped"
+    return ""
+
+
+def _metric_notes(
+    kind: str, estimates: dict, requested: int, y: np.ndarray, pred: np.ndarray, classes, groups: np.ndarray | None
+) -> dict[str, list[str]]:
+    """Per metric of :func:`_bootstrap`'s ``estimates`` on the test set ``y``, ``pred``: why it is undefined there
+    (:func:`_undefined_note`), else why its CI is missing or skipped resamples (:func:`_ci_note`) and, for a CI
+    drawn within class, a class with few test cases (:func:`_few_cases_note`)."""
+    few = _few_cases_note(kind, y, groups)
+    one_group = groups is not None and len(np.unique(groups)) < 2
+    notes = {}
+    for metric, estimate in estimates.items():
+        value, drawn = estimate[0], estimate[4]
+        if not np.isfinite(value):
+            notes[metric] = [_undefined_note(kind, metric, y, pred, classes)]
+            continue
+        found = [_ci_note(kind, metric, estimate, requested, one_group)]
+        if drawn and metric in STRATIFIED_METRICS:
+            found.append(few)
+        notes[metric] = [note for note in found if note]
+    return notes
