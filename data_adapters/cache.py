@@ -1,4 +1,4 @@
-"""Tokenized arrays written once, then memory-mapped: parse NIfTI/PLINK once, load in milliseconds after.
+"""Tokenized arrays written once, then memory-mapped: parse NIfTI/PLINK once, then load without parsing.
 
 The public face of the cache, kept at this path; the work is done, one job per file, by
 :mod:`~data_adapters.store` (the on-disk form of a modality: arrays, manifest, checksums),

@@ -36,6 +36,8 @@ from .io import (  # noqa: F401  (re-exported: the older import path of these he
 
 DEFAULT_ID_COLUMN = "eid"
 IDS_FILENAME = "ids.npy"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest float32: values are stored and batched as float32, where anything larger is infinite."""
 # "1.00012E+06": how a spreadsheet shows, then saves, a long numeric ID; its lost digits cannot be recovered
 _SCIENTIFIC_ID = re.compile(r"[+-]?\d\.\d+[eE][+-]?\d+")
 
@@ -82,6 +84,12 @@ def normalize_ids(
         shown = ", ".join(dup[:5].tolist()) + (" ..." if len(dup) > 5 else "")
         raise AdapterError(f"{len(dup)} duplicated subject ID(s): {shown}", file=file, column=column)
     return out
+
+
+def beyond_float32(values) -> np.ndarray:
+    """Where ``values`` would be infinite as float32 (bool, same shape): +-inf, and finite values beyond
+    :data:`FLOAT32_MAX` in magnitude. NaN is not (it is a missing value)."""
+    return np.abs(values) > FLOAT32_MAX
 
 
 def check_finite_or_missing(

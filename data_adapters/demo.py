@@ -1,7 +1,6 @@
 """A synthetic neuro-omics cohort in real file formats, with planted structure and a known ground truth.
 
-``write_demo_cohort(out_dir, n_subjects=300, seed=0)`` (or ``python -m data_adapters.demo OUT_DIR``) writes,
-in about a second::
+``write_demo_cohort(out_dir, n_subjects=300, seed=0)`` (or ``python -m data_adapters.demo OUT_DIR``) writes::
 
     participants.csv        eid, age, sex (F/M), site (S1/S2/S3), target (continuous), diagnosis (0/1)
     behaviour.csv           eid, memory, reaction_time, vocabulary, mood (numeric, ~5% NaN each),
@@ -47,53 +46,31 @@ import numpy as np
 import pandas as pd
 
 from .core import AdapterError, atomic_write_bytes
+from .demo_simulation import (
+    AGE_TO_BRAIN,
+    BRAIN_CHROMOSOME,
+    BRAIN_NOISE,
+    BRAIN_TO_MEMORY,
+    CHROMOSOMES,
+    DIAGNOSIS_SLOPE,
+    DIAGNOSIS_THRESHOLD,
+    GENE_ONLY_CHROMOSOME,
+    GENE_TO_BRAIN,
+    GRID,
+    HANDEDNESS_MISSING_FRACTION,
+    MEASURE_NAN_FRACTION,
+    MISSING_CALL_RATE,
+    N_NOT_IN_PARTICIPANTS,
+    N_REGIONS,
+    SITE_OFFSETS,
+    TARGET_WEIGHTS,
+    VOXEL_MM,
+    VOXEL_NOISE,
+    simulate,
+)
 
 GENERATOR = "data_adapters.demo"
-GRID = (24, 28, 24)
-VOXEL_MM = 4.0
-N_REGIONS = 20
-CHROMOSOMES = ("1", "2", "3", "4")
-SNPS_PER_CHROMOSOME = 100
-BRAIN_CHROMOSOME, GENE_ONLY_CHROMOSOME = "1", "3"
-N_CAUSAL_SNPS = 10
-N_AFFECTED_REGIONS = 3
-GENE_TO_BRAIN = 0.7
-AGE_TO_BRAIN = -0.3
-BRAIN_NOISE = 0.6
-VOXEL_NOISE = 0.5
-SITE_OFFSETS = {"S1": 0.0, "S2": 0.8, "S3": -0.6}
-BRAIN_TO_MEMORY = 0.7
-TARGET_WEIGHTS = {"brain_signal": 0.6, "prs_gene_only": 0.5, "age": 0.3, "noise_sd": 0.6}
-DIAGNOSIS_SLOPE, DIAGNOSIS_THRESHOLD = 2.5, 1.0
-MISSING_MODALITY_FRACTION = 0.12
-MEASURE_NAN_FRACTION = 0.05
-HANDEDNESS_MISSING_FRACTION = 0.03
-MISSING_CALL_RATE = 0.01
-N_NOT_IN_PARTICIPANTS = 5
 MIN_SUBJECTS = 20
-
-
-def _z(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / x.std()
-
-
-def _ellipsoid(grid: tuple[int, int, int]) -> np.ndarray:
-    index = np.indices(grid).reshape(3, -1).T.astype(float)
-    centre = (np.array(grid) - 1) / 2
-    radii = np.array(grid) / 2 - 1.0
-    return ((((index - centre) / radii) ** 2).sum(axis=1) <= 1.0).reshape(grid)
-
-
-def _parcellate(mask: np.ndarray, n_regions: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Labels 1..n_regions from k-means on voxel coordinates: compact, contiguous parcels of similar size."""
-    coords = np.argwhere(mask).astype(float)
-    centres = coords[rng.choice(len(coords), n_regions, replace=False)]
-    for _ in range(20):
-        nearest = ((coords[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
-        centres = np.stack([coords[nearest == k].mean(axis=0) for k in range(n_regions)])
-    labels = np.zeros(mask.shape, dtype=np.int16)
-    labels[tuple(coords.astype(int).T)] = nearest + 1
-    return labels, centres
 
 
 def _affine() -> np.ndarray:
@@ -113,141 +90,6 @@ def _save_nifti(data: np.ndarray, path: Path) -> None:
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     atomic_write_bytes(path, frame.to_csv(index=False, lineterminator="\n").encode())
-
-
-def _pick(rng: np.random.Generator, n: int, fraction: float) -> np.ndarray:
-    chosen = np.zeros(n, dtype=bool)
-    chosen[rng.choice(n, int(round(fraction * n)), replace=False)] = True
-    return chosen
-
-
-def _simulate(n_subjects: int, seed: int) -> dict:
-    """Every number of the demo cohort, before anything is written."""
-    rng = np.random.default_rng(seed)
-    n_total = n_subjects + N_NOT_IN_PARTICIPANTS
-    eids = np.sort(rng.choice(9_000_000, n_total, replace=False) + 1_000_000)
-    in_participants = np.zeros(n_total, dtype=bool)
-    in_participants[np.sort(rng.choice(n_total, n_subjects, replace=False))] = True
-
-    # ---- genotypes: HWE dosages of the A1 allele
-    n_snps = len(CHROMOSOMES) * SNPS_PER_CHROMOSOME
-    chromosome = np.repeat(CHROMOSOMES, SNPS_PER_CHROMOSOME)
-    position = np.concatenate(
-        [np.sort(rng.choice(np.arange(10_000, 5_000_000), SNPS_PER_CHROMOSOME, replace=False)) for _ in CHROMOSOMES]
-    )
-    snp_ids = np.array([f"rs{100_001 + j}" for j in range(n_snps)])
-    a1_frequency = rng.uniform(0.1, 0.5, n_snps)
-    dosage = rng.binomial(2, a1_frequency, size=(n_total, n_snps)).astype(np.float64)
-    bases = np.array(list("ACGT"))
-    allele_1 = rng.choice(bases, n_snps)
-    allele_2 = bases[(np.searchsorted(bases, allele_1) + rng.integers(1, 4, n_snps)) % 4]  # never equal to A1
-
-    def causal(chrom: str) -> tuple[np.ndarray, np.ndarray]:
-        snps = np.sort(rng.choice(np.flatnonzero(chromosome == chrom), N_CAUSAL_SNPS, replace=False))
-        weights = rng.uniform(0.5, 1.0, N_CAUSAL_SNPS) * rng.choice([-1.0, 1.0], N_CAUSAL_SNPS)
-        return snps, weights
-
-    brain_snps, brain_weights = causal(BRAIN_CHROMOSOME)
-    gene_only_snps, gene_only_weights = causal(GENE_ONLY_CHROMOSOME)
-    prs_brain = _z(dosage[:, brain_snps] @ brain_weights)
-    prs_gene_only = _z(dosage[:, gene_only_snps] @ gene_only_weights)
-
-    # ---- people
-    age = np.round(rng.uniform(45.0, 80.0, n_total), 1)
-    age_z = _z(age)
-    sex = rng.choice(np.array(["F", "M"]), n_total)
-    site = rng.choice(np.array(list(SITE_OFFSETS)), n_total, p=[0.45, 0.35, 0.20])
-
-    # ---- brain
-    mask = _ellipsoid(GRID)
-    atlas, centres = _parcellate(mask, N_REGIONS, rng)
-    hemisphere = np.where(centres[:, 0] < (GRID[0] - 1) / 2, "L", "R")
-    region_names = [f"{hemisphere[k]}_region{k + 1:02d}" for k in range(N_REGIONS)]
-    affected = np.sort(rng.choice(N_REGIONS, N_AFFECTED_REGIONS, replace=False))
-    is_affected = np.isin(np.arange(N_REGIONS), affected)
-    baseline = rng.uniform(2.0, 4.0, N_REGIONS)
-    bio = (
-        GENE_TO_BRAIN * prs_brain[:, None] * is_affected[None, :]
-        + AGE_TO_BRAIN * age_z[:, None]
-        + rng.normal(0.0, BRAIN_NOISE, (n_total, N_REGIONS))
-    )
-    site_offset = np.array([SITE_OFFSETS[s] for s in site])
-    scanned = baseline[None, :] + bio + site_offset[:, None]
-    brain_signal = _z(bio[:, affected].mean(axis=1))
-
-    # ---- behaviour, target, diagnosis
-    memory = BRAIN_TO_MEMORY * brain_signal + rng.normal(0.0, 0.7, n_total)
-    reaction_time = 450.0 + 30.0 * age_z + rng.normal(0.0, 40.0, n_total)
-    vocabulary = rng.normal(30.0, 5.0, n_total)
-    mood = rng.normal(0.0, 1.0, n_total)
-    handedness = rng.choice(np.array(["right", "left", "ambidextrous"]), n_total, p=[0.85, 0.10, 0.05])
-    w = TARGET_WEIGHTS
-    target = (
-        w["brain_signal"] * brain_signal
-        + w["prs_gene_only"] * prs_gene_only
-        + w["age"] * age_z
-        + rng.normal(0.0, w["noise_sd"], n_total)
-    )
-    risk = 1.0 / (1.0 + np.exp(-DIAGNOSIS_SLOPE * (_z(target) - DIAGNOSIS_THRESHOLD)))
-    diagnosis = (rng.random(n_total) < risk).astype(np.int64)
-
-    # ---- what is missing
-    participants = np.flatnonzero(in_participants)
-    n = len(participants)
-    no_scan, no_genotype, no_behaviour = (participants[_pick(rng, n, MISSING_MODALITY_FRACTION)] for _ in range(3))
-    has_scan = in_participants.copy()
-    has_scan[no_scan] = False
-    has_genotype = np.ones(n_total, dtype=bool)
-    has_genotype[no_genotype] = False
-    has_behaviour = in_participants.copy()
-    has_behaviour[no_behaviour] = False
-    measure_nan = {
-        m: _pick(rng, n_total, MEASURE_NAN_FRACTION) for m in ("memory", "reaction_time", "vocabulary", "mood")
-    }
-    handedness_nan = _pick(rng, n_total, HANDEDNESS_MISSING_FRACTION)
-    call_missing = rng.random((n_total, n_snps)) < MISSING_CALL_RATE
-    voxel_noise_seed = int(rng.integers(2**63 - 1))
-    orders = {key: rng.permutation(n_total) for key in ("scan", "behaviour")}
-    return {
-        "eids": eids,
-        "in_participants": in_participants,
-        "chromosome": chromosome,
-        "position": position,
-        "snp_ids": snp_ids,
-        "dosage": dosage,
-        "allele_1": allele_1,
-        "allele_2": allele_2,
-        "brain_snps": brain_snps,
-        "brain_weights": brain_weights,
-        "gene_only_snps": gene_only_snps,
-        "gene_only_weights": gene_only_weights,
-        "age": age,
-        "sex": sex,
-        "site": site,
-        "atlas": atlas,
-        "region_names": region_names,
-        "affected": affected,
-        "baseline": baseline,
-        "scanned": scanned,
-        "memory": memory,
-        "reaction_time": reaction_time,
-        "vocabulary": vocabulary,
-        "mood": mood,
-        "handedness": handedness,
-        "target": target,
-        "diagnosis": diagnosis,
-        "no_scan": no_scan,
-        "no_genotype": no_genotype,
-        "no_behaviour": no_behaviour,
-        "has_scan": has_scan,
-        "has_genotype": has_genotype,
-        "has_behaviour": has_behaviour,
-        "measure_nan": measure_nan,
-        "handedness_nan": handedness_nan,
-        "call_missing": call_missing,
-        "voxel_noise_seed": voxel_noise_seed,
-        "orders": orders,
-    }
 
 
 def _ground_truth(sim: dict, n_subjects: int, seed: int, files: dict[str, str]) -> dict:
@@ -314,46 +156,59 @@ def _ground_truth(sim: dict, n_subjects: int, seed: int, files: dict[str, str]) 
     }
 
 
+FILES = {
+    "participants": "participants.csv",
+    "behaviour": "behaviour.csv",
+    "manifest": "brain_manifest.csv",
+    "nifti_dir": "nifti",
+    "atlas": "atlas.nii.gz",
+    "atlas_labels": "atlas_labels.csv",
+    "genotypes": "genotypes",
+    "genotypes_bed": "genotypes.bed",
+    "genotypes_bim": "genotypes.bim",
+    "genotypes_fam": "genotypes.fam",
+    "ground_truth": "ground_truth.json",
+}
+"""Name -> file name (or PLINK prefix, or folder) of what the demo writes, relative to its folder."""
+
+
 def _write_files(sim: dict, folder: Path, n_subjects: int, seed: int) -> dict[str, str]:
-    from bed_reader import to_bed
-
+    files = dict(FILES)
     eids = sim["eids"].astype(str)
-    participants = sim["in_participants"]
-    files = {
-        "participants": "participants.csv",
-        "behaviour": "behaviour.csv",
-        "manifest": "brain_manifest.csv",
-        "nifti_dir": "nifti",
-        "atlas": "atlas.nii.gz",
-        "atlas_labels": "atlas_labels.csv",
-        "genotypes": "genotypes",
-        "genotypes_bed": "genotypes.bed",
-        "genotypes_bim": "genotypes.bim",
-        "genotypes_fam": "genotypes.fam",
-        "ground_truth": "ground_truth.json",
-    }
-    _write_csv(
-        pd.DataFrame(
-            {
-                "eid": eids,
-                "age": sim["age"],
-                "sex": sim["sex"],
-                "site": sim["site"],
-                "target": np.round(sim["target"], 5),
-                "diagnosis": sim["diagnosis"],
-            }
-        )[participants],
-        folder / files["participants"],
-    )
+    _write_participants(sim, eids, folder / files["participants"])
+    _write_behaviour(sim, eids, folder / files["behaviour"])
+    _write_scans(sim, eids, folder, files)
+    _write_genotypes(sim, eids, folder / files["genotypes_bed"])
+    truth = _ground_truth(sim, n_subjects, seed, files)
+    atomic_write_bytes(folder / files["ground_truth"], (json.dumps(truth, indent=1) + "\n").encode())
+    return files
 
+
+def _write_participants(sim: dict, eids: np.ndarray, path: Path) -> None:
+    table = pd.DataFrame(
+        {
+            "eid": eids,
+            "age": sim["age"],
+            "sex": sim["sex"],
+            "site": sim["site"],
+            "target": np.round(sim["target"], 5),
+            "diagnosis": sim["diagnosis"],
+        }
+    )
+    _write_csv(table[sim["in_participants"]], path)
+
+
+def _write_behaviour(sim: dict, eids: np.ndarray, path: Path) -> None:
     behaviour = {"eid": eids}
     for measure, decimals in (("memory", 4), ("reaction_time", 1), ("vocabulary", 2), ("mood", 4)):
         behaviour[measure] = np.where(sim["measure_nan"][measure], np.nan, np.round(sim[measure], decimals))
     behaviour["handedness"] = np.where(sim["handedness_nan"], None, sim["handedness"])
     order = sim["orders"]["behaviour"]
-    _write_csv(pd.DataFrame(behaviour).iloc[order][sim["has_behaviour"][order]], folder / files["behaviour"])
+    _write_csv(pd.DataFrame(behaviour).iloc[order][sim["has_behaviour"][order]], path)
 
-    # scans: one volume per subject with a scan, in the manifest's own order
+
+def _write_scans(sim: dict, eids: np.ndarray, folder: Path, files: dict[str, str]) -> None:
+    """The atlas and its labels, and one volume per subject with a scan, in the manifest's own order."""
     (folder / files["nifti_dir"]).mkdir()
     atlas = sim["atlas"]
     _save_nifti(atlas, folder / files["atlas"])
@@ -375,10 +230,15 @@ def _write_files(sim: dict, folder: Path, n_subjects: int, seed: int) -> dict[st
         rows.append((eids[s], relative))
     _write_csv(pd.DataFrame(rows, columns=["eid", "path"]), folder / files["manifest"])
 
+
+def _write_genotypes(sim: dict, eids: np.ndarray, bed_path: Path) -> None:
+    """The PLINK 1 files (.bed/.bim/.fam beside ``bed_path``) of the genotyped people."""
+    from bed_reader import to_bed
+
     genotyped = np.flatnonzero(sim["has_genotype"])
     calls = np.where(sim["call_missing"], np.nan, sim["dosage"])[genotyped]
     to_bed(
-        folder / files["genotypes_bed"],
+        bed_path,
         calls,
         properties={
             "fid": eids[genotyped],
@@ -392,9 +252,6 @@ def _write_files(sim: dict, folder: Path, n_subjects: int, seed: int) -> dict[st
         },
         num_threads=1,
     )
-    truth = _ground_truth(sim, n_subjects, seed, files)
-    atomic_write_bytes(folder / files["ground_truth"], (json.dumps(truth, indent=1) + "\n").encode())
-    return files
 
 
 def _is_demo_folder(folder: Path) -> bool:
@@ -418,7 +275,7 @@ def write_demo_cohort(out_dir: str | Path, n_subjects: int = 300, seed: int = 0)
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not _is_demo_folder(out_dir))):
         raise AdapterError("exists and is not a demo cohort folder; choose a new or empty folder", file=out_dir)
-    sim = _simulate(int(n_subjects), int(seed))
+    sim = simulate(int(n_subjects), int(seed))
     tmp = temporary_folder(out_dir.parent, out_dir.name)
     try:
         tmp.mkdir()

@@ -28,6 +28,7 @@ from .core import (
     DEFAULT_ID_COLUMN,
     AdapterError,
     TokenizedModality,
+    beyond_float32,
     check_finite_or_missing,
     load_npy,
     normalize_ids,
@@ -141,13 +142,11 @@ def _as_float32(array: np.ndarray, *, where: str, subject_ids: np.ndarray) -> np
     """``array`` as float32 (no copy when it already is), refusing finite values beyond float32's range."""
     if array.dtype == np.float32:
         return array
-    with np.errstate(over="ignore"):
-        values = array.astype(np.float32)
-    overflow = np.isinf(values) & np.isfinite(array)
+    overflow = beyond_float32(array) & np.isfinite(array)
     if overflow.any():
         row = int(np.argwhere(overflow)[0][0])
         raise AdapterError("value beyond float32 range", file=where, subject=str(subject_ids[row]))
-    return values
+    return array.astype(np.float32)
 
 
 def load_embeddings(

@@ -20,7 +20,6 @@ from .tables import numeric_column, read_table, require_id_column
 IDP_LAYOUTS = ("measure_region", "region_measure")
 
 
-# ====================================================================== IDP tables
 def idp_table(
     path_or_df: str | os.PathLike | pd.DataFrame,
     *,
@@ -52,41 +51,11 @@ def idp_table(
     if len(df) == 0:
         raise AdapterError("IDP table has no rows (header only?)", file=file)
     ids = normalize_ids(df[id_column], file=file, column=id_column)
-    available = [c for c in df.columns if c != id_column]
-    exclude = [str(c) for c in exclude]
-    unknown = [c for c in [*(columns or ()), *exclude] if c not in available]
-    if unknown:
-        raise AdapterError(f"column(s) {unknown[:5]} not in the table (from columns=/exclude=)", file=file)
-    chosen = [c for c in (available if columns is None else [str(c) for c in columns]) if c not in set(exclude)]
-    if not chosen:
-        raise AdapterError("no IDP columns left to tokenize (check columns= and exclude=)", file=file)
-
-    parsed, unparsed = {}, []
-    for column in chosen:
-        pair = _split_idp_column(column, layout, measures, separator)
-        if pair is None:
-            unparsed.append(column)
-        else:
-            parsed[column] = pair
-    if unparsed:
-        parts = ("<measure>", "<region>") if layout == "measure_region" else ("<region>", "<measure>")
-        expected = separator.join(parts)
-        known = f" with measures {list(measures)}" if measures else ""
-        raise AdapterError(
-            f"{len(unparsed)} column(s) are not {expected}{known}: {unparsed[:5]}; leave them out with exclude="
-            " (or move confounds such as eTIV to the participants table)",
-            file=file,
-        )
+    chosen = _chosen_columns(df, id_column, columns, exclude, file)
+    parsed = _parse_columns(chosen, layout, measures, separator, file)
     regions = list(dict.fromkeys(region for _, region in parsed.values()))
     measure_names = list(dict.fromkeys(measure for measure, _ in parsed.values()))
-    r_of = {r: i for i, r in enumerate(regions)}
-    m_of = {m: j for j, m in enumerate(measure_names)}
-    values = np.zeros((len(ids), len(regions), len(measure_names)), dtype=np.float32)
-    feature_mask = np.zeros((len(regions), len(measure_names)), dtype=bool)
-    for column, (measure, region) in parsed.items():
-        r, m = r_of[region], m_of[measure]
-        values[:, r, m] = numeric_column(df[column], column=column, ids=ids, file=file)
-        feature_mask[r, m] = True
+    values, feature_mask = _region_values(df, parsed, regions, measure_names, ids, file)
     present = (~np.isnan(values) & feature_mask).any(axis=2)
     return TokenizedModality(
         name=name,
@@ -105,6 +74,55 @@ def idp_table(
             "columns": list(parsed),
         },
     )
+
+
+def _chosen_columns(df: pd.DataFrame, id_column: str, columns, exclude, file) -> list[str]:
+    """The IDP columns to tokenize: ``columns`` (default every column but the ID) without ``exclude``."""
+    available = [c for c in df.columns if c != id_column]
+    exclude = [str(c) for c in exclude]
+    unknown = [c for c in [*(columns or ()), *exclude] if c not in available]
+    if unknown:
+        raise AdapterError(f"column(s) {unknown[:5]} not in the table (from columns=/exclude=)", file=file)
+    chosen = [c for c in (available if columns is None else [str(c) for c in columns]) if c not in set(exclude)]
+    if not chosen:
+        raise AdapterError("no IDP columns left to tokenize (check columns= and exclude=)", file=file)
+    return chosen
+
+
+def _parse_columns(chosen: list[str], layout: str, measures, separator: str, file) -> dict[str, tuple[str, str]]:
+    """Column -> (measure, region) for every chosen column; columns that do not parse are an error naming them."""
+    parsed, unparsed = {}, []
+    for column in chosen:
+        pair = _split_idp_column(column, layout, measures, separator)
+        if pair is None:
+            unparsed.append(column)
+        else:
+            parsed[column] = pair
+    if unparsed:
+        parts = ("<measure>", "<region>") if layout == "measure_region" else ("<region>", "<measure>")
+        expected = separator.join(parts)
+        known = f" with measures {list(measures)}" if measures else ""
+        raise AdapterError(
+            f"{len(unparsed)} column(s) are not {expected}{known}: {unparsed[:5]}; leave them out with exclude="
+            " (or move confounds such as eTIV to the participants table)",
+            file=file,
+        )
+    return parsed
+
+
+def _region_values(
+    df: pd.DataFrame, parsed: dict, regions: list[str], measure_names: list[str], ids: np.ndarray, file
+) -> tuple[np.ndarray, np.ndarray]:
+    """values [subjects, regions, measures] (0 in unused slots) and feature_mask [regions, measures]."""
+    r_of = {r: i for i, r in enumerate(regions)}
+    m_of = {m: j for j, m in enumerate(measure_names)}
+    values = np.zeros((len(ids), len(regions), len(measure_names)), dtype=np.float32)
+    feature_mask = np.zeros((len(regions), len(measure_names)), dtype=bool)
+    for column, (measure, region) in parsed.items():
+        r, m = r_of[region], m_of[measure]
+        values[:, r, m] = numeric_column(df[column], column=column, ids=ids, file=file)
+        feature_mask[r, m] = True
+    return values, feature_mask
 
 
 def _split_idp_column(column: str, layout: str, measures, separator: str) -> tuple[str, str] | None:

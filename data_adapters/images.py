@@ -35,7 +35,7 @@ def _load_image(path: Path, *, what: str = "image", subject: str | None = None):
 
 
 def _fast_gunzip():
-    """ISA-L's gzip decompression (the optional ``isal`` package, about twice zlib's speed) or None."""
+    """ISA-L's gzip decompression (the optional ``isal`` package, faster than zlib) or None."""
     try:
         from isal import igzip
     except ImportError:

@@ -52,7 +52,7 @@ def _gather(data: np.ndarray, index: _RegionIndex) -> np.ndarray:
         voxels = data.reshape(-1, order="F")[index.voxels]  # a view first: nibabel arrays are Fortran-ordered
     else:
         by_time = data.reshape(-1, data.shape[3], order="F").T  # [T, V], each volume contiguous
-        voxels = np.take(by_time, index.voxels, axis=1)  # contiguous reads; ~4x faster than gathering rows
+        voxels = np.take(by_time, index.voxels, axis=1)  # contiguous reads: faster than gathering rows
     if np.isinf(voxels).any():
         raise AdapterError("infinite voxel value(s) inside the atlas regions")
     return voxels
@@ -223,12 +223,7 @@ def regions_from_nifti(
     count is in ``source["missing_files"]``). ``n_jobs`` reads images in that many threads.
     ``allow_unused_labels`` accepts a label table most of whose labels are not in the atlas (see :func:`read_atlas`).
     """
-    if isinstance(statistics, str):
-        statistics = (statistics,)
-    statistics = tuple(statistics)
-    unknown = [s for s in statistics if s not in STATISTICS]
-    if unknown or not statistics:
-        raise AdapterError(f"statistics={list(statistics)}: choose from {', '.join(STATISTICS)}")
+    statistics = _check_statistics(statistics)
     check_choice(mode, MODES, "mode")
     check_choice(missing_files, MISSING_FILE_POLICIES, "missing_files")
     atlas = read_atlas(atlas, labels, allow_unused_labels=allow_unused_labels)
@@ -238,13 +233,7 @@ def regions_from_nifti(
     first = int(np.flatnonzero(exists)[0])
     first_image = _load_image(paths[first], subject=ids[first])
     kind = _image_kind(first_image.shape, paths[first], ids[first]) if mode == "auto" else mode
-    n_regions = atlas.n_regions
-    if kind == "statistics":
-        width, feature_names = len(statistics), list(statistics)
-        feature_mask = np.ones((n_regions, width), dtype=bool)
-    else:
-        width, feature_names = n_regions, list(atlas.names)
-        feature_mask = ~np.eye(n_regions, dtype=bool)
+    feature_names, feature_mask = _token_features(kind, statistics, atlas)
 
     def tokenize(row: int) -> tuple[int, np.ndarray, np.ndarray] | None:
         if not exists[row]:
@@ -284,3 +273,23 @@ def regions_from_nifti(
             "regions_lost_on_some_grids": sorted(lost_regions),
         },
     )
+
+
+def _check_statistics(statistics: Sequence[str] | str) -> tuple[str, ...]:
+    """The statistics asked for, as a tuple; refused when empty or naming one that is not in STATISTICS."""
+    if isinstance(statistics, str):
+        statistics = (statistics,)
+    statistics = tuple(statistics)
+    unknown = [s for s in statistics if s not in STATISTICS]
+    if unknown or not statistics:
+        raise AdapterError(f"statistics={list(statistics)}: choose from {', '.join(STATISTICS)}")
+    return statistics
+
+
+def _token_features(kind: str, statistics: tuple[str, ...], atlas: Atlas) -> tuple[list[str], np.ndarray]:
+    """Feature names and mask of a region token: one feature per statistic, or (connectivity) the region's
+    row of the connectivity matrix, its own region masked out."""
+    n_regions = atlas.n_regions
+    if kind == "statistics":
+        return list(statistics), np.ones((n_regions, len(statistics)), dtype=bool)
+    return list(atlas.names), ~np.eye(n_regions, dtype=bool)

@@ -14,10 +14,10 @@ Content verification. Every array's CRC-32 (and blake2b, the content key) is rec
 is written. Loading checks shapes, sizes and names, and by default (``verify=True``) reads every array once,
 sequentially, and compares its CRC-32: rows rewritten in place with the same size and mtime are caught (a
 built cohort is then rebuilt; a saved ``cohort_dir`` is refused, naming the file). The values are not
-scanned again for +-inf (they were when written, and the checksum says they are those bytes). Cost: ~0.3 s
-for the 525 MB of a 100,000-subject cohort from the page cache (BENCHMARKS.md), the disk's read time when
-cold; a file whose stat is unchanged since it was verified in this process is not read again.
-``verify=False`` opens any cohort in milliseconds without reading a value.
+scanned again for +-inf (they were when written, and the checksum says they are those bytes). Cost: one
+sequential read of the arrays, from the page cache or the disk (figures in BENCHMARKS.md); a file whose stat
+is unchanged since it was verified in this process is not read again. ``verify=False`` opens any cohort
+without reading a value.
 """
 
 from __future__ import annotations

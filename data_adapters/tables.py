@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import DEFAULT_ID_COLUMN, AdapterError
+from .core import DEFAULT_ID_COLUMN, AdapterError, beyond_float32
 
 log = logging.getLogger(__name__)
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t", ".parquet": None, ".pq": None}
@@ -168,7 +168,7 @@ def numeric_column(series: pd.Series, *, column: str, ids: np.ndarray, file: str
             )
         values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     # beyond float32's range a finite value would become inf once stored
-    infinite = np.flatnonzero(np.isinf(values) | (np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max))
+    infinite = np.flatnonzero(beyond_float32(values))
     if len(infinite):
         raise AdapterError(
             f"infinite or out-of-range value ({values[infinite[0]]}) in {len(infinite)} row(s);"

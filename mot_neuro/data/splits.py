@@ -12,20 +12,17 @@ the distribution of a target about equal across sets: a continuous target is cut
 bins, a missing value is a stratum of its own, and strata too small to spread over the sets are merged with
 the next smallest one (so scikit-learn never has to warn about them).
 
-The file records the scheme, the settings and a fingerprint; IDs are stored as strings, sorted. The same
-inputs and seed give the same splits with the same scikit-learn version; saving them is what makes them
-the same for every experiment.
+The same inputs and seed give the same splits with the same scikit-learn version; saving them
+(:mod:`~mot_neuro.data.split_file`: the scheme, the settings, a fingerprint and the IDs) is what makes them the
+same for every experiment.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,127 +36,52 @@ from sklearn.model_selection import (
 )
 
 from data_adapters.errors import AdapterError
-from data_adapters.io import atomic_write_bytes
 
-SPLITS_FORMAT = "mot-neuro-splits"
-SPLITS_VERSION = 1
-SCHEMES = ("kfold", "holdout")
-PARTS = ("train", "val", "test")
+from .column_values import number_label as _label
+from .split_file import PARTS, SCHEMES, Splits
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Splits:
-    """Subject IDs of train/val/test for each fold (see the module docstring)."""
-
-    scheme: str
-    folds: list[dict[str, list[str]]]
-    settings: dict
-
-    def n_folds(self) -> int:
-        return len(self.folds)
-
-    def fold(self, k: int) -> dict[str, np.ndarray]:
-        """``{"train", "val", "test"}`` -> subject IDs (str arrays) of fold ``k``."""
-        n = self.n_folds()
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n:
-            raise AdapterError(f"fold {k!r} does not exist: these {self.scheme} splits have {n} fold(s), 0..{n - 1}")
-        return {part: np.asarray(self.folds[k][part], dtype=str) for part in PARTS}
-
-    def subject_ids(self) -> set[str]:
-        return {sid for fold in self.folds for part in PARTS for sid in fold[part]}
-
-    def fingerprint(self) -> str:
-        """A hash of scheme, folds and settings: equal fingerprints, equal splits."""
-        text = json.dumps(
-            {"scheme": self.scheme, "folds": self.folds, "settings": self.settings},
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the splits as JSON, atomically (a temporary file beside ``path``, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {
-            "format": SPLITS_FORMAT,
-            "version": SPLITS_VERSION,
-            "fingerprint": self.fingerprint(),
-            "scheme": self.scheme,
-            "settings": self.settings,
-            "folds": self.folds,
-        }
-        atomic_write_bytes(path, json.dumps(data, indent=1).encode())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Splits:
-        """Splits saved by :meth:`save`; an :class:`AdapterError` says what is wrong with a bad file."""
-        path = Path(path)
-        fix = "delete it to make new splits, or point to another splits file"
-        if not path.is_file():
-            raise AdapterError("splits file not found; make one with make_splits or load_or_make_splits", file=path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise AdapterError(f"splits file is not valid JSON ({err}); it may be truncated: {fix}", file=path) from err
-        except (OSError, UnicodeDecodeError) as err:
-            raise AdapterError(f"cannot read splits file ({err})", file=path) from err
-        if not isinstance(data, dict) or data.get("format") != SPLITS_FORMAT:
-            raise AdapterError(f"not a mot-neuro splits file (no 'format': {SPLITS_FORMAT!r}); {fix}", file=path)
-        if data.get("version") != SPLITS_VERSION:
-            raise AdapterError(
-                f"splits file version {data.get('version')!r}; this code reads version {SPLITS_VERSION}: {fix}",
-                file=path,
-            )
-        splits = cls(scheme=data.get("scheme"), folds=data.get("folds"), settings=data.get("settings"))
-        problem = _structure_problem(splits)
-        if problem:
-            raise AdapterError(f"invalid splits file: {problem}; {fix}", file=path)
-        recorded = data.get("fingerprint")
-        if recorded is not None and recorded != splits.fingerprint():
-            raise AdapterError(
-                "splits file content does not match its recorded fingerprint (edited or corrupt);"
-                f" {fix} (remove the 'fingerprint' field if the edit was intended)",
-                file=path,
-            )
-        return splits
+# ---------------------------------------------------------------------------------------------- checking arguments
+def fraction_problems(val_fraction, test_fraction, *, prefix: str = "") -> list[str]:
+    """What is wrong with the validation and test fractions (each must lie strictly between 0 and 1), one
+    message per bad fraction; ``prefix`` goes before the option names (``"data."`` for a data config)."""
+    return [
+        f"{prefix}{label} must be between 0 and 1 (exclusive), got {value!r}"
+        for label, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction))
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value < 1
+    ]
 
 
-def _structure_problem(splits: Splits) -> str | None:
-    """What is wrong with loaded splits, or None. Never names a subject: only fold numbers and counts."""
-    if splits.scheme not in SCHEMES:
-        return f"scheme {splits.scheme!r} is not one of {SCHEMES}"
-    if not isinstance(splits.settings, dict):
-        return "'settings' is not an object"
-    if not isinstance(splits.folds, list) or not splits.folds:
-        return "'folds' is not a non-empty list"
-    everyone = None
-    for k, fold in enumerate(splits.folds):
-        if not isinstance(fold, dict) or set(fold) != set(PARTS):
-            return f"fold {k} does not have exactly the parts {PARTS}"
-        for part in PARTS:
-            ids = fold[part]
-            if not isinstance(ids, list) or not all(isinstance(s, str) for s in ids):
-                return f"fold {k} {part} is not a list of ID strings"
-            fold[part] = sorted(ids)
-        sizes = sum(len(fold[part]) for part in PARTS)
-        members = set().union(*(fold[part] for part in PARTS))
-        if len(members) != sizes:
-            return f"fold {k}: {sizes - len(members)} ID(s) appear twice (in one part or in two parts)"
-        if everyone is None:
-            everyone = members
-        elif members != everyone:
-            return f"fold {k} holds other subjects than fold 0"
-    if splits.scheme == "kfold":
-        tests = [set(fold["test"]) for fold in splits.folds]
-        if sum(map(len, tests)) != len(everyone) or set().union(*tests) != everyone:
-            return "the test sets of the folds do not partition the subjects"
-    return None
+def held_out_problem(scheme: str, n_folds, val_fraction, test_fraction, *, prefix: str = "") -> str | None:
+    """Why validation plus test sets of these sizes leave no training subjects, or None. The fractions must
+    already be valid (:func:`fraction_problems`), and ``n_folds`` for a k-fold scheme."""
+    held_out = val_fraction + (1 / n_folds if scheme == "kfold" else test_fraction)
+    if held_out < 1:
+        return None
+    test = f"1/n_folds = {1 / n_folds:.3g}" if scheme == "kfold" else f"{prefix}test_fraction = {test_fraction}"
+    return (
+        f"{prefix}val_fraction ({val_fraction}) + {test} leaves no training subjects; lower {prefix}val_fraction"
+        " or the test size"
+    )
 
 
-# ---------------------------------------------------------------------------------------------- making splits
+def _check_arguments(scheme, n_folds, val_fraction, test_fraction, seed, n_bins) -> None:
+    if scheme not in SCHEMES:
+        raise AdapterError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme == "kfold" and (isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2):
+        raise AdapterError(f"n_folds must be an integer >= 2 for k-fold splits, got {n_folds!r}")
+    problems = fraction_problems(val_fraction, test_fraction)
+    problem = problems[0] if problems else held_out_problem(scheme, n_folds, val_fraction, test_fraction)
+    if problem:
+        raise AdapterError(problem)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise AdapterError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
+        raise AdapterError(f"n_bins must be an integer >= 2, got {n_bins!r}")
+
+
 def _check_ids(subject_ids) -> np.ndarray:
     ids = np.asarray([str(s) for s in subject_ids], dtype=str)
     if len(ids) == 0:
@@ -189,6 +111,7 @@ def _aligned(values, ids: np.ndarray, what: str) -> pd.Series:
     return pd.Series(array)
 
 
+# ---------------------------------------------------------------------------------------------- making splits
 def _strata(stratify: pd.Series, n_bins: int) -> np.ndarray:
     """Integer stratum per subject: quantile bins for a continuous target, classes otherwise, NaN its own."""
     missing = stratify.isna().to_numpy()
@@ -272,26 +195,6 @@ def _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, se
     }
 
 
-def _check_arguments(scheme, n_folds, val_fraction, test_fraction, seed, n_bins) -> None:
-    if scheme not in SCHEMES:
-        raise AdapterError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if scheme == "kfold" and (isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or n_folds < 2):
-        raise AdapterError(f"n_folds must be an integer >= 2 for k-fold splits, got {n_folds!r}")
-    for label, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not isinstance(value, (int, float, np.floating)) or not 0 < value < 1:
-            raise AdapterError(f"{label} must be between 0 and 1 (exclusive), got {value!r}")
-    held_out = val_fraction + (1 / n_folds if scheme == "kfold" else test_fraction)
-    if held_out >= 1:
-        test = f"1/n_folds = {1 / n_folds:.3g}" if scheme == "kfold" else f"test_fraction = {test_fraction}"
-        raise AdapterError(
-            f"val_fraction ({val_fraction}) + {test} leaves no training subjects; lower val_fraction or the test size"
-        )
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise AdapterError(f"seed must be a non-negative integer, got {seed!r}")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
-        raise AdapterError(f"n_bins must be an integer >= 2, got {n_bins!r}")
-
-
 def make_splits(
     subject_ids: Sequence,
     *,
@@ -313,54 +216,19 @@ def make_splits(
     _check_arguments(scheme, n_folds, val_fraction, test_fraction, seed, n_bins)
     n = len(ids)
     strata = None if stratify is None else _strata(_aligned(stratify, ids, "stratify"), n_bins)
-    group_codes = None
-    if groups is not None:
-        group_series = _aligned(groups, ids, "groups")
-        if group_series.isna().any():
-            raise AdapterError(
-                f"groups has {int(group_series.isna().sum())} missing value(s); give every subject a group"
-                " (e.g. its own ID when it has no family or site)"
-            )
-        group_codes = pd.factorize(group_series.astype(str), sort=True)[0]
-    n_groups = n if group_codes is None else len(np.unique(group_codes))
-    needed = n_folds + 1 if scheme == "kfold" else 3
-    if n_groups < needed:
-        unit, more = ("groups", "more groups (a finer grouping)") if group_codes is not None else ("subjects", "more")
-        raise AdapterError(
-            f"{n_groups} {unit} cannot make {scheme} splits with train, val and test sets (need at least {needed});"
-            f" {'lower n_folds or ' if scheme == 'kfold' else ''}use {more}"
-        )
+    group_codes = None if groups is None else _group_codes(groups, ids)
+    n_groups = _check_enough_units(n, group_codes, scheme, n_folds)
     n_val = max(1, round(val_fraction * n))
-
-    def pick(positions: np.ndarray, n_take: int, random_state: int, what: str) -> np.ndarray:
-        if group_codes is None and n_take >= len(positions):
-            raise AdapterError(
-                f"{len(positions)} subjects left cannot give a {what} set of {n_take}; lower val_fraction/test_fraction"
-                " or n_folds, or use more subjects"
-            )
-        sub_strata = None if strata is None else strata[positions]
-        sub_groups = None if group_codes is None else group_codes[positions]
-        return positions[_carve(len(positions), n_take, sub_strata, sub_groups, random_state, what)]
-
     everyone = np.arange(n)
     if scheme == "kfold":
-        dummy = np.zeros(n)
-        if group_codes is None:
-            y = _coarsen(strata, min_count=n_folds)
-            splitter = (KFold if y is None else StratifiedKFold)(n_splits=n_folds, shuffle=True, random_state=seed)
-            outer = [test for _, test in splitter.split(dummy, y)]
-        else:
-            y = _coarsen(strata, min_count=n_folds)
-            y = np.zeros(n, dtype=np.int64) if y is None else y
-            splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-            outer = [test for _, test in splitter.split(dummy, y, group_codes)]
+        outer = _kfold_test_sets(n, n_folds, strata, group_codes, seed)
     else:
-        outer = [pick(everyone, max(1, round(test_fraction * n)), _random_state(seed), "test")]
+        outer = [_pick(everyone, max(1, round(test_fraction * n)), strata, group_codes, _random_state(seed), "test")]
 
     folds = []
     for k, test in enumerate(outer):
         rest = np.setdiff1d(everyone, test)
-        val = pick(rest, n_val, _random_state(seed, k + 1), "validation")
+        val = _pick(rest, n_val, strata, group_codes, _random_state(seed, k + 1), "validation")
         train = np.setdiff1d(rest, val)
         for part, members in (("train", train), ("val", val), ("test", test)):
             if len(members) == 0:
@@ -375,6 +243,64 @@ def make_splits(
     return Splits(scheme=scheme, folds=folds, settings=settings)
 
 
+def _group_codes(groups, ids: np.ndarray) -> np.ndarray:
+    """An integer code per subject for its group; a missing group is refused."""
+    group_series = _aligned(groups, ids, "groups")
+    if group_series.isna().any():
+        raise AdapterError(
+            f"groups has {int(group_series.isna().sum())} missing value(s); give every subject a group"
+            " (e.g. its own ID when it has no family or site)"
+        )
+    return pd.factorize(group_series.astype(str), sort=True)[0]
+
+
+def _check_enough_units(n: int, group_codes: np.ndarray | None, scheme: str, n_folds: int) -> int:
+    """The number of groups (subjects without groups); refused when too few for train, val and test sets."""
+    n_groups = n if group_codes is None else len(np.unique(group_codes))
+    needed = n_folds + 1 if scheme == "kfold" else 3
+    if n_groups < needed:
+        unit, more = ("groups", "more groups (a finer grouping)") if group_codes is not None else ("subjects", "more")
+        raise AdapterError(
+            f"{n_groups} {unit} cannot make {scheme} splits with train, val and test sets (need at least {needed});"
+            f" {'lower n_folds or ' if scheme == 'kfold' else ''}use {more}"
+        )
+    return n_groups
+
+
+def _kfold_test_sets(
+    n: int, n_folds: int, strata: np.ndarray | None, group_codes: np.ndarray | None, seed: int
+) -> list[np.ndarray]:
+    """The test sets of a k-fold split (a partition of the subjects), stratified, of whole groups."""
+    dummy = np.zeros(n)
+    y = _coarsen(strata, min_count=n_folds)
+    if group_codes is None:
+        splitter = (KFold if y is None else StratifiedKFold)(n_splits=n_folds, shuffle=True, random_state=seed)
+        return [test for _, test in splitter.split(dummy, y)]
+    y = np.zeros(n, dtype=np.int64) if y is None else y
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [test for _, test in splitter.split(dummy, y, group_codes)]
+
+
+def _pick(
+    positions: np.ndarray,
+    n_take: int,
+    strata: np.ndarray | None,
+    group_codes: np.ndarray | None,
+    random_state: int,
+    what: str,
+) -> np.ndarray:
+    """Positions of a ``what`` set of about ``n_take`` of ``positions`` (see :func:`_carve`)."""
+    if group_codes is None and n_take >= len(positions):
+        raise AdapterError(
+            f"{len(positions)} subjects left cannot give a {what} set of {n_take}; lower val_fraction/test_fraction"
+            " or n_folds, or use more subjects"
+        )
+    sub_strata = None if strata is None else strata[positions]
+    sub_groups = None if group_codes is None else group_codes[positions]
+    return positions[_carve(len(positions), n_take, sub_strata, sub_groups, random_state, what)]
+
+
+# ---------------------------------------------------------------------------------------------- checking splits
 def _settings_differences(saved: dict, asked: dict) -> list[str]:
     """``"key saved X, asked Y"`` for each setting that differs. A column name saved as ``"array"`` (splits made
     from a bare array, which records no name) matches any asked name: the content checks cover those."""
@@ -409,11 +335,6 @@ def groups_crossing(splits: Splits, subject_ids: np.ndarray, groups) -> list[tup
         if count:
             crossing.append((k, count))
     return crossing
-
-
-def _label(value) -> str:
-    value = float(value)
-    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def check_classes(
@@ -502,15 +423,25 @@ def load_or_make_splits(
     unknown = sorted(set(make_kwargs) - set(defaults))
     if unknown:
         raise TypeError(f"load_or_make_splits got unexpected keyword argument(s) {unknown}")
+    stratified_by = getattr(make_kwargs.get("stratify"), "name", None)
     if not path.exists():
         splits = make_splits(ids, **make_kwargs)
-        if class_targets:
-            # before saving: a refused split is not left behind
-            check_classes(splits, ids, class_targets, stratified_by=getattr(make_kwargs.get("stratify"), "name", None))
+        if class_targets:  # before saving: a refused split is not left behind
+            check_classes(splits, ids, class_targets, stratified_by=stratified_by)
         splits.save(path)
         log.info("splits: made %s with %d fold(s), saved to %s", splits.scheme, splits.n_folds(), path)
         return splits
     splits = Splits.load(path)
+    _check_saved(splits, path, ids, {**defaults, **make_kwargs})
+    if class_targets:
+        warn_folds = [] if fold is None else [fold]
+        check_classes(splits, ids, class_targets, warn_folds=warn_folds, file=path, stratified_by=stratified_by)
+    return splits
+
+
+def _check_saved(splits: Splits, path: Path, ids: np.ndarray, asked: dict) -> None:
+    """Refuse saved splits of other subjects, made with other settings than ``asked`` (every argument of
+    :func:`make_splits`), or whose folds split a group of ``asked["groups"]``."""
     saved, wanted = splits.subject_ids(), set(ids.tolist())
     if saved != wanted:
         raise AdapterError(
@@ -519,7 +450,6 @@ def load_or_make_splits(
             " or point to another splits path",
             file=path,
         )
-    asked = {**defaults, **make_kwargs}
     _check_arguments(*(asked[key] for key in ("scheme", "n_folds", "val_fraction", "test_fraction", "seed", "n_bins")))
     expected = {"scheme": asked["scheme"], **_settings(**asked)}
     differing = _settings_differences({"scheme": splits.scheme, **splits.settings}, expected)
@@ -539,13 +469,3 @@ def load_or_make_splits(
                 " make grouped splits, or point splits_file at another path",
                 file=path,
             )
-    if class_targets:
-        check_classes(
-            splits,
-            ids,
-            class_targets,
-            warn_folds=[] if fold is None else [fold],
-            file=path,
-            stratified_by=getattr(make_kwargs.get("stratify"), "name", None),
-        )
-    return splits
