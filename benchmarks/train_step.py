@@ -95,10 +95,12 @@ def demo_datamodule(folder: Path, args) -> NeuroOmicsDataModule:
 
 
 def model_config(name: str, args) -> dict:
+    """``configs/model/<name>.yaml`` (a delta of the defaults), with the sizes given on the command line."""
     config = yaml.safe_load((CONFIGS / "model" / f"{name}.yaml").read_text())
+    encoder = config.setdefault("encoder", {})
     for key, value in (("dim", args.dim), ("n_layers", args.layers), ("n_heads", args.heads)):
         if value is not None:
-            config[key] = value
+            encoder[key] = value
     return config
 
 
@@ -233,9 +235,9 @@ def _run(args, folder: Path) -> dict:
     worst_share = max(max(profiled.values()), max(timer_share.values()))
     mot_ratios = [r for key, r in ratios.items() if key.startswith("mot_vs_dense") and r is not None]
 
-    config = variants["mot_eager"].module.hparams
+    config = variants["mot_eager"].module.hparams["encoder"]
     batch_size = datamodule.hparams.batch_size
-    layout = {m["name"]: m["n_tokens"] for m in datamodule.model_inputs["modalities"]}
+    layout = {m.name: m.n_tokens for m in datamodule.model_inputs.modalities}
     print(
         f"demo layout {layout} + {config['n_summary_tokens']} summary token; batch {batch_size},"
         f" {steps_per_epoch} steps/epoch; dim={config['dim']} layers={config['n_layers']} heads={config['n_heads']};"

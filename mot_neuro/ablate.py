@@ -28,6 +28,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from mot_neuro.ablation_pairing import AT_TEST  # "brain@test": the full model tested with brain hidden
 from mot_neuro.experiment import experiment_overrides, lightning_cli, set_overrides
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ OVERRIDES_TAG = "mot_neuro.cell_overrides"
 
 
 MERGE_PREFIX = "mot_merge_"  # mot_merge_brain+behaviour: MoT with those modalities sharing one tower
-AT_TEST = "@test"  # dropped="brain@test": the full model's checkpoint tested with the brain tokens hidden
 
 
 def overrides_digest(extra: list[str]) -> str:
@@ -58,8 +58,13 @@ def variant_overrides(variant: str, modalities: list[str]) -> list[str]:
     if variant.startswith(MERGE_PREFIX):
         merged = variant[len(MERGE_PREFIX) :].split("+")
         towers = {m: ("_".join(merged) if m in merged else m) for m in modalities}
-        return ["--model.untie", json.dumps(list(VARIANTS["mot"])), "--model.towers", json.dumps(towers)]
-    return ["--model.untie", json.dumps(list(VARIANTS[variant]))]
+        return [
+            "--model.encoder.untie",
+            json.dumps(list(VARIANTS["mot"])),
+            "--model.encoder.towers",
+            json.dumps(towers),
+        ]
+    return ["--model.encoder.untie", json.dumps(list(VARIANTS[variant]))]
 
 
 @dataclass(frozen=True)
@@ -426,7 +431,7 @@ def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> N
         print(
             "\nsteps to the dense model's best val/loss (ratio of steps; the MoT paper: 0.35-0.56 at 7B); cells that"
             " never reached it are censored at their last step: Kaplan-Meier median (inf: fewer than half reached)"
-            " and mean restricted to the longest ratio observed"
+            " and mean restricted to a common horizon (the shortest follow-up of any variant, the same for all)"
         )
         print(report["steps"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nMLflow parent run {parent} in {ablation.tracking_uri}")

@@ -37,14 +37,12 @@ from mot_neuro.experiment import (  # re-exported: mot_neuro.cli is where script
     EXPERIMENT_HELP,
     EXPERIMENT_OPTIONS,
     LIGHTNING_COMMANDS,
-    PREDICTION_COLUMNS,
-    checkpoint_model_settings,
     experiment_overrides,
     lightning_cli,
     set_overrides,
-    write_test_predictions,
 )
 from mot_neuro.model import PARTS, ModalityLayout, MoTBackbone, MoTConfig, count_parameters, training_flops
+from mot_neuro.predictions_file import PREDICTION_COLUMNS, write_test_predictions
 
 
 def _layout_arg(text: str) -> tuple[str, int]:
@@ -302,7 +300,6 @@ __all__ = [
     "LIGHTNING_COMMANDS",
     "PREDICTION_COLUMNS",
     "build_parser",
-    "checkpoint_model_settings",
     "experiment_overrides",
     "lightning_cli",
     "main",

@@ -56,13 +56,8 @@ from mot_neuro.embeddings_format import (
     schema,
     stale_parts,
 )
-from mot_neuro.experiment import (
-    EXPERIMENT_HELP,
-    checkpoint_model_settings,
-    experiment_overrides,
-    lightning_cli,
-    set_overrides,
-)
+from mot_neuro.experiment import EXPERIMENT_HELP, experiment_overrides, lightning_cli, set_overrides
+from mot_neuro.experiment_cli import checkpoint_model_settings
 
 BUFFER_ROWS = 4096
 """Rows a writer holds before appending them to its part file as one row group."""
@@ -146,16 +141,16 @@ class EmbeddingWriter(BasePredictionWriter):
         self._dim = int(pl_module.encoder.cfg.dim)
         self._modalities = list(pl_module.active) if self.include_per_modality else []
         self._schema = schema(self._modalities)
-        model_inputs = getattr(datamodule, "model_inputs", None) or {}
+        model_inputs = getattr(datamodule, "model_inputs", None)
         splits = getattr(datamodule, "splits", None)
         self._file_metadata = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "variant": "dense" if not pl_module.hparams.untie else "mot",
+            "variant": _variant(pl_module.encoder_config.untie),
             "layer": self.layer,
             "n_layers": n_layers,
             "checkpoint": trainer.ckpt_path or "",
-            "config_fingerprint": model_inputs.get("fingerprint") or "",
+            "config_fingerprint": model_inputs.fingerprint if model_inputs is not None else "",
             "splits_fingerprint": splits.fingerprint() if splits is not None else "",
             "predict_split": getattr(datamodule.hparams, "predict_split", ""),
             "modalities": list(pl_module.encoder.cfg.modality_names),
@@ -269,9 +264,12 @@ def _variant(untie) -> str:
 def _state_dict_mismatch(checkpoint: str, settings: dict, model, err: RuntimeError) -> ValueError:
     """One line for weights that do not fit the model built from the config (a checkpoint without settings)."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    built = f"{_variant(model.hparams.untie)} (untie {list(model.hparams.untie)}, dim {model.hparams.dim})"
+    cfg = model.encoder_config
+    built = f"{_variant(cfg.untie)} (untie {list(cfg.untie)}, dim {cfg.dim})"
+    saved_encoder = settings.get("encoder") or {}
     saved = (
-        f"{_variant(settings.get('untie'))} (untie {list(settings.get('untie') or [])}, dim {settings.get('dim')})"
+        f"{_variant(saved_encoder.get('untie'))} (untie {list(saved_encoder.get('untie') or [])},"
+        f" dim {saved_encoder.get('dim')})"
         if settings
         else "unknown (it saves no hyper_parameters)"
     )
@@ -327,7 +325,7 @@ def embed_main(argv: list[str]) -> int:
     if cli.trainer.global_rank == 0:
         print(
             f"embeddings of {writer.rows_written} subjects (rank 0) written to {args.output}"
-            f" ({_variant(cli.model.hparams.untie)} model of the checkpoint)"
+            f" ({_variant(cli.model.encoder_config.untie)} model of the checkpoint)"
         )
     return 0
 

@@ -260,7 +260,7 @@ class MLflowSaveConfig(SaveConfigCallback):
             params.update(pl_module.describe())
         data = getattr(datamodule, "model_inputs", None)
         if data is not None:
-            params["data_fingerprint"] = data.get("fingerprint")
+            params["data_fingerprint"] = data.fingerprint
             splits = getattr(datamodule, "splits", None)
             if splits is not None:
                 params["splits_fingerprint"] = splits.fingerprint()
@@ -270,7 +270,7 @@ class MLflowSaveConfig(SaveConfigCallback):
                     params[f"split/n_{part}"] = len(rows)
                 if getattr(logger, "log_subject_ids", False):
                     client.log_artifact(run_id, str(datamodule.hparams.splits_file))
-            params["tokens_per_modality"] = ",".join(f"{m['name']}={m['n_tokens']}" for m in data["modalities"])
+            params["tokens_per_modality"] = ",".join(f"{m.name}={m.n_tokens}" for m in data.modalities)
             cohort = getattr(datamodule, "cohort", None)
             # how each modality matched the participants (counts, never IDs): a modality that matched few shows here
             for key, count in (getattr(cohort, "match_counts", None) or {}).items():
@@ -481,10 +481,11 @@ class RunSummary(Callback):
         epochs = sorted({epoch for epoch, _, _ in self._validations})
         if self._best is None or len(epochs) < 2 or self._best[0] != epochs[0] or epochs[0] != 0:
             return
-        warmup = getattr(pl_module, "hparams", {}).get("warmup_steps")
+        warmup = (getattr(pl_module, "hparams", {}).get("optimizer") or {}).get("warmup_steps")
         log.warning(
             "the best checkpoint is from the first epoch (epoch 0 of %d validated), %d training step(s) in: the model"
-            " had barely trained (model.warmup_steps=%s); check model.lr, model.warmup_steps and the cohort size",
+            " had barely trained (model.optimizer.warmup_steps=%s); check model.optimizer.lr,"
+            " model.optimizer.warmup_steps and the cohort size",
             len(epochs),
             trainer.num_training_batches,
             warmup,

@@ -2,11 +2,7 @@
 
 Batches are built a whole batch at a time (the sampler yields lists of rows, the dataset slices the
 memory-mapped arrays and preprocesses the block), so preprocessing is vectorised and a worker reads only
-the rows it needs: cohorts larger than RAM work. A batch is::
-
-    {"values": {modality: float32 [B, T, F]}, "missing": {modality: bool [B, T, F]},
-     "present": {modality: bool [B, T]}, "targets": {target: float32 [B]} (NaN = missing), "row": int64 [B],
-     "split": int8 [B] (:data:`SPLIT_CODES`: 0 train, 1 val, 2 test; -1 a row outside the fold)}
+the rows it needs: cohorts larger than RAM work. What a batch holds: :mod:`mot_neuro.data.batches`.
 
 Sizes the model needs (tokens and features per modality, target kinds) are in :attr:`model_inputs`,
 available right after construction, so the CLI links them into the model config (no copying by hand).
@@ -22,30 +18,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
-import torch
 from jsonargparse.typing import NonNegativeInt, OpenUnitInterval, PositiveInt, restricted_number_type
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from data_adapters.cache import load_cohort
 from data_adapters.cohort import DEFAULT_MIN_MATCH
 from data_adapters.core import AdapterError
+from mot_neuro.model.inputs import DataSpec, TargetSpec
+from mot_neuro.model.tokenizers import ModalitySpec
 
+from .batches import SPLIT_CODES, CohortBatches, ResumableLoader, RowBatches
 from .preprocess import FoldPreprocessor, check_categorical_confounds, class_labels, decide_targets
 from .sources import build_cached_cohort, check_modality_names
-from .splits import SCHEMES, Splits, load_or_make_splits
+from .splits import SCHEMES, Splits, fraction_problems, held_out_problem, load_or_make_splits
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-"""Code of each split in ``batch["split"]`` (int8); -1 marks a row in none of the fold's splits."""
 PREDICT_SPLITS = ("all", *STAGES)
 JOINS = ("inner", "outer")
 TARGET_KIND = Literal["regression", "binary", "multiclass"]
@@ -88,9 +83,7 @@ def check_data_options(
         problems.append(f"data.scheme must be one of {list(SCHEMES)}, got {scheme!r}")
     if not _is_int(n_folds) or n_folds < 2:
         problems.append(f"data.n_folds must be an integer >= 2, got {n_folds!r}")
-    for option, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0 < value < 1:
-            problems.append(f"data.{option} must be between 0 and 1 (exclusive), got {value!r}")
+    problems += fraction_problems(val_fraction, test_fraction, prefix="data.")
     if not _is_int(split_seed) or split_seed < 0:
         problems.append(f"data.split_seed must be an integer >= 0, got {split_seed!r}")
     if join not in JOINS:
@@ -103,59 +96,9 @@ def check_data_options(
     if not _is_int(fold) or not 0 <= fold < n_available:
         valid = f"0..{n_folds - 1} (data.n_folds is {n_folds})" if scheme == "kfold" else "0 (holdout has one fold)"
         raise ValueError(f"data.fold {fold!r} does not exist: the {scheme} splits have fold(s) {valid}")
-    held_out = val_fraction + (1 / n_folds if scheme == "kfold" else test_fraction)
-    if held_out >= 1:
-        test = f"1/n_folds = {1 / n_folds:.3g}" if scheme == "kfold" else f"data.test_fraction = {test_fraction}"
-        raise ValueError(
-            f"data.val_fraction ({val_fraction}) + {test} leaves no training subjects; lower data.val_fraction or"
-            " the test size"
-        )
-
-
-class CohortBatches(Dataset):
-    """Item ``i`` is a whole batch: the rows in ``batches[i]`` of the cohort, preprocessed.
-
-    Holds the cohort folder, not the arrays, so each DataLoader worker opens its own memory maps.
-    """
-
-    def __init__(
-        self,
-        cohort_dir: Path,
-        preprocessor_state: dict,
-        modalities: Sequence[str],
-        split_of_row: np.ndarray | None = None,
-    ):
-        self.cohort_dir = Path(cohort_dir)
-        self.preprocessor_state = preprocessor_state
-        self.modalities = list(modalities)
-        self.split_of_row = split_of_row  # int8 per cohort row (SPLIT_CODES), or None: every row -1
-        self._cohort = None
-        self._preprocessor = None
-
-    def _open(self):
-        if self._cohort is None:
-            self._cohort = load_cohort(self.cohort_dir, mmap=True)
-            self._preprocessor = FoldPreprocessor.from_state_dict(self.preprocessor_state, cohort=self._cohort)
-        return self._cohort, self._preprocessor
-
-    def __len__(self) -> int:  # unused: the sampler drives the loader
-        return 0
-
-    def __getitem__(self, rows) -> dict:
-        cohort, preprocessor = self._open()
-        rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: sequential reads from the memory maps
-        batch = {"values": {}, "missing": {}, "present": {}}
-        for name in self.modalities:
-            values, missing = preprocessor.transform(name, rows)
-            batch["values"][name] = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-            batch["missing"][name] = torch.from_numpy(np.ascontiguousarray(missing))
-            batch["present"][name] = torch.from_numpy(np.ascontiguousarray(cohort.modalities[name].present[rows]))
-        targets = preprocessor.transform_targets(rows)
-        batch["targets"] = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in targets.items()}
-        batch["row"] = torch.from_numpy(rows)
-        split = self.split_of_row[rows] if self.split_of_row is not None else np.full(len(rows), -1)
-        batch["split"] = torch.from_numpy(np.asarray(split, dtype=np.int8))
-        return batch
+    problem = held_out_problem(scheme, n_folds, val_fraction, test_fraction, prefix="data.")
+    if problem:
+        raise ValueError(problem)
 
 
 class NeuroOmicsDataModule(pl.LightningDataModule):
@@ -361,7 +304,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         """The cohort of ``cohort_dir`` (memory-mapped) with this config's targets and confounds, and its key."""
         import dataclasses
 
-        from data_adapters.cache import cohort_fingerprint, load_cohort
+        from data_adapters.cache import cohort_fingerprint
 
         cohort = load_cohort(folder, mmap=True)
         targets, confounds = list(self.hparams.targets), list(self.hparams.confounds)
@@ -401,7 +344,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
-    def model_inputs(self) -> dict:
+    def model_inputs(self) -> DataSpec:
         """What the model needs from the data: modality specs (dropped ones with 0 tokens) and targets."""
         self._prepare()
         specs = []
@@ -414,28 +357,28 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 if token in modality.categories
             }
             specs.append(
-                {
-                    "name": name,
-                    "n_tokens": modality.n_tokens if kept else 0,
-                    "n_features": modality.n_features,
-                    "feature_mask": modality.feature_mask.tolist() if kept else [],
-                    "categorical": categorical if kept else {},
-                }
+                ModalitySpec(
+                    name=name,
+                    n_tokens=modality.n_tokens if kept else 0,
+                    n_features=modality.n_features,
+                    feature_mask=modality.feature_mask.tolist() if kept else (),
+                    categorical=categorical if kept else {},
+                )
             )
         fitted = self.preprocessor.state_dict()["targets"]
         targets = {
-            name: {
-                "kind": self.preprocessor.target_kinds[name],
-                "n_classes": self.preprocessor.n_classes.get(name),
+            name: TargetSpec(
+                kind=self.preprocessor.target_kinds[name],
+                n_classes=self.preprocessor.n_classes.get(name),
                 # training-fold mean and sd: the model reports regression metrics in the target's units
-                "scale": {"mean": fitted[name].get("mean", 0.0), "sd": fitted[name].get("sd", 1.0)},
-            }
+                mean=fitted[name].get("mean", 0.0),
+                sd=fitted[name].get("sd", 1.0),
+                # raw labels of classes 0 and 1 (PLINK's 1/2), recorded with the model
+                coding=fitted[name].get("coding") or None,
+            )
             for name in self.hparams.targets
         }
-        for name, target in targets.items():
-            if fitted[name].get("coding"):  # raw labels of classes 0 and 1 (PLINK's 1/2), recorded with the model
-                target["coding"] = list(fitted[name]["coding"])
-        return {"modalities": specs, "targets": targets, "fingerprint": self.data_fingerprint}
+        return DataSpec(modalities=tuple(specs), targets=targets, fingerprint=self.data_fingerprint)
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -562,89 +505,3 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         self._check_predict_split(self.hparams.predict_split)  # hparams may be changed after construction
         return self._loader(self.hparams.predict_split, shuffle=False)
-
-
-class RowBatches:
-    """Lists of cohort rows, one list per batch; what the DataLoader's sampler yields.
-
-    Shuffling is a function of ``(seed, epoch)`` only (Lightning calls :meth:`set_epoch` every epoch), so
-    a run resumed from a checkpoint sees the same batches as an uninterrupted one. Under
-    ``torch.distributed`` each rank takes every ``world_size``-th batch, padded so that all ranks step
-    equally often.
-    """
-
-    def __init__(self, rows: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0):
-        self.rows, self.batch_size, self.shuffle, self.seed = rows, int(batch_size), shuffle, int(seed)
-        self.epoch = 0
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already done): see resume_at
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        """The next iteration, if it is of ``epoch``, starts after its first ``batches_done`` batches (this
-        rank's), as they were in the run that was interrupted; later iterations start at the beginning.
-
-        Sets the epoch too: on resume Lightning starts iterating before it calls :meth:`set_epoch`."""
-        self.set_epoch(epoch)
-        self._resume_at = (int(epoch), int(batches_done))
-
-    def _shard(self) -> tuple[int, int]:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
-    def _batches(self) -> list[np.ndarray]:
-        order = self.rows
-        if self.shuffle:
-            order = self.rows[np.random.default_rng((self.seed, self.epoch)).permutation(len(self.rows))]
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-
-    def _position(self, batch_idx: int, rank: int, world: int) -> int:
-        """Rank ``rank``'s batch ``batch_idx`` is entry ``rank + batch_idx * world`` of the list of batches,
-        wrapping around: positions past the end repeat the first batches so every rank steps equally."""
-        return rank + batch_idx * world
-
-    def is_repeat(self, batch_idx: int, rank: int, world: int) -> bool:
-        """Whether that batch is one of the padding repeats (an embedding writer must skip it)."""
-        return self._position(batch_idx, rank, world) >= math.ceil(len(self.rows) / self.batch_size)
-
-    def __iter__(self):
-        batches = self._batches()
-        rank, world = self._shard()
-        start = 0
-        if self._resume_at is not None:
-            epoch, done = self._resume_at
-            self._resume_at = None
-            start = done if epoch == self.epoch else 0
-        for batch_idx in range(start, math.ceil(len(batches) / world)):
-            yield batches[self._position(batch_idx, rank, world) % len(batches)].tolist()
-
-    def __len__(self) -> int:
-        _, world = self._shard()
-        n_batches = math.ceil(len(self.rows) / self.batch_size)
-        return math.ceil(n_batches / world)
-
-
-def _no_batches_done() -> int:
-    return 0
-
-
-class ResumableLoader(DataLoader):
-    """The training DataLoader, resumable mid-epoch: Lightning saves :meth:`state_dict` in checkpoints and
-    calls :meth:`load_state_dict` on resume, so a run restarted from a mid-epoch checkpoint goes on with the
-    batches the interrupted run had not trained on yet (without this, Lightning restarts the epoch's data).
-
-    ``batches_done`` counts the batches of the current epoch the training loop has finished; the DataModule
-    points it at the trainer's progress, since the loader itself is read ahead of the training loop.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.batches_done: Callable[[], int] = _no_batches_done
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches_done": int(self.batches_done())}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.resume_at(state["epoch"], state["batches_done"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 from .layout import check_modality_names
@@ -21,17 +21,23 @@ SHARED = "shared"
 """Tower name of a tied part."""
 
 
-@dataclass
-class MoTConfig:
-    """Architecture of a MoT backbone (or, with ``untie=()``, of its dense twin).
+@dataclass(kw_only=True)
+class MoTOptions:
+    """The backbone's architecture options, declared once.
 
-    modalities: model's modality order; general-path ids index into it.
+    :class:`MoTConfig` adds the modalities; the encoder's options (``model.encoder`` in the CLI and configs)
+    extend these, so an option added here reaches the CLI, the config files and checkpoints by itself. The
+    defaults are the small model that suits cohorts of hundreds to thousands of subjects (the demo's).
+
+    dim, n_layers, n_heads: width, depth and attention heads (``dim`` divisible by ``n_heads``).
     untie: parts that get one parameter set per tower: any subset of ``PARTS``. Empty = dense.
     towers: modality -> tower name. Default: every modality its own tower (plain MoT). Modalities
         mapped to one tower share its parameters (the paper's modality-separation analysis).
     norm_placement: ``"pre"``: ``h = x + Attn(Norm(x)); out = h + FFN(Norm(h))`` with a final norm;
         ``"output"`` (the MoT paper/reference): ``h = x + Norm(Attn(x)); out = h + Norm(FFN(h))``.
     qk_norm: RMS-normalise queries and keys per head (weights follow the ``norm`` part).
+    dropout: on each sub-layer's output (residual dropout), in training.
+    attention_dropout: on the attention probabilities, in training; ``None`` = ``dropout``.
     ffn_hidden_dim: SwiGLU hidden width; default 8/3 * dim rounded up to a multiple of 64.
     ffn_hidden_dims: FFN tower name -> its own SwiGLU width (towers not listed use ``ffn_hidden_dim``).
         Needs ``"ffn"`` in ``untie``; attention keeps one width (it is global over all modalities).
@@ -41,19 +47,36 @@ class MoTConfig:
         0.01). With a tied FFN the only tower is ``"shared"`` (a dense MoE transformer). See :class:`MoESwiGLU`.
     """
 
-    modalities: Sequence[str]
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 8
-    ffn_hidden_dim: int | None = None
-    untie: Sequence[str] = PARTS
+    dim: int = 32
+    n_layers: int = 2
+    n_heads: int = 4
+    untie: Sequence[Literal["attention", "ffn", "norm"]] = PARTS
     towers: Mapping[str, str] | None = None
-    ffn_hidden_dims: Mapping[str, int] | None = None
-    moe: Mapping[str, Mapping] | None = None
     norm_placement: Literal["pre", "output"] = "pre"
     qk_norm: bool = False
-    causal: bool = False
     dropout: float = 0.0
+    attention_dropout: float | None = None
+    ffn_hidden_dim: int | None = None
+    ffn_hidden_dims: Mapping[str, int] | None = None
+    moe: Mapping[str, Mapping] | None = None
+
+
+def option_fields(options_class: type) -> list[str]:
+    """Names of the options a dataclass declares (its ``init`` fields), in declaration order."""
+    return [f.name for f in fields(options_class) if f.init]
+
+
+@dataclass
+class MoTConfig(MoTOptions):
+    """Architecture of a MoT backbone (or, with ``untie=()``, of its dense twin): :class:`MoTOptions` over
+    ``modalities``, the model's modality order (general-path ids index into it).
+
+    causal, norm_eps, init_std: backbone internals the encoder does not expose (causal attention mask, norm
+    epsilon, the standard deviation of the initial weights).
+    """
+
+    modalities: Sequence[str]
+    causal: bool = False
     norm_eps: float = 1e-5
     init_std: float = 0.02
     _tower_of: dict[str, dict[str, str]] = field(init=False, repr=False, compare=False)
@@ -73,14 +96,24 @@ class MoTConfig:
             )
         check_modality_names(sorted(set(towers.values())), what="tower")
         self.towers = towers
+        for name in ("dim", "n_layers", "n_heads", "ffn_hidden_dim"):
+            value = getattr(self, name)
+            if value is None and name == "ffn_hidden_dim":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a whole number >= 1")
+            setattr(self, name, int(value))
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.norm_placement not in ("pre", "output"):
             raise ValueError(f"norm_placement must be 'pre' or 'output', got {self.norm_placement!r}")
-        if self.n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {self.n_layers}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention_dropout is None:
+            self.attention_dropout = self.dropout
+        for name in ("dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name}={value!r}: expected a number in [0, 1)")
+            setattr(self, name, float(value))
         if self.ffn_hidden_dim is None:
             self.ffn_hidden_dim = 64 * math.ceil(8 * self.dim / 3 / 64)
         self._tower_of = {

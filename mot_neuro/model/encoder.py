@@ -9,15 +9,16 @@ pooled mean.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
 
+from .config import MoTOptions, option_fields
 from .layout import ModalityLayout, check_modality_names
-from .mot import PARTS, SHARED, MoTBackbone, MoTConfig
+from .mot import SHARED, MoTBackbone, MoTConfig
 from .tokenizers import INIT_STD, ModalitySpec, ModalityTokenizer, check_projection
 
 SUMMARY = "summary"
@@ -26,37 +27,41 @@ SUMMARY = "summary"
 POOLINGS = ("summary", "mean")
 
 
-@dataclass
-class EncoderConfig:
-    """Architecture of a :class:`NeuroOmicsEncoder`; ``untie=()`` gives the dense twin with the same code.
+@dataclass(kw_only=True)
+class EncoderOptions(MoTOptions):
+    """The encoder's options: the backbone's (:class:`MoTOptions`) and the tokenizers' and pooling's below.
 
-    modalities: the data modalities in layout order (:class:`ModalitySpec` or their dicts).
-    untie, towers, norm_placement, qk_norm, dropout: as in :class:`MoTConfig`. ``towers`` maps the data
-        modalities (and optionally ``"summary"``; by default the summary tokens get their own tower).
+    This is ``model.encoder`` of the CLI and the config files. ``towers`` maps the data modalities (and
+    optionally ``"summary"``; by default the summary tokens get their own tower). ``ffn_hidden_dims`` and ``moe``
+    are keyed by backbone tower names: the data modalities' towers, and ``"summary"``, which needs neither.
+
     projection: ``"per_token"`` or ``"shared"`` feature projection in the tokenizers.
     n_summary_tokens: learned [CLS]-style tokens placed first; 0 = none.
     pooling: ``"summary"`` = mean of the summary tokens' outputs; ``"mean"`` = mean over the present data tokens
         of all modalities (summary tokens not included).
-    ffn_hidden_dim: SwiGLU width, default as in :class:`MoTConfig`.
-    ffn_hidden_dims, moe: per-tower FFN widths and mixture-of-experts towers, as in :class:`MoTConfig` (keys are
-        backbone tower names: the data modalities' towers, and ``"summary"``, which needs neither).
     """
 
-    modalities: list[ModalitySpec]
-    dim: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    untie: Sequence[str] = PARTS
-    towers: Mapping[str, str] | None = None
-    norm_placement: str = "pre"
-    qk_norm: bool = False
-    dropout: float = 0.0
-    projection: str = "per_token"
+    dropout: float = 0.2  # the backbone's default is 0; an encoder trained on a few hundred subjects needs it
+    projection: Literal["per_token", "shared"] = "per_token"
     n_summary_tokens: int = 1
-    pooling: str = "summary"
-    ffn_hidden_dim: int | None = None
-    ffn_hidden_dims: Mapping[str, int] | None = None
-    moe: Mapping[str, Mapping] | None = None
+    pooling: Literal["summary", "mean"] = "summary"
+
+    def options(self) -> dict:
+        """The options as plain JSON-able values (lists, dicts, numbers, strings), for checkpoints and logs."""
+        out = {name: getattr(self, name) for name in option_fields(EncoderOptions)}
+        out["untie"] = list(out["untie"])
+        for name in ("towers", "ffn_hidden_dims"):
+            out[name] = None if out[name] is None else dict(out[name])
+        out["moe"] = None if out["moe"] is None else {tower: dict(spec) for tower, spec in out["moe"].items()}
+        return out
+
+
+@dataclass
+class EncoderConfig(EncoderOptions):
+    """Architecture of a :class:`NeuroOmicsEncoder`: :class:`EncoderOptions` over ``modalities``, the data
+    modalities in layout order (:class:`ModalitySpec` or their dicts). ``untie=()`` gives the dense twin."""
+
+    modalities: list[ModalitySpec]
 
     def __post_init__(self) -> None:
         self.modalities = [m if isinstance(m, ModalitySpec) else ModalitySpec.from_dict(m) for m in self.modalities]
@@ -71,7 +76,7 @@ class EncoderConfig:
             raise ValueError(f"n_summary_tokens must be an integer >= 0, got {self.n_summary_tokens!r}")
         self.n_summary_tokens = int(self.n_summary_tokens)
         if self.pooling == "summary" and self.n_summary_tokens == 0:
-            raise ValueError('pooling="summary" needs n_summary_tokens >= 1; use pooling="mean" without them')
+            raise ValueError('n_summary_tokens=0 with pooling="summary": use >= 1, or pooling "mean" without them')
         if self.towers is not None:
             self.towers = dict(self.towers)
         if self.ffn_hidden_dims is not None:
@@ -93,41 +98,22 @@ class EncoderConfig:
         return ModalityLayout.from_counts(counts)
 
     def backbone_config(self) -> MoTConfig:
-        names = self.layout().names
-        towers = None
+        """The backbone's config: every :class:`MoTOptions` field as given, over the layout's modalities."""
+        options = {name: getattr(self, name) for name in option_fields(MoTOptions)}
         if self.towers is not None:
             towers = {name: tower for name, tower in self.towers.items() if name != SUMMARY}
             if self.n_summary_tokens:
                 towers[SUMMARY] = self.towers.get(SUMMARY, SUMMARY)
-        return MoTConfig(
-            modalities=names,
-            dim=self.dim,
-            n_layers=self.n_layers,
-            n_heads=self.n_heads,
-            ffn_hidden_dim=self.ffn_hidden_dim,
-            ffn_hidden_dims=self.ffn_hidden_dims,
-            moe=self.moe,
-            untie=self.untie,
-            towers=towers,
-            norm_placement=self.norm_placement,
-            qk_norm=self.qk_norm,
-            dropout=self.dropout,
-            init_std=INIT_STD,
-        )
+            options["towers"] = towers
+        return MoTConfig(modalities=self.layout().names, init_std=INIT_STD, **options)
 
     def to_dict(self) -> dict:
         """JSON-able (plain lists, dicts, numbers, strings), for checkpoint hyperparameters."""
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["modalities"] = [m.to_dict() for m in self.modalities]
-        d["untie"] = list(self.untie)
-        d["towers"] = None if self.towers is None else dict(self.towers)
-        d["ffn_hidden_dims"] = None if self.ffn_hidden_dims is None else dict(self.ffn_hidden_dims)
-        d["moe"] = None if self.moe is None else {tower: dict(spec) for tower, spec in self.moe.items()}
-        return d
+        return {"modalities": [m.to_dict() for m in self.modalities], **self.options()}
 
     @classmethod
     def from_dict(cls, d: Mapping) -> EncoderConfig:
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.init}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown EncoderConfig field(s) {unknown}; known: {sorted(known)}")
@@ -230,7 +216,7 @@ class NeuroOmicsEncoder(nn.Module):
         masked: Mapping[str, torch.Tensor] | None = None,
         layer: int | None = None,
     ) -> EncoderOutput:
-        block = self._block_index(layer)
+        n_blocks = self._blocks_to_run(layer)
         if "values" not in batch:
             raise ValueError(f"batch needs a 'values' dict (modality -> [B, T, F]); got keys {sorted(batch)}")
         masked = masked or {}
@@ -248,7 +234,7 @@ class NeuroOmicsEncoder(nn.Module):
             presence.append(present)
         x = torch.cat(embeddings, dim=1)
         present = torch.cat(presence, dim=1)
-        hidden = self.backbone(x, self.layout, present) if block is None else self._block_output(x, present, block)
+        hidden = self.backbone(x, self.layout, present, n_blocks=n_blocks)
 
         data_hidden, data_present = hidden[:, n_summary:], present[:, n_summary:]
         counts = [spec.n_tokens for spec in self.cfg.modalities]
@@ -261,42 +247,12 @@ class NeuroOmicsEncoder(nn.Module):
             pooled = masked_mean(data_hidden, data_present)
         return EncoderOutput(hidden=hidden, pooled=pooled, per_modality=per_modality, tokens=tokens, present=present)
 
-    def _block_index(self, layer: int | None) -> int | None:
-        """Index of the block to stop after, or ``None`` for the backbone's full output (final norm included)."""
+    def _blocks_to_run(self, layer: int | None) -> int | None:
+        """How many backbone blocks give ``layer``'s output; ``None`` for the full output (final norm included)."""
         if layer is None:
             return None
         n = len(self.backbone.blocks)
         if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
             raise ValueError(f"layer must be an integer in [{-n}, {n - 1}] ({n} blocks), got {layer!r}")
         index = layer % n
-        return None if index == n - 1 else index
-
-    def _block_output(self, x: torch.Tensor, present: torch.Tensor, index: int) -> torch.Tensor:
-        """Hidden states after block ``index``: a forward hook catches them and stops the backbone there.
-
-        A hook keeps the backbone's routing (private to ``routing.py``) in one place; raising from it skips the blocks
-        above, which would be wasted work.
-        """
-
-        def stop(module: nn.Module, args, output: torch.Tensor) -> None:
-            raise _BlockReached(output)
-
-        handle = self.backbone.blocks[index].register_forward_hook(stop)
-        try:
-            self.backbone(x, self.layout, present)
-        except _BlockReached as reached:
-            hidden = reached.output
-        else:
-            raise RuntimeError(f"backbone block {index} did not run")
-        finally:
-            handle.remove()
-        # as the backbone does for its output: absent tokens come out equal to their input
-        return torch.where(present[..., None], hidden, x)
-
-
-class _BlockReached(Exception):
-    """Carries a block's output out of the backbone (see ``NeuroOmicsEncoder._block_output``)."""
-
-    def __init__(self, output: torch.Tensor) -> None:
-        super().__init__("block output reached")
-        self.output = output
+        return None if index == n - 1 else index + 1

@@ -133,7 +133,7 @@ class MoTBlock(nn.Module):
             k,
             v,
             attn_mask=route.attn_mask,
-            dropout_p=self.cfg.dropout if self.training else 0.0,
+            dropout_p=self.cfg.attention_dropout if self.training else 0.0,
             is_causal=route.is_causal,
         )
         return attn.transpose(1, 2).reshape(batch, seq, self.cfg.dim)
@@ -158,7 +158,7 @@ class MoTBlock(nn.Module):
 class MoTBackbone(nn.Module):
     """A stack of :class:`MoTBlock` over modality-tagged token embeddings ``[B, S, dim]``.
 
-    ``forward(x, routing, present=None)`` where ``routing`` is
+    ``forward(x, routing, present=None, n_blocks=None)`` where ``routing`` is
 
     * a :class:`ModalityLayout` (fast path: contiguous segments, same for every sample), or
     * a ``[B, S]`` (or ``[S]``) integer tensor of modality ids indexing ``cfg.modalities``,
@@ -166,7 +166,9 @@ class MoTBackbone(nn.Module):
     * a list of boolean masks ``[B, S]`` (or ``[S]``), one per modality, as in the reference code.
 
     ``present`` (``[B, S]`` bool) marks real tokens; absent and padding tokens neither attend nor
-    are attended, and come out equal to their input.
+    are attended, and come out equal to their input. ``n_blocks`` (``1..n_layers``) stops after that many
+    blocks and returns their output without the final norm, for embeddings of an inner layer; ``None`` runs
+    every block and the final norm.
 
     With MoE towers (``cfg.moe``), :meth:`aux_loss` gives the load-balancing loss of the last forward
     (add it to the training loss) and :meth:`expert_load` the share of tokens each expert got; only
@@ -189,7 +191,14 @@ class MoTBackbone(nn.Module):
         self.init_weights()
 
     # ------------------------------------------------------------------------------- forward
-    def forward(self, x: torch.Tensor, routing: Routing, present: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, routing: Routing, present: torch.Tensor | None = None, n_blocks: int | None = None
+    ) -> torch.Tensor:
+        depth = len(self.blocks)
+        if n_blocks is not None and (
+            isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= depth
+        ):
+            raise ValueError(f"n_blocks must be None or an integer in [1, {depth}], got {n_blocks!r}")
         if x.dim() != 3 or x.shape[-1] != self.cfg.dim:
             raise ValueError(f"expected token embeddings [batch, seq, {self.cfg.dim}], got {tuple(x.shape)}")
         if present is not None:
@@ -200,9 +209,9 @@ class MoTBackbone(nn.Module):
             block.router_stats = _LastForward()  # a forward stopped early must leave no stale statistics
         route = self._route(x, routing, present)
         h = route.enter(x)
-        for block in self.blocks:
+        for block in self.blocks[:n_blocks]:
             h = block(h, route)
-        if self.final_norm is not None:
+        if self.final_norm is not None and n_blocks is None:
             h = apply_runs(route.runs.dim, route.runs.norm, self._final_norm, h)
         return route.leave(x, h)
 

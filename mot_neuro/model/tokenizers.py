@@ -129,7 +129,10 @@ class ModalitySpec:
         unknown = sorted(set(d) - {"name", "n_tokens", "n_features", "feature_mask", "categorical"})
         if unknown:
             raise ValueError(f"unknown ModalitySpec field(s) {unknown}")
-        return cls(**dict(d))
+        d = dict(d)
+        if d.get("feature_mask") is not None and len(d["feature_mask"]) == 0:
+            d["feature_mask"] = None  # an empty mask (as checkpoints store it): every slot real
+        return cls(**d)
 
 
 def check_projection(projection: str) -> None:
