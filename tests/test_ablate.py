@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import shlex
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import EXPERIMENTS
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "experiments" / "demo.yaml")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    return tmp_path
+DEMO = str(EXPERIMENTS / "demo.yaml")
+pytestmark = pytest.mark.slow  # every test trains a grid of cells
 
 
 def ablate(*args: str) -> int:
@@ -37,7 +29,6 @@ def child_runs(workdir: Path) -> list:
     return [r for r in client.search_runs([experiment.experiment_id]) if "mot_neuro.cell" in r.data.tags]
 
 
-@pytest.mark.slow
 def test_leaving_out_the_brain_hurts_most(workdir):
     """The demo target is driven mostly by brain regions (ground_truth.json): dropping them costs most."""
     code = ablate(
@@ -137,8 +128,9 @@ def test_tower_pairs_and_test_time_masking_beside_leave_one_out(workdir):
     assert merged in cells
     for pair in ("gene+brain", "gene+behaviour"):
         assert f"mot_merge_{pair}__drop-none__seed0__fold0" in cells
-    params = cells[merged].data.params  # MLflow flattens the towers mapping
-    assert params["towers/brain"] == params["towers/behaviour"] == "brain_behaviour" != params["towers/gene"]
+    params = cells[merged].data.params  # MLflow flattens the encoder's towers mapping
+    towers = {m: params[f"encoder/towers/{m}"] for m in ("brain", "behaviour", "gene")}
+    assert towers["brain"] == towers["behaviour"] == "brain_behaviour" != towers["gene"]
     masked = cells["mot__drop-brain@test__seed0__fold0"]
     assert "test/target/r2" in masked.data.metrics and "train/loss_epoch" not in masked.data.metrics  # tested only
     summary = pd.read_csv(workdir / "outputs" / "ablation" / "towers" / "summary.csv")
@@ -188,7 +180,7 @@ def test_binary_grid_reports_corrected_t_and_delong_from_each_cells_test_predict
 def test_masked_only_grid_compares_reconstruction_over_the_modalities_both_cells_have(workdir):
     """Leaving a modality out of masked modelling removes its reconstruction term: the default metric compares the
     remaining modalities' terms, and the total loss is refused as a contribution."""
-    pretrain = str(ROOT / "configs" / "experiments" / "demo_pretrain.yaml")
+    pretrain = str(EXPERIMENTS / "demo_pretrain.yaml")
     from mot_neuro.cli import main
 
     grid = ["--variants", "mot", "--drop", "none", "gene", "--folds", "0", "--set", "trainer.max_epochs=1"]

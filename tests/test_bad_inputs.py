@@ -11,146 +11,16 @@ What counts as missing rather than wrong, the same in every adapter: an empty ce
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
-import lightning.pytorch  # noqa: F401  (imported here, its log handler binds to pytest's global stderr, not one test's)
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-
-from data_adapters.demo import write_demo_cohort
-from mot_neuro.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-EXPERIMENT = CONFIGS / "experiments" / "demo.yaml"
-DEBUG_TRAINER = CONFIGS / "trainer" / "debug.yaml"
-DEMO_DATA = yaml.safe_load((CONFIGS / "data" / "demo.yaml").read_text())
-MAX_LINES = 3
-NO_LOGGER = ("--trainer.logger", "false")  # runs that get as far as the trainer: no MLflow database to set up
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("bad_inputs") / "demo"
-    write_demo_cohort(folder)
-    return folder
-
-
-class Case:
-    """One bad input: files written into ``folder`` (the working directory), a data config pointing at them."""
-
-    def __init__(self, demo: Path, folder: Path, capfd):
-        self.demo, self.folder, self.capfd = demo, folder, capfd
-        self.participants = pd.read_csv(demo / "participants.csv", dtype={"eid": str})
-        self.behaviour = pd.read_csv(demo / "behaviour.csv", dtype={"eid": str})
-        manifest = pd.read_csv(demo / "brain_manifest.csv", dtype=str)
-        manifest["path"] = [str(demo / p) for p in manifest["path"]]
-        self.manifest = manifest
-        self.first_scan_subject = manifest["eid"].iloc[0]
-
-    # ------------------------------------------------------------------ files
-    def path(self, name: str) -> Path:
-        return self.folder / name
-
-    def write(self, name: str, data: bytes | str) -> Path:
-        path = self.path(name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-        return path
-
-    def csv(self, name: str, df: pd.DataFrame) -> Path:
-        path = self.path(name)
-        df.to_csv(path, index=False)
-        return path
-
-    def scan_bytes(self) -> bytes:
-        return Path(self.manifest["path"].iloc[0]).read_bytes()
-
-    def manifest_with_first_scan(self, image: Path | str) -> Path:
-        """The demo manifest with the first subject's scan replaced by ``image``."""
-        manifest = self.manifest.copy()
-        manifest.loc[0, "path"] = str(image)
-        return self.csv("manifest.csv", manifest)
-
-    def with_text(self, df: pd.DataFrame, column: str, row: int, value: str) -> pd.DataFrame:
-        df = df.copy()
-        df[column] = df[column].astype(object)
-        df.loc[row, column] = value
-        return df
-
-    def feature_table(self) -> pd.DataFrame:
-        rng = np.random.default_rng(0)
-        eids = self.participants["eid"]
-        return pd.DataFrame({"eid": eids, "prs_a": rng.normal(size=len(eids)), "prs_b": rng.normal(size=len(eids))})
-
-    # ------------------------------------------------------------------ configs and runs
-    def data_config(self, *, modalities: dict | None = None, **settings) -> Path:
-        """The demo data config on the demo files, with ``modalities`` (name -> spec) and top-level ``settings``
-        replaced; the splits file stays inside this case's folder."""
-        config = copy.deepcopy(DEMO_DATA)
-        demo = self.demo
-        config.update(
-            participants=str(demo / "participants.csv"),
-            generate_demo=None,
-            cache_dir=str(self.demo.parent / "cache"),  # shared: entries are keyed by every input and setting
-            splits_file=str(self.path("splits.json")),
-        )
-        config["modalities"]["gene"]["path"] = str(demo / "genotypes")
-        config["modalities"]["brain"].update(
-            manifest=str(demo / "brain_manifest.csv"),
-            atlas=str(demo / "atlas.nii.gz"),
-            labels=str(demo / "atlas_labels.csv"),
-        )
-        config["modalities"]["behaviour"]["path_or_df"] = str(demo / "behaviour.csv")
-        config["modalities"].update(modalities or {})
-        config.update(settings)
-        path = self.path("data.yaml")
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        return path
-
-    def run(self, *args, command: str = "fit", data: Path | None = None) -> tuple[int, str]:
-        """``mot-neuro COMMAND --config demo --trainer debug [--data DATA] ARGS`` in this process: (status, stderr)."""
-        argv = [command, "--config", str(EXPERIMENT), "--trainer", str(DEBUG_TRAINER)]
-        if data is not None:
-            argv += ["--data", str(data)]
-        return self.main(*argv, *map(str, args))
-
-    def main(self, *argv: str) -> tuple[int, str]:
-        self.capfd.readouterr()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # pytest's own argv
-            try:
-                status = main(list(argv))
-            except SystemExit as done:  # argparse-style exits
-                status = done.code
-        return status, self.capfd.readouterr().err
-
-
-@pytest.fixture
-def case(demo, tmp_path, monkeypatch, capfd) -> Case:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MOT_NEURO_DEBUG", raising=False)
-    return Case(demo, tmp_path, capfd)
-
-
-def assert_refused(status, stderr: str, *expected: str) -> None:
-    """Exit 2, a short message without a traceback, holding every ``expected`` piece."""
-    assert status == 2, f"exit status {status!r}; stderr:\n{stderr[-3000:]}"
-    assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert 1 <= len(lines) <= MAX_LINES, stderr[-3000:]
-    assert "error:" in stderr
-    for piece in expected:
-        assert piece in stderr, f"{piece!r} not in:\n{stderr}"
+from helpers import CONFIGS, DEBUG_TRAINER, DEMO_DATA, EXPERIMENT, NO_LOGGER, Case, assert_refused, run_cli
 
 
 # ====================================================================== NIfTI images and atlases
@@ -382,8 +252,6 @@ def test_a_target_missing_from_participants(case):
 
 def test_nan_is_a_missing_value_not_an_error(case):
     """NaN in a behaviour measure and a feature table: the run goes on, those tokens are absent."""
-    from mot_neuro.cli import lightning_cli
-
     behaviour = case.csv("behaviour.csv", case.with_text(case.behaviour, "memory", 7, "NaN"))
     features = case.feature_table()
     features.loc[4, "prs_a"] = np.nan
@@ -394,12 +262,10 @@ def test_nan_is_a_missing_value_not_an_error(case):
             "behaviour": {**DEMO_DATA["modalities"]["behaviour"], "path_or_df": str(behaviour)},
         }
     )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = lightning_cli(
-            ["fit", "--config", str(EXPERIMENT), "--trainer", str(DEBUG_TRAINER), "--data", str(data)]
-            + ["--trainer.logger", "false", "--test_after_fit", "false"]
-        )
+    cli = run_cli(
+        *("fit", "--config", EXPERIMENT, "--trainer", DEBUG_TRAINER, "--data", data),
+        *("--trainer.logger", "false", "--test_after_fit", "false"),
+    )
     assert cli.trainer.state.finished
     cohort = cli.datamodule.cohort
     ids = list(cohort.subject_ids)
@@ -597,7 +463,7 @@ def test_a_typo_in_a_data_config_file(case):
 def test_a_typo_in_an_experiment_or_model_file(case, where):
     model, seed_key = CONFIGS / "model" / "mot.yaml", "seed_everything"
     if where == "model":
-        model, key = case.write("model.yaml", model.read_text().replace("n_heads:", "n_head:")), "model.n_head"
+        model, key = case.write("model.yaml", model.read_text().replace("untie:", "untied:")), "model.encoder.untied"
     else:
         seed_key = key = "seed_everythin"
     experiment = case.write(
@@ -618,31 +484,6 @@ def test_every_lightning_command_reports_bad_data_the_same_way(case, command):
 
 
 # ====================================================================== checkpoints
-@pytest.fixture(scope="module")
-def checkpoint(demo, tmp_path_factory) -> Path:
-    """A checkpoint of one short epoch on the demo cohort (gene, brain, behaviour)."""
-    from mot_neuro.cli import lightning_cli
-
-    folder = tmp_path_factory.mktemp("checkpoint")
-    here = Path.cwd()
-    os.chdir(folder)
-    try:
-        case = Case(demo, folder, capfd=None)
-        data = case.data_config()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            lightning_cli(
-                ["fit", "--config", str(EXPERIMENT), "--trainer", str(DEBUG_TRAINER), "--data", str(data)]
-                + ["--trainer.fast_dev_run", "false", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"]
-                + ["--trainer.limit_val_batches", "1", "--trainer.logger", "false", "--test_after_fit", "false"]
-                + ["--trainer.callbacks", "lightning.pytorch.callbacks.ModelCheckpoint"]
-                + ["--trainer.callbacks.dirpath", str(folder / "ckpt"), "--trainer.callbacks.save_last", "true"]
-            )
-    finally:
-        os.chdir(here)
-    return folder / "ckpt" / "last.ckpt"
-
-
 @pytest.mark.parametrize(
     "data_args, hint",
     [
@@ -651,19 +492,19 @@ def checkpoint(demo, tmp_path_factory) -> Path:
     ],
     ids=["modality-dropped", "gene-tokens-changed"],
 )
-def test_a_checkpoint_from_another_layout(case, checkpoint, data_args, hint):
+def test_a_checkpoint_from_another_layout(case, demo_checkpoint, data_args, hint):
     if isinstance(data_args, dict):  # another tokenization of the same files
         gene = {**data_args["gene"], "path": str(case.demo / "genotypes")}
         data, data_args = case.data_config(modalities={"gene": gene}), []
     else:
         data = case.data_config()
-    status, err = case.run("--ckpt_path", checkpoint, *data_args, *NO_LOGGER, command="test", data=data)
+    status, err = case.run("--ckpt_path", demo_checkpoint, *data_args, *NO_LOGGER, command="test", data=data)
     assert_refused(status, err, "checkpoint was trained on another token layout", hint)
 
 
 @pytest.mark.parametrize("kind", ["truncated", "not-a-checkpoint"])
-def test_an_unreadable_checkpoint(case, checkpoint, kind):
-    raw = checkpoint.read_bytes()
+def test_an_unreadable_checkpoint(case, demo_checkpoint, kind):
+    raw = demo_checkpoint.read_bytes()
     broken = case.write("model.ckpt", raw[: len(raw) // 2] if kind == "truncated" else b"weights: none\n" * 20)
     status, err = case.run("--ckpt_path", broken, command="test", data=case.data_config())
     assert_refused(status, err, str(broken), "not a readable checkpoint")
@@ -681,6 +522,7 @@ def test_a_checkpoint_that_does_not_exist(case):
 
 
 # ====================================================================== the installed console script
+@pytest.mark.slow  # two processes of its own
 def test_the_console_script_exits_2_and_shows_a_traceback_only_in_debug_mode(case):
     script = Path(sys.executable).parent / "mot-neuro"
     if not script.is_file():

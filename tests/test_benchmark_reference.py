@@ -4,11 +4,11 @@ compares routing cost and nothing else."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
+from helpers import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from mask_reference import MaskRoutedMoT  # noqa: E402
 
 from mot_neuro.model import ModalityLayout, MoTBackbone, MoTConfig  # noqa: E402

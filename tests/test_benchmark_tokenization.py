@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tokenization.py"
+import pytest
+from helpers import ROOT
+
+SCRIPT = ROOT / "benchmarks" / "tokenization.py"
 
 
+@pytest.mark.slow  # the benchmark script in a process of its own
 def test_tokenize_benchmark_script_agrees_with_nilearn(tmp_path):
     small = ["--subjects", "2", "--fmri-subjects", "1", "--fmri-volumes", "5", "--reps", "1"]
     small += ["--samples", "40", "--snps", "300", "--dir", str(tmp_path)]

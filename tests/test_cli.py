@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
+
+import pytest
+from helpers import EXPERIMENT, run_cli
 
 from mot_neuro.cli import main
 
@@ -30,6 +32,7 @@ def test_describe_ffn_only_untying(capsys):
     assert dense["params_total"] < mot["params_total"] < 2 * dense["params_total"]
 
 
+@pytest.mark.slow  # a process of its own
 def test_bad_configuration_is_one_line_without_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "mot_neuro.cli", "describe", "--dim", "30"], capture_output=True, text=True
@@ -39,6 +42,7 @@ def test_bad_configuration_is_one_line_without_traceback():
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # a process of its own
 def test_bad_layout_argument_names_the_value():
     proc = subprocess.run(
         [sys.executable, "-m", "mot_neuro.cli", "describe", "--modalities", "gene=lots"], capture_output=True, text=True
@@ -47,18 +51,11 @@ def test_bad_layout_argument_names_the_value():
     assert "gene=lots" in proc.stderr
 
 
-def test_progress_bar_can_be_turned_off_although_the_trainer_config_lists_one(tmp_path, monkeypatch):
+@pytest.mark.slow  # fits the demo experiment
+def test_progress_bar_can_be_turned_off_although_the_trainer_config_lists_one(workdir):
     """configs/trainer/cpu.yaml lists a RichProgressBar; Lightning refuses it with enable_progress_bar false."""
-    import warnings
-
-    from mot_neuro.cli import lightning_cli
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    config = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "demo.yaml"
-    cli = lightning_cli(
-        ["fit", "--config", str(config), "--trainer.max_epochs", "1", "--test_after_fit", "false"]
-        + ["--trainer.enable_progress_bar", "false"]
+    cli = run_cli(
+        *("fit", "--config", EXPERIMENT, "--trainer.max_epochs", "1", "--test_after_fit", "false"),
+        *("--trainer.enable_progress_bar", "false"),
     )
     assert cli.trainer.state.finished and cli.trainer.progress_bar_callback is None

@@ -14,18 +14,13 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-import test_bad_inputs
-from test_bad_inputs import NO_LOGGER, Case, assert_refused
+from helpers import NO_LOGGER, Case, assert_refused
 
 from data_adapters.cache import save_cohort
 from data_adapters.cohort import build_cohort
 from data_adapters.core import AdapterError, TokenizedModality
 from mot_neuro.data.datamodule import NeuroOmicsDataModule
 from mot_neuro.data.preprocess import FoldPreprocessor, _category_label, _category_labels
-
-demo = test_bad_inputs.demo  # the demo cohort, written once per module (fixture)
-case = test_bad_inputs.case  # one CLI run's folder and runner (fixture)
-checkpoint = test_bad_inputs.checkpoint  # one short fit on the demo cohort, no categorical declaration (fixture)
 
 N = 1000
 # planted effects not monotonic in the code, as real centres are: a linear trend across the codes misses them
@@ -377,8 +372,8 @@ def test_the_declaration_is_part_of_the_preprocessing_state_and_fingerprint():
 
 
 @pytest.mark.slow  # a Lightning fit (the checkpoint fixture)
-def test_cli_checkpoint_made_with_another_declaration_is_refused_by_test(case: Case, checkpoint):
-    args = ("--ckpt_path", checkpoint, "--data.categorical_confounds", "[site]", *NO_LOGGER)
+def test_cli_checkpoint_made_with_another_declaration_is_refused_by_test(case: Case, demo_checkpoint):
+    args = ("--ckpt_path", demo_checkpoint, "--data.categorical_confounds", "[site]", *NO_LOGGER)
     status, stderr = case.run(*args, command="test", data=case.data_config())
     assert_refused(status, stderr, "other preprocessing", "data.categorical_confounds [] (this run: ['site'])")
 

@@ -6,6 +6,7 @@ every rank and DDP works without ``find_unused_parameters=True``.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -44,6 +45,7 @@ def _worker(rank: int, world_size: int, init_file: str, result_file: str) -> Non
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two DDP processes
 def test_ddp_with_a_modality_absent_on_one_rank(tmp_path):
     result = tmp_path / "params.pt"
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)

@@ -16,45 +16,43 @@ from scipy import ndimage
 from data_adapters.core import AdapterError
 from data_adapters.demo import GRID, N_REGIONS, write_demo_cohort
 
-N = 300
+N = 300  # the session demo cohort (conftest.py): the default size, seed 0
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return write_demo_cohort(tmp_path_factory.mktemp("demo") / "cohort", n_subjects=N, seed=0)
+def truth(demo_cohort_files):
+    return json.loads(demo_cohort_files["ground_truth"].read_text())
 
 
 @pytest.fixture(scope="module")
-def truth(demo):
-    return json.loads(demo["ground_truth"].read_text())
-
-
-@pytest.fixture(scope="module")
-def tables(demo):
-    read = {key: pd.read_csv(demo[key], dtype={"eid": str}) for key in ("participants", "behaviour", "manifest")}
+def tables(demo_cohort_files):
+    read = {
+        key: pd.read_csv(demo_cohort_files[key], dtype={"eid": str})
+        for key in ("participants", "behaviour", "manifest")
+    }
     return {key: df.set_index("eid") for key, df in read.items()}
 
 
 @pytest.fixture(scope="module")
-def atlas(demo):
-    return np.asarray(nib.load(demo["atlas"]).dataobj)
+def atlas(demo_cohort_files):
+    return np.asarray(nib.load(demo_cohort_files["atlas"]).dataobj)
 
 
 @pytest.fixture(scope="module")
-def region_means(demo, tables, atlas):
+def region_means(demo_cohort_files, tables, atlas):
     """Subjects x regions: atlas means of every scan, computed with plain numpy."""
     flat = atlas.ravel()
     counts = np.bincount(flat, minlength=N_REGIONS + 1)[1:]
     rows = {}
     for eid, path in tables["manifest"]["path"].items():
-        volume = np.asarray(nib.load(demo["manifest"].parent / path).dataobj).ravel()
+        volume = np.asarray(nib.load(demo_cohort_files["manifest"].parent / path).dataobj).ravel()
         rows[eid] = np.bincount(flat, weights=volume, minlength=N_REGIONS + 1)[1:] / counts
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 @pytest.fixture(scope="module")
-def genotypes(demo):
-    with open_bed(demo["genotypes_bed"]) as bed:
+def genotypes(demo_cohort_files):
+    with open_bed(demo_cohort_files["genotypes_bed"]) as bed:
         return pd.DataFrame(bed.read(), index=bed.iid, columns=bed.sid), bed.chromosome
 
 
@@ -67,16 +65,16 @@ def corr(a, b):
     return np.corrcoef(a, b)[0, 1]
 
 
-def test_files_in_real_formats(demo, tables, atlas):
+def test_files_in_real_formats(demo_cohort_files, tables, atlas):
     participants = tables["participants"]
     assert len(participants) == N and list(participants.columns) == ["age", "sex", "site", "target", "diagnosis"]
     assert set(participants["sex"]) == {"F", "M"} and set(participants["site"]) == {"S1", "S2", "S3"}
     assert set(participants["diagnosis"]) == {0, 1} and participants["target"].notna().all()
-    image = nib.load(demo["atlas"])
+    image = nib.load(demo_cohort_files["atlas"])
     assert image.shape == GRID and np.allclose(image.header.get_zooms(), 4.0)
-    scan = nib.load(demo["manifest"].parent / tables["manifest"]["path"].iloc[0])
+    scan = nib.load(demo_cohort_files["manifest"].parent / tables["manifest"]["path"].iloc[0])
     assert scan.shape == GRID and scan.get_data_dtype() == np.float32 and np.allclose(scan.affine, image.affine)
-    labels = pd.read_csv(demo["atlas_labels"])
+    labels = pd.read_csv(demo_cohort_files["atlas_labels"])
     assert list(labels.columns) == ["id", "name"] and labels["name"].is_unique
     assert sorted(np.unique(atlas)) == [0, *labels["id"]] and len(labels) == N_REGIONS
     behaviour = tables["behaviour"]
@@ -92,7 +90,7 @@ def test_atlas_parcels_are_contiguous_and_similar_in_size(atlas):
         assert n_components == 1, label
 
 
-def test_each_modality_misses_some_participants(demo, tables, truth, genotypes):
+def test_each_modality_misses_some_participants(demo_cohort_files, tables, truth, genotypes):
     participants = set(tables["participants"].index)
     scanned, behaved = set(tables["manifest"].index), set(tables["behaviour"].index)
     genotyped = set(genotypes[0].index)
@@ -102,8 +100,8 @@ def test_each_modality_misses_some_participants(demo, tables, truth, genotypes):
         assert 0.10 * N <= missing <= 0.15 * N
     assert scanned <= participants and behaved <= participants
     assert len(genotyped - participants) == truth["genotyped_not_in_participants"] == 5
-    assert len(list(demo["nifti_dir"].iterdir())) == len(scanned)
-    assert all((demo["manifest"].parent / p).is_file() for p in tables["manifest"]["path"])
+    assert len(list(demo_cohort_files["nifti_dir"].iterdir())) == len(scanned)
+    assert all((demo_cohort_files["manifest"].parent / p).is_file() for p in tables["manifest"]["path"])
     assert 0.02 < tables["behaviour"]["memory"].isna().mean() < 0.08
     # files list subjects in their own orders: adapters must align by ID
     assert list(tables["manifest"].index) != sorted(tables["manifest"].index)
@@ -175,6 +173,7 @@ def test_replaces_an_old_demo_but_refuses_other_folders(tmp_path):
         write_demo_cohort(tmp_path / "small", n_subjects=5)
 
 
+@pytest.mark.slow  # processes of their own
 def test_command_line(tmp_path):
     run = [sys.executable, "-m", "data_adapters.demo"]
     done = subprocess.run(
@@ -187,11 +186,11 @@ def test_command_line(tmp_path):
     assert bad.returncode == 2 and "n_subjects must be an integer" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_loads_through_the_adapters(demo, truth):
+def test_loads_through_the_adapters(demo_cohort_files, truth):
     pytest.importorskip("data_adapters.brain")
     pytest.importorskip("data_adapters.gene")
     from data_adapters.demo import load_demo_cohort
 
-    cohort = load_demo_cohort(demo["participants"].parent, join="outer")
+    cohort = load_demo_cohort(demo_cohort_files["participants"].parent, join="outer")
     assert set(cohort.modalities) == {"gene", "brain", "behaviour"}
     assert cohort.n_subjects == N - truth["missing"]["participants_without_any_modality"]

@@ -11,6 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import EXPERIMENT as DEMO
+from helpers import run_cli
 from lightning.pytorch.callbacks import Callback
 
 from mot_neuro.data.datamodule import SPLIT_CODES, RowBatches
@@ -23,9 +25,6 @@ from mot_neuro.embed import (
     read_embeddings,
 )
 from mot_neuro.model import EncoderConfig, ModalitySpec, NeuroOmicsEncoder
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "experiments" / "demo.yaml"
 
 
 # ---------------------------------------------------------------------------------------------- encoder layers
@@ -75,14 +74,11 @@ def test_encoder_layer_equals_a_shallower_encoder():
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """The demo experiment fitted for one epoch in its own folder; tests run from that folder."""
-    from mot_neuro.cli import lightning_cli
-
     workdir = tmp_path_factory.mktemp("embed")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # pytest's own argv
-        cli = lightning_cli(["fit", "--config", str(DEMO), "--trainer.max_epochs", "1", "--test_after_fit", "false"])
+        cli = run_cli("fit", "--config", DEMO, "--trainer.max_epochs", "1", "--test_after_fit", "false")
         yield cli, workdir
 
 
@@ -109,6 +105,7 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*.tmp")) + sorted(p.name for p in folder.glob(".*merge-*"))
 
 
+@pytest.mark.slow  # the fitted demo experiment
 def test_embeddings_one_row_per_subject(demo):
     cli, workdir = demo
     out = workdir / "emb" / "embeddings.parquet"
@@ -125,7 +122,7 @@ def test_embeddings_one_row_per_subject(demo):
     assert dict(zip(table["eid"], table["split"], strict=True)) == expected_split
     assert set(table["split"]) == {"train", "val", "test"}
     assert (table["fold"] == 0).all()
-    dim = cli.model.hparams.dim
+    dim = cli.model.encoder_config.dim
     modalities = list(cli.model.encoder.cfg.modality_names)
     assert list(table.columns) == ["eid", "split", "fold", "embedding", *[f"embedding_{m}" for m in modalities]]
     for column in ["embedding", *[f"embedding_{m}" for m in modalities]]:
@@ -134,9 +131,9 @@ def test_embeddings_one_row_per_subject(demo):
     assert pq.read_schema(out).field("embedding").type == EMBEDDING_TYPE
 
     assert meta["format"] == "mot-neuro-embeddings"
-    assert meta["variant"] == "mot" and meta["layer"] is None and meta["n_layers"] == cli.model.hparams.n_layers
+    assert meta["variant"] == "mot" and meta["layer"] is None and meta["n_layers"] == cli.model.encoder_config.n_layers
     assert meta["checkpoint"] == ""  # the model in memory, not loaded from a checkpoint
-    assert meta["config_fingerprint"] == dm.model_inputs["fingerprint"]
+    assert meta["config_fingerprint"] == dm.model_inputs.fingerprint
     assert meta["splits_fingerprint"] == dm.splits.fingerprint()
     assert meta["modalities"] == modalities and meta["embedding_dim"] == dim
     assert meta["predict_split"] == "all" and meta["experiment"] == "demo"
@@ -159,6 +156,7 @@ def test_embeddings_one_row_per_subject(demo):
         assert by_id.loc[eid, "split"] == {v: k for k, v in SPLIT_CODES.items()}[code] == expected_split[eid]
 
 
+@pytest.mark.slow  # the fitted demo experiment
 def test_predict_split_and_layer(demo):
     cli, workdir = demo
     final, first = workdir / "final.parquet", workdir / "layer0.parquet"
@@ -202,6 +200,7 @@ class _FailOnBatch(Callback):
             raise RuntimeError("simulated failure")
 
 
+@pytest.mark.slow  # the fitted demo experiment
 def test_failed_predict_leaves_old_output_and_no_parts(demo):
     cli, workdir = demo
     out = workdir / "failing" / "embeddings.parquet"
@@ -217,6 +216,7 @@ def test_failed_predict_leaves_old_output_and_no_parts(demo):
     assert getattr(cli.model, "embed_layer", None) is None  # the layer option does not stick to the model
 
 
+@pytest.mark.slow  # the fitted demo experiment
 def test_return_predictions_must_be_false(demo):
     cli, workdir = demo
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, callbacks=[EmbeddingWriter(workdir / "x.parquet")])
@@ -234,6 +234,7 @@ class _WatchBuffer(Callback):
         self.written.append(self.writer.rows_written)
 
 
+@pytest.mark.slow  # the fitted demo experiment
 def test_writer_memory_is_bounded(demo):
     cli, workdir = demo
     cli.datamodule.hparams.batch_size = 16
@@ -321,6 +322,7 @@ class _LeaveGlooTogether(Callback):
             torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # three DDP processes on the fitted demo experiment
 def test_ddp_ranks_merge_into_one_file(demo):
     """Three CPU processes (gloo): 10 batches over 3 ranks, so the sampler repeats 2; each subject once."""
     cli, workdir = demo

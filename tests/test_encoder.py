@@ -422,6 +422,7 @@ def test_forward_and_loss_have_no_boolean_indexing_or_host_sync():
     assert not forbidden & set(log.ops), log.ops
 
 
+@pytest.mark.slow  # a process of its own (imports torch)
 def test_model_modules_import_no_lightning_or_pandas():
     code = (
         "import sys, mot_neuro.model.encoder, mot_neuro.model.tokenizers; "

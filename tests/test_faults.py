@@ -17,31 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import EXPERIMENT, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "experiments" / "demo.yaml")
+DEMO = str(EXPERIMENT)
 HOLD = "--trainer.callbacks+=faults_support.HoldForSignal"
 QUICK = ["--trainer.enable_model_summary", "false"]
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-
-@pytest.fixture(scope="module")
-def demo_cohort(tmp_path_factory):
-    """The demo cohort written once; each test copies it (its own outputs/, checkpoints and mlflow.db)."""
-    from data_adapters.demo import write_demo_cohort
-
-    folder = tmp_path_factory.mktemp("demo") / "demo_cohort"
-    write_demo_cohort(folder)
-    return folder
-
-
-@pytest.fixture
-def workdir(tmp_path, demo_cohort, monkeypatch):
-    shutil.copytree(demo_cohort, tmp_path / "outputs" / "demo_cohort")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals"),
+    # each test's work folder holds its own copy of the session's demo cohort (its own outputs/, mlflow.db)
+    pytest.mark.usefixtures("demo_workdir"),
+    pytest.mark.slow,  # real processes, trained and killed
+]
 
 
 def environment(workdir: Path, hold_at: str | None = None, **extra: str) -> dict:
@@ -241,7 +228,6 @@ def cells(workdir: Path) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ embed
-@pytest.mark.slow
 def test_killed_embedding_extraction_leaves_no_partial_output(workdir):
     fit = run(
         workdir,

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import DEBUG_TRAINER, DENSE_EXPERIMENT, EXPERIMENT
+from helpers import run_cli as cli
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "experiments" / "demo.yaml")
-DENSE = str(ROOT / "configs" / "experiments" / "demo_dense.yaml")
-DEBUG = str(ROOT / "configs" / "trainer" / "debug.yaml")
-pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
-def cli(*args, run=True):
-    from mot_neuro.cli import lightning_cli
-
-    return lightning_cli([str(a) for a in args], run=run)
+DEMO, DENSE, DEBUG = str(EXPERIMENT), str(DENSE_EXPERIMENT), str(DEBUG_TRAINER)
 
 
 def one_batch(c):
@@ -34,7 +17,7 @@ def one_batch(c):
 
 def test_tower_grouping_from_config(workdir):
     towers = '{"gene": "gene", "brain": "brain_behaviour", "behaviour": "brain_behaviour"}'
-    c = cli("fit", "--config", DEMO, "--trainer", DEBUG, "--model.towers", towers)
+    c = cli("fit", "--config", DEMO, "--trainer", DEBUG, "--model.encoder.towers", towers)
     assert c.trainer.state.finished
     backbone = c.model.encoder.backbone
     assert sorted(backbone.blocks[0].ffn) == ["brain_behaviour", "gene", "summary"]
@@ -121,9 +104,9 @@ def test_mot_with_an_moe_tower_and_per_tower_widths_trains_from_the_cli(workdir)
         "1",
         "--test_after_fit",
         "false",
-        "--model.moe",
+        "--model.encoder.moe",
         moe,
-        "--model.ffn_hidden_dims",
+        "--model.encoder.ffn_hidden_dims",
         widths,
         "--trainer.log_every_n_steps",
         "1",

@@ -14,18 +14,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import test_bad_inputs
 import torch
+from helpers import CONFIGS, EXPERIMENT, Case, run_cli
 from scipy import stats
 from sklearn import metrics as skm
-from test_bad_inputs import CONFIGS, EXPERIMENT, Case
 from test_trust_metrics import _epoch_metrics as epoch_metrics
 
 from mot_neuro.cli import main
 from mot_neuro.lit_module import NeuroOmicsModule
-
-case, demo = test_bad_inputs.case, test_bad_inputs.demo  # the bad-input corpus' fixtures, used here by name
-
 
 # ====================================================================== helpers: a tiny module, hand-made batches
 # modality a: 2 tokens x 1 feature; b: 3 tokens x 2 features, its last token holding one real feature only
@@ -39,8 +35,8 @@ FEATURE_MASK = {"a": np.ones((2, 1), bool), "b": np.array([[1, 1], [1, 1], [1, 0
 def tiny_module(targets: dict | None = None, **options) -> NeuroOmicsModule:
     torch.manual_seed(0)
     spec = {"modalities": SPEC_MODALITIES, "targets": targets or {}}
-    settings = {"dim": 8, "n_heads": 2, "n_layers": 1, "dropout": 0.0, **options}
-    module = NeuroOmicsModule(data_spec=spec, **settings).eval()
+    encoder = {"dim": 8, "n_heads": 2, "n_layers": 1, "dropout": 0.0, **options.pop("encoder", {})}
+    module = NeuroOmicsModule(data_spec=spec, encoder=encoder, **options).eval()
     module._trainer = SimpleNamespace(
         world_size=1, sanity_checking=False, global_rank=0, current_epoch=0, global_step=0, fn="fit"
     )
@@ -157,7 +153,7 @@ def _regression_batch(seed: int = 3, size: int = 6) -> dict:
 
 
 def test_val_loss_is_the_task_loss_and_the_balancing_term_is_logged_beside_it():
-    module = tiny_module({"y": {"kind": "regression"}}, moe=MOE)
+    module = tiny_module({"y": {"kind": "regression"}}, encoder={"moe": MOE})
     logged = capture_logs(module)
     b = _regression_batch()
     returned = module.validation_step(b, 0)
@@ -193,7 +189,7 @@ def test_without_moe_there_is_no_objective_and_the_loss_is_returned():
 def test_a_non_finite_balancing_term_still_stops_training():
     from mot_neuro.lit_module import NonFiniteLossError
 
-    module = tiny_module({"y": {"kind": "regression"}}, moe=MOE)
+    module = tiny_module({"y": {"kind": "regression"}}, encoder={"moe": MOE})
     logged = capture_logs(module)
     module.encoder.backbone.aux_loss = lambda: torch.tensor(math.nan)
     module.validation_step(_regression_batch(), 0)
@@ -278,8 +274,6 @@ def test_training_loss_for_the_optimiser_is_unchanged():
 def _fit_with_predictions(case: Case):
     import yaml
 
-    from mot_neuro.cli import lightning_cli
-
     participants = case.participants.copy()
     participants["tertile"] = pd.qcut(participants["target"], 3, labels=False)
     table = case.csv("participants.csv", participants)
@@ -287,16 +281,12 @@ def _fit_with_predictions(case: Case):
     config = yaml.safe_load(data.read_text())
     config["participants"] = str(table)
     data.write_text(yaml.safe_dump(config, sort_keys=False))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return lightning_cli(
-            [
-                "fit", "--config", str(EXPERIMENT), "--trainer", str(CONFIGS / "trainer" / "cpu.yaml"),
-                "--data", str(data), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
-                "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-                "--predictions_file", str(case.path("out") / "predictions.parquet"),
-            ]
-        )  # fmt: skip
+    return run_cli(
+        "fit", "--config", EXPERIMENT, "--trainer", CONFIGS / "trainer" / "cpu.yaml",
+        "--data", data, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
+        "--predictions_file", case.path("out") / "predictions.parquet",
+    )  # fmt: skip
 
 
 def test_fit_writes_test_predictions_that_reproduce_the_logged_test_metrics(case):
@@ -350,9 +340,7 @@ def test_fit_writes_test_predictions_that_reproduce_the_logged_test_metrics(case
         case.path("data.yaml"),
     ]
     test += ["--trainer.logger", "false", "--ckpt_path", cli.trainer.checkpoint_callback.best_model_path]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        assert main([str(a) for a in [*test, "--predictions_file", path]]) == 0
+    assert main([str(a) for a in [*test, "--predictions_file", path]]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(path), table)
     # and the other subcommands accept the key (one experiment file serves them all)
     with pytest.raises(SystemExit) as done:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import ROOT
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 nbformat = pytest.importorskip("nbformat")
 
 
@@ -22,15 +21,8 @@ def test_notebook_is_stored_without_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: strip outputs before committing"
 
 
-# the quickstart runs every time; the ablation and fusion notebooks (about 2 min together) under -m slow
-RUN_EVERY_TIME = {"01_quickstart"}
-
-
-@pytest.mark.parametrize(
-    "path",
-    [p if p.stem in RUN_EVERY_TIME else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.slow  # a kernel per notebook, training on the demo cohort (the quickstart alone takes a minute)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 

@@ -10,6 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import EXPERIMENT as DEMO
+from helpers import run_cli
 from scipy.stats import pearsonr
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -33,10 +35,6 @@ from mot_neuro.probe import (
     main,
     probe,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "configs" / "experiments" / "demo.yaml"
-pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")  # pytest's own argv
 
 
 # ---------------------------------------------------------------------------------------------- synthetic data
@@ -263,7 +261,6 @@ def demo(tmp_path_factory):
     """The demo experiment fitted for one epoch, and its embeddings (EmbeddingWriter) of every fold subject."""
     import lightning.pytorch as pl
 
-    from mot_neuro.cli import lightning_cli
     from mot_neuro.embed import EmbeddingWriter
 
     workdir = tmp_path_factory.mktemp("probe")
@@ -271,12 +268,9 @@ def demo(tmp_path_factory):
         mp.chdir(workdir)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # whole-batch sampler
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            cli = lightning_cli(
-                ["fit", "--config", str(DEMO), "--trainer.max_epochs", "1", "--test_after_fit", "false"]
-            )
+            cli = run_cli("fit", "--config", DEMO, "--trainer.max_epochs", "1", "--test_after_fit", "false")
             embeddings = workdir / "embeddings.parquet"
             cli.datamodule.hparams.predict_split = "all"
             trainer = pl.Trainer(
@@ -287,6 +281,7 @@ def demo(tmp_path_factory):
         yield workdir, embeddings
 
 
+@pytest.mark.slow  # the fitted demo experiment and its embeddings
 def test_early_fusion_features_are_fold_safe(demo, monkeypatch):
     workdir, _ = demo
     monkeypatch.chdir(workdir)
@@ -313,6 +308,7 @@ def test_early_fusion_features_are_fold_safe(demo, monkeypatch):
     np.testing.assert_allclose(targets["target"].to_numpy(), raw.loc[targets.index].to_numpy())
 
 
+@pytest.mark.slow  # the fitted demo experiment and its embeddings
 def test_main_end_to_end(demo, monkeypatch, capsys):
     workdir, embeddings = demo
     monkeypatch.chdir(workdir)
@@ -330,6 +326,7 @@ def test_main_end_to_end(demo, monkeypatch, capsys):
     assert "target/r2" in printed and "early_fusion" in printed and str(out / "probes.csv") in printed
 
 
+@pytest.mark.slow  # the fitted demo experiment and its embeddings
 def test_main_refuses_embeddings_of_another_fold(demo, monkeypatch, tmp_path):
     workdir, embeddings = demo
     monkeypatch.chdir(workdir)

@@ -10,27 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import EXPERIMENT, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = str(ROOT / "configs" / "experiments" / "demo.yaml")
+DEMO = str(EXPERIMENT)
 QUICK = ["--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false"]
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MOT_NEURO_DEBUG", raising=False)
-    return tmp_path
-
-
-def run_cli(*args):
-    import warnings
-
-    from mot_neuro.cli import lightning_cli
-
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-    return lightning_cli([str(a) for a in args])
 
 
 def metrics_of(cli) -> dict[str, float]:
@@ -38,6 +21,7 @@ def metrics_of(cli) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ determinism
+@pytest.mark.slow  # fits the demo experiment more than once
 def test_same_seed_and_config_give_identical_metrics(workdir):
     """Bit-identical, not approximately equal: train, validation and test metrics of two runs, and of a third
     that loads batches in two worker processes (batches and randomness must not depend on who makes them)."""
@@ -60,6 +44,7 @@ def test_same_seed_and_config_give_identical_metrics(workdir):
     assert runs["workers"] == runs["first"]
 
 
+@pytest.mark.slow  # fits the demo experiment more than once
 def test_a_different_seed_gives_different_metrics(workdir):
     """The determinism test above would pass for a model that ignores its seed: check that it does not."""
     first = metrics_of(run_cli("fit", "--config", DEMO, *QUICK, "--test_after_fit", "false"))
@@ -99,6 +84,7 @@ def poisoned_checkpoint(workdir):
     ],
     ids=lambda c: c[0],
 )
+@pytest.mark.slow  # a fit of the demo experiment (the poisoned checkpoint)
 def test_a_checkpoint_with_pickled_code_is_refused_and_the_code_never_runs(poisoned_checkpoint, capfd, command):
     from mot_neuro.cli import main
 
@@ -111,6 +97,7 @@ def test_a_checkpoint_with_pickled_code_is_refused_and_the_code_never_runs(poiso
     assert "Python objects" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # a fit of the demo experiment (the poisoned checkpoint)
 def test_warm_start_from_a_poisoned_checkpoint_is_refused(poisoned_checkpoint, capfd):
     from mot_neuro.cli import main
 
@@ -144,6 +131,7 @@ def mentions(text: str, ids: set[str]) -> list[str]:
     return sorted(i for i in ids if re.search(rf"(?<![\w.]){re.escape(i)}(?![\w])", text))
 
 
+@pytest.mark.slow  # fit in a process of its own
 def test_no_subject_id_in_logs_params_metrics_tags_or_artifacts(workdir):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MOT_NEURO_DEBUG")}
     done = subprocess.run(
@@ -174,6 +162,7 @@ def test_no_subject_id_in_logs_params_metrics_tags_or_artifacts(workdir):
     assert mentions((workdir / "outputs" / "demo_splits.json").read_text(), ids)
 
 
+@pytest.mark.slow  # fits the demo experiment
 def test_splits_file_is_logged_only_when_asked(workdir):
     from mlflow.tracking import MlflowClient
 

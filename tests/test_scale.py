@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import CONFIGS, ROOT
 
 from data_adapters.cache import CohortWriter, cohort_fingerprint
 from data_adapters.core import AdapterError
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "scale.py"
-CONFIGS = ROOT / "configs"
 TINY = ["--gene", "6", "--brain", "4", "--behaviour", "4"]  # tokens per modality: seconds, not minutes, per step
 
 
@@ -64,6 +63,7 @@ def experiment(tmp_path: Path, cohort: Path, **data) -> Path:
     return path
 
 
+@pytest.mark.slow  # fits and embeds through the CLI
 def test_fit_and_embed_from_a_streamed_cohort_folder(tmp_path, scale, monkeypatch, capsys):
     from mot_neuro.cli import main
     from mot_neuro.embed import read_embeddings
@@ -98,8 +98,8 @@ def test_cohort_dir_with_other_targets_and_clear_errors(tmp_path, scale, capsys)
         cohort_dir=str(cohort), targets=[], confounds=["age"], drop_modalities=["gene"], **common
     )
     inputs = data.model_inputs
-    assert inputs["targets"] == {} and inputs["fingerprint"] == cohort_fingerprint(cohort)
-    assert [(m["name"], m["n_tokens"]) for m in inputs["modalities"]] == [("gene", 0), ("brain", 4), ("behaviour", 4)]
+    assert inputs.targets == {} and inputs.fingerprint == cohort_fingerprint(cohort)
+    assert [(m.name, m.n_tokens) for m in inputs.modalities] == [("gene", 0), ("brain", 4), ("behaviour", 4)]
     batch = next(iter(data.train_dataloader()))
     assert set(batch["values"]) == {"brain", "behaviour"} and batch["targets"] == {}
 
@@ -120,6 +120,7 @@ def test_cohort_dir_with_other_targets_and_clear_errors(tmp_path, scale, capsys)
     assert "not both" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the benchmark script in a process of its own
 def test_scale_benchmark_runs_end_to_end(tmp_path):
     """Tiny sizes, one step: the script's phases, figures and clean-up, not its timings."""
     small = ["--sizes", "40", "--steps", "1", "--warmup", "0", "--batch-size", "8", "--embed-batch-size", "32"]

@@ -5,44 +5,45 @@ benchmark at tiny size."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
+from copy import deepcopy
 
 import pytest
 import torch
 import yaml
+from helpers import CONFIGS, DEMO_DATA, ROOT
+from op_log import OpLog
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from op_log import OpLog  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 HOST_SYNC_OPS = {"_local_scalar_dense", "item", "nonzero"}
 INDEXING_OPS = {"index", "index_put", "index_put_", "masked_select", "masked_scatter", "nonzero"}
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo data config with its files in a temporary folder: (datamodule, first training batch)."""
+def demo(demo_cohort, tmp_path_factory):
+    """The demo data config on the session's demo cohort, its cache and splits in a temporary folder:
+    (datamodule, first training batch)."""
     from mot_neuro.data.datamodule import NeuroOmicsDataModule
 
     folder = tmp_path_factory.mktemp("demo")
-    config = yaml.safe_load((ROOT / "configs" / "data" / "demo.yaml").read_text())
 
     def moved(value):
+        if isinstance(value, str) and value.startswith("outputs/demo_cohort"):
+            return str(demo_cohort / value.removeprefix("outputs/demo_cohort").lstrip("/"))
         if isinstance(value, str) and value.startswith("outputs/"):
             return str(folder / value)
         return {k: moved(v) for k, v in value.items()} if isinstance(value, dict) else value
 
-    datamodule = NeuroOmicsDataModule(**moved(config))
+    datamodule = NeuroOmicsDataModule(**moved(deepcopy(DEMO_DATA)))
     datamodule.setup("fit")
     return datamodule, next(iter(datamodule.train_dataloader()))
 
 
-def module(datamodule, **overrides):
+def module(datamodule, encoder: dict | None = None, **overrides):
+    """The demo's model (configs/model/mot.yaml over the defaults), with ``encoder`` options and other settings."""
     from mot_neuro.lit_module import NeuroOmicsModule
 
-    config = yaml.safe_load((ROOT / "configs" / "model" / "mot.yaml").read_text())
-    config.update(overrides)
-    return NeuroOmicsModule(data_spec=datamodule.model_inputs, **config)
+    config = yaml.safe_load((CONFIGS / "model" / "mot.yaml").read_text())
+    config["encoder"] = {**config["encoder"], **(encoder or {})}
+    return NeuroOmicsModule(data_spec=datamodule.model_inputs, **config, **overrides)
 
 
 def with_missing_targets(batch):
@@ -59,8 +60,8 @@ def with_missing_targets(batch):
         {"objective": "supervised"},
         {"objective": "masked"},
         {"objective": "both", "modality_dropout": 0.2},
-        {"objective": "both", "untie": []},  # the dense twin
-        {"objective": "supervised", "moe": {"brain": {"n_experts": 4, "top_k": 2}}},
+        {"objective": "both", "encoder": {"untie": []}},  # the dense twin
+        {"objective": "supervised", "encoder": {"moe": {"brain": {"n_experts": 4, "top_k": 2}}}},
         {"objective": "both", "bf16": True},
     ],
     ids=["supervised", "masked", "both+dropout", "dense", "moe", "bf16"],
@@ -95,7 +96,7 @@ def test_epoch_metrics_count_only_observed_targets(demo, monkeypatch):
     import torchmetrics
 
     datamodule, batch = demo
-    model = module(datamodule, dropout=0.0).train()
+    model = module(datamodule, encoder={"dropout": 0.0}).train()
     logged = {}
     monkeypatch.setattr(model, "log", lambda name, value, **kwargs: logged.__setitem__(name, value))
     batches = [with_missing_targets(batch), batch]
@@ -145,7 +146,11 @@ def test_compiled_module_matches_eager_and_keeps_checkpoint_keys(demo, untie, tm
     from mot_neuro.lit_module import NeuroOmicsModule
 
     datamodule, batch = demo
-    tiny = {"dim": 16, "n_layers": 1, "n_heads": 2, "untie": untie, "objective": "both", "modality_dropout": 0.2}
+    tiny = {
+        "encoder": {"dim": 16, "n_layers": 1, "n_heads": 2, "untie": untie},
+        "objective": "both",
+        "modality_dropout": 0.2,
+    }
     eager = module(datamodule, **tiny)
     compiled = module(datamodule, **tiny, compile=True)
     assert list(compiled.state_dict()) == list(eager.state_dict())
@@ -184,7 +189,6 @@ def test_compiled_module_matches_eager_and_keeps_checkpoint_keys(demo, untie, tm
 
 def test_compile_setting_is_checked_and_survives_copies(demo):
     import pickle
-    from copy import deepcopy
 
     from mot_neuro.lit_module import compile_mode
 
@@ -193,10 +197,12 @@ def test_compile_setting_is_checked_and_survives_copies(demo):
     with pytest.raises(ValueError, match="torch.compile mode"):
         module(demo[0], compile="fastest")
     # copies (deepcopy, pickling into spawned processes) stay compiled; torch itself drops the compiled call
-    compiled = module(demo[0], dim=16, n_layers=1, n_heads=2, compile=True)
+    compiled = module(demo[0], encoder={"dim": 16, "n_layers": 1, "n_heads": 2}, compile=True)
     for copy in (deepcopy(compiled), pickle.loads(pickle.dumps(compiled))):
         assert copy.encoder._compiled_call_impl is not None
-    assert deepcopy(module(demo[0], dim=16, n_layers=1, n_heads=2)).encoder._compiled_call_impl is None
+    assert (
+        deepcopy(module(demo[0], encoder={"dim": 16, "n_layers": 1, "n_heads": 2})).encoder._compiled_call_impl is None
+    )
 
 
 def test_inner_layer_embeddings_run_eagerly_under_compile(demo):
@@ -204,8 +210,8 @@ def test_inner_layer_embeddings_run_eagerly_under_compile(demo):
     happens here, so this is cheap) and gives what the eager module gives."""
     datamodule, batch = demo
     torch.manual_seed(0)
-    eager = module(datamodule, dim=16, n_layers=2, n_heads=2).eval()
-    compiled = module(datamodule, dim=16, n_layers=2, n_heads=2, compile=True).eval()
+    eager = module(datamodule, encoder={"dim": 16, "n_layers": 2, "n_heads": 2}).eval()
+    compiled = module(datamodule, encoder={"dim": 16, "n_layers": 2, "n_heads": 2}, compile=True).eval()
     compiled.load_state_dict(eager.state_dict())
     eager.embed_layer = compiled.embed_layer = 0
     from torch._dynamo.utils import counters

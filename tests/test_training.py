@@ -9,30 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers import CONFIGS, DEBUG_TRAINER, EXPERIMENTS, run_cli, run_main
 from lightning.pytorch.callbacks import Callback
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-DEMO_EXPERIMENTS = sorted(p for p in (CONFIGS / "experiments").glob("*.yaml") if "template" not in p.name)
-DEBUG = str(CONFIGS / "trainer" / "debug.yaml")
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """Each test runs in its own folder: outputs/, the demo cohort and mlflow.db land there."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
-def run_cli(*args: str):
-    import warnings
-
-    from mot_neuro.cli import lightning_cli
-
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # pytest's own argv
-
-    return lightning_cli([str(a) for a in args])
+DEMO_EXPERIMENTS = sorted(p for p in EXPERIMENTS.glob("*.yaml") if "template" not in p.name)
+DEBUG = str(DEBUG_TRAINER)
 
 
 def mlflow_runs(workdir: Path):
@@ -49,12 +31,23 @@ def test_configs_are_enumerated():
 
 
 @pytest.mark.parametrize("experiment", DEMO_EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.slow  # four commands per experiment on the demo cohort
 def test_every_demo_experiment_runs_every_subcommand(workdir, experiment):
     for command in ("fit", "validate", "test", "predict"):
         cli = run_cli(command, "--config", experiment, "--trainer", DEBUG)
         assert cli.trainer.state.finished, command
     assert (workdir / "outputs" / "demo_cohort" / "ground_truth.json").is_file()  # generated on first use
     assert (workdir / "outputs" / "demo_splits.json").is_file()
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_config_parses(workdir, experiment, capfd):
+    """Each experiment file (the UKB template too) composes and parses through the CLI, nothing trained."""
+    status, out, err = run_main(capfd, "fit", "--config", experiment, "--print_config")
+    assert status == 0, err[-3000:]
+    config = yaml.safe_load(out)
+    assert {"seed_everything", "data", "model", "trainer"} <= set(config), out[-3000:]
+    assert config["data"]["targets"] and config["trainer"]["max_epochs"] is not None
 
 
 @pytest.mark.parametrize("trainer", sorted((CONFIGS / "trainer").glob("*.yaml")), ids=lambda p: p.stem)
@@ -69,11 +62,11 @@ def test_every_trainer_config_parses(workdir, trainer, capsys):
     assert "trainer:" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_template_experiment_runs_on_files_a_user_points_it_at(workdir):
     """The UK Biobank-style template, copied and pointed at files in its formats (written here)."""
     import numpy as np
     import pandas as pd
-    import yaml
 
     rng = np.random.default_rng(0)
     n = 60
@@ -117,11 +110,11 @@ def test_template_experiment_runs_on_files_a_user_points_it_at(workdir):
         "fit", "--config", CONFIGS / "experiments" / "ukb_template.yaml", "--data", "my_cohort.yaml", "--trainer", DEBUG
     )
     assert cli.trainer.state.finished
-    specs = {m["name"]: m for m in cli.datamodule.model_inputs["modalities"]}
-    assert specs["structure"]["n_tokens"] == 4 and specs["structure"]["n_features"] == 3
-    assert specs["connectivity"]["n_tokens"] == 6
+    shapes = cli.datamodule.model_inputs.token_shapes()
+    assert shapes["structure"] == (4, 3) and shapes["connectivity"][0] == 6
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_mlflow_run_records_params_metrics_and_artifacts(workdir):
     run_cli("fit", "--config", CONFIGS / "experiments" / "demo.yaml", "--trainer.max_epochs", "2")
     client, runs = mlflow_runs(workdir)
@@ -129,9 +122,10 @@ def test_mlflow_run_records_params_metrics_and_artifacts(workdir):
     run = runs[0]
     params, metrics = run.data.params, run.data.metrics
     for key in (
-        "dim",
-        "n_layers",
-        "untie",
+        "encoder/dim",
+        "encoder/n_layers",
+        "encoder/untie",
+        "optimizer/lr",
         "params_total",
         "params_backbone",
         "train_flops_per_token",
@@ -175,9 +169,17 @@ class StopAfterFirstEpoch(Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_resuming_from_last_checkpoint_gives_the_uninterrupted_metrics(workdir, monkeypatch):
     # compares the last epoch's validation metrics, so no test run after fit
-    common = ["--config", CONFIGS / "experiments" / "demo.yaml", "--model.dropout", "0.0", "--test_after_fit", "false"]
+    common = [
+        "--config",
+        CONFIGS / "experiments" / "demo.yaml",
+        "--model.encoder.dropout",
+        "0.0",
+        "--test_after_fit",
+        "false",
+    ]
     for folder in ("full", "resumed"):  # each with its own outputs/checkpoints
         (workdir / folder).mkdir()
     monkeypatch.chdir(workdir / "full")
@@ -196,6 +198,7 @@ def test_resuming_from_last_checkpoint_gives_the_uninterrupted_metrics(workdir, 
     assert resumed_metrics["val/target/r2"] == pytest.approx(full_metrics["val/target/r2"], rel=1e-4, abs=1e-6)
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_checkpoint_from_another_layout_is_refused(workdir):
     experiment = CONFIGS / "experiments" / "demo.yaml"
     run_cli(
@@ -252,6 +255,7 @@ def cli_subprocess(workdir, *args):
     ],
     ids=["unknown-modality", "missing-target", "typo-key", "typo-value"],
 )
+@pytest.mark.slow  # a process per case
 def test_bad_configs_exit_with_a_clear_message(workdir, extra, message):
     done = cli_subprocess(workdir, "fit", "--config", CONFIGS / "experiments" / "demo.yaml", "--trainer", DEBUG, *extra)
     assert done.returncode != 0
@@ -259,6 +263,7 @@ def test_bad_configs_exit_with_a_clear_message(workdir, extra, message):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # two DDP processes
 def test_two_process_ddp_on_cpu_trains_and_logs_once(workdir):
     """configs/trainer/ddp.yaml with 2 CPU processes (gloo): one MLflow run, one summary, trained weights."""
     done = cli_subprocess(
@@ -284,6 +289,7 @@ def test_two_process_ddp_on_cpu_trains_and_logs_once(workdir):
     assert (workdir / "outputs" / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_binary_and_multiclass_targets_with_bf16_and_modality_dropout(workdir):
     """Three target kinds at once: each gets its head, loss and metrics; bf16 autocast on CPU works."""
     import numpy as np
@@ -319,12 +325,12 @@ def test_binary_and_multiclass_targets_with_bf16_and_modality_dropout(workdir):
         "bf16-mixed",
     )
     targets = cli.model.targets
-    assert {k: v["kind"] for k, v in targets.items()} == {
+    assert {k: v.kind for k, v in targets.items()} == {
         "target": "regression",
         "diagnosis": "binary",
         "tertile": "multiclass",
     }
-    assert targets["tertile"]["n_classes"] == 3 and cli.model.heads["tertile"].out_features == 3
+    assert targets["tertile"].n_classes == 3 and cli.model.heads["tertile"].out_features == 3
     metrics = cli.trainer.callback_metrics  # fast_dev_run: the test run after fit
     for key in (
         "test/diagnosis/auroc",
@@ -338,6 +344,7 @@ def test_binary_and_multiclass_targets_with_bf16_and_modality_dropout(workdir):
         assert key in metrics and np.isfinite(float(metrics[key])), key
 
 
+@pytest.mark.slow  # data loader worker processes
 def test_worker_processes_read_the_same_batches(workdir):
     """Batches come from memory maps opened in each worker; with workers they equal the in-process ones."""
     import torch

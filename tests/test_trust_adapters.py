@@ -16,9 +16,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import test_bad_inputs
 import yaml
-from test_bad_inputs import DEMO_DATA, Case, assert_refused
+from helpers import DEMO_DATA, NO_LOGGER, Case, assert_refused
 
 from data_adapters.brain import MAX_LABEL, read_atlas, region_statistics, regions_from_nifti
 from data_adapters.cohort import DEFAULT_MIN_MATCH, build_cohort, diagnose_id_mismatch, id_style
@@ -26,11 +25,6 @@ from data_adapters.core import AdapterError, TokenizedModality
 from data_adapters.tables import read_table
 from mot_neuro.data.sources import build_cached_cohort, check_modality_names
 from mot_neuro.names import MAX_NAME_LENGTH, MODULEDICT_ATTRIBUTES, check_names
-
-NO_LOGGER = ("--trainer.logger", "false")
-# the bad-input corpus's fixtures, under their own names: the demo cohort (once per module) and a case folder
-demo = test_bad_inputs.demo
-case = test_bad_inputs.case
 
 
 # ====================================================================== helpers
@@ -171,6 +165,7 @@ def test_a_modality_matching_40_percent_of_participants(case):
     )
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_min_match_in_the_data_config_accepts_a_partial_modality_and_mlflow_gets_the_counts(case):
     """The DataModule passes min_match on; the run logs how each modality matched, as counts."""
     import mlflow

@@ -19,14 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import test_bad_inputs
 import yaml
-from test_bad_inputs import DEMO_DATA, Case, assert_refused
+from helpers import CONFIGS, DEMO_DATA, NO_LOGGER, Case, assert_refused, run_main
 
-case, demo = test_bad_inputs.case, test_bad_inputs.demo  # the bad-input corpus's fixtures, under their names
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
 UKB = CONFIGS / "experiments" / "ukb_template.yaml"
 DENSE = CONFIGS / "model" / "dense.yaml"
 # a fast trainer that still writes checkpoints (the debug trainer's fast_dev_run writes none)
@@ -38,7 +33,6 @@ QUICK_FIT = (
     "--trainer.enable_model_summary",
     "false",
 )
-NO_LOGGER = ("--trainer.logger", "false")
 
 
 def mentions(text: str, ids) -> list[str]:
@@ -60,20 +54,6 @@ def ukb(case: Case, command: str, *args: str, data: Path | None = None) -> tuple
     """``mot-neuro COMMAND --config ukb_template.yaml --data DATA ARGS`` in this process: (status, stderr)."""
     data = data or demo_data(case)
     return case.main(command, "--config", str(UKB), "--data", str(data), *map(str, args))
-
-
-def run_with_output(case: Case, *argv: str) -> tuple[int, str, str]:
-    """``mot-neuro ARGV`` in this process: (status, stdout, stderr); ``Case.main`` keeps stderr only."""
-    import warnings
-
-    from mot_neuro.cli import main
-
-    case.capfd.readouterr()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # pytest's own argv
-        status = main([str(a) for a in argv])
-    captured = case.capfd.readouterr()
-    return status, captured.out, captured.err
 
 
 def fit_checkpoint(case: Case, data: Path, *extra: str) -> Path:
@@ -144,7 +124,7 @@ def test_embed_builds_the_checkpoints_variant_not_the_configs(case):
     status, err = ukb(case, "embed", "--ckpt_path", checkpoint, "--output", "mot_config.parquet")
     assert status == 0, err[-3000:]
     assert "Traceback" not in err and "state_dict" not in err
-    assert "note: the model is built from the checkpoint's settings (untie differ" in err
+    assert "note: the model is built from the checkpoint's settings (encoder.untie differ" in err
     status, err = ukb(case, "embed", "--ckpt_path", checkpoint, "--output", "dense_config.parquet", "--model", DENSE)
     assert status == 0, err[-3000:]
     from mot_neuro.embed import read_embeddings
@@ -324,8 +304,8 @@ def test_ids_in_adapter_options_never_reach_mlflow(case, numeric_cohort, logger,
         "--trainer.logger.init_args.log_model",
         log_model,
     ]
-    status, out, err = run_with_output(
-        case, "fit", "--config", UKB, "--data", data, *QUICK_FIT, *args, "--checkpoint_dir", "ckpt"
+    status, out, err = run_main(
+        case.capfd, "fit", "--config", UKB, "--data", data, *QUICK_FIT, *args, "--checkpoint_dir", "ckpt"
     )
     assert status == 0, err[-3000:]
     assert "test/target/r2" in out  # the output scanned below is the run's
@@ -443,8 +423,8 @@ def test_probe_inner_cv_never_puts_a_group_on_both_sides(kind, monkeypatch):
 def test_probe_cli_with_group_keeps_families_whole(case, numeric_cohort):
     """The data config's group reaches the probe: it says so, and its CIs resample families."""
     data = numeric_data_config(case, numeric_cohort, group="family", confounds=["age", "family"])
-    status, out, err = run_with_output(
-        case, "probe", "--config", UKB, "--data", data, "--bootstrap", "100", "--out", "probes", *NO_LOGGER
+    status, out, err = run_main(
+        case.capfd, "probe", "--config", UKB, "--data", data, "--bootstrap", "100", "--out", "probes", *NO_LOGGER
     )
     assert status == 0, err[-3000:]
     assert "whole groups of 'family'" in out and "early_fusion" in out
@@ -498,7 +478,7 @@ def test_ablate_takes_the_experiment_overrides_and_keeps_them_out_of_tags(case):
     data = case.data_config()  # its splits file is this case's own: made only if the cells read this config
     quick = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.enable_progress_bar=false"]
     argv = ["ablate", "--config", UKB, "--data", data, "--variants", "mot", "--drop", "none", "--folds", "0"]
-    status, out, err = run_with_output(case, *argv, "--set", *quick, "--out", "ablation")
+    status, out, err = run_main(case.capfd, *argv, "--set", *quick, "--out", "ablation")
     assert status == 0, err[-3000:]
     assert case.path("splits.json").is_file()
     client = MlflowClient(tracking_uri=f"sqlite:///{case.path('mlflow.db')}")

@@ -1,7 +1,7 @@
 """Targets, splits and fold preprocessing that must not give a wrong or misleading number (issue 13).
 
-Classes of failure defended here, each through the command line (bad-input corpus style, helpers of
-``test_bad_inputs``) and by unit tests of the rule:
+Classes of failure defended here, each through the command line (bad-input corpus style: ``Case`` and
+``assert_refused`` of ``helpers``) and by unit tests of the rule:
 
 * a target's kind (and number of classes, and coding) is decided once from the whole cohort, never per fold;
   a constant target or one beyond float32's range is refused;
@@ -22,18 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import test_bad_inputs
 import yaml
-from test_bad_inputs import DEMO_DATA, NO_LOGGER, Case, assert_refused
+from helpers import DEMO_DATA, NO_LOGGER, Case, assert_refused
 
 from data_adapters.cohort import build_cohort
 from data_adapters.core import AdapterError, TokenizedModality
 from mot_neuro.data.datamodule import NeuroOmicsDataModule
 from mot_neuro.data.preprocess import FoldPreprocessor, decide_targets
 from mot_neuro.data.splits import Splits, load_or_make_splits, make_splits
-
-demo = test_bad_inputs.demo  # the demo cohort, written once per module (fixture)
-case = test_bad_inputs.case  # one bad input's folder and runner (fixture)
 
 
 # ====================================================================== helpers
@@ -113,11 +109,11 @@ def test_every_fold_trains_the_same_kind_and_coding(case):
     specs = []
     for fold in range(5):
         dm = datamodule(data, fold=fold)
-        targets = dm.model_inputs["targets"]
-        specs.append({name: (t["kind"], t["n_classes"], t.get("coding")) for name, t in targets.items()})
+        targets = dm.model_inputs.targets
+        specs.append({name: (t.kind, t.n_classes, t.coding) for name, t in targets.items()})
         batch = dm.preprocessor.transform_targets(dm.rows["train"])
         assert set(np.unique(batch["diagnosis"][~np.isnan(batch["diagnosis"])])) == {0.0, 1.0}
-    assert specs == [{"diagnosis": ("binary", None, [1.0, 2.0]), "grade": ("multiclass", 4, None)}] * 5
+    assert specs == [{"diagnosis": ("binary", None, (1.0, 2.0)), "grade": ("multiclass", 4, None)}] * 5
     # mot-neuro probe reads the targets from participants: in the model's coding too
     from mot_neuro.probe import _fold_labels
 

@@ -29,16 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import test_bad_inputs
-from test_bad_inputs import Case, assert_refused
+from helpers import DEBUG_TRAINER, EXPERIMENT, Case, assert_refused
 
 import mot_neuro.checkpoint_io as checkpoint_io
 from data_adapters import cache as cache_module
 
-case, demo = test_bad_inputs.case, test_bad_inputs.demo  # its fixtures, by name (an import would read as unused)
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENT = ROOT / "configs" / "experiments" / "demo.yaml"
-DEBUG_TRAINER = ROOT / "configs" / "trainer" / "debug.yaml"
 # one epoch of the CPU trainer config (it has ModelCheckpoint: best and last), no test afterwards
 ONE_EPOCH = ("--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--test_after_fit", "false")
 NO_MLFLOW_DEBUG = ("--trainer", str(DEBUG_TRAINER), "--trainer.logger", "false")  # cache cases: no MLflow
@@ -176,6 +171,7 @@ SIGTERM_RUNNER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fit in a process of its own, stopped by a signal
 def test_sigterm_checkpoint_disk_full_mid_write(case):
     """The scheduler's SIGTERM (a real signal) arrives, last-sigterm.ckpt cannot be written: FAILED, one line."""
     import signal

@@ -3,7 +3,7 @@ reason, a NaN loss stops training, model options are range-checked where they ar
 shows the best checkpoint's validation metrics.
 
 Unit tests compare the module's metric code with scikit-learn and scipy computed here; the CLI cases run
-``mot-neuro`` in this process on the demo cohort (helpers of tests/test_bad_inputs.py), with a participants
+``mot-neuro`` in this process on the demo cohort (tests/helpers.py, as in tests/test_bad_inputs.py), with a participants
 table edited so that the test fold of fold 0 holds what each case needs.
 """
 
@@ -21,17 +21,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import test_bad_inputs
 import torch
 import yaml
+from helpers import CONFIGS, EXPERIMENT, Case, assert_refused, run_main
 from lightning.pytorch.callbacks import Callback
 from scipy import stats
 from sklearn import metrics as skm
-from test_bad_inputs import CONFIGS, EXPERIMENT, Case, assert_refused
 
 from mot_neuro.lit_module import NeuroOmicsModule, metric_rules
 
-case, demo = test_bad_inputs.case, test_bad_inputs.demo  # the bad-input corpus' fixtures, used here by name
 CPU_TRAINER = CONFIGS / "trainer" / "cpu.yaml"
 # one real epoch of one batch: unlike the debug trainer (fast_dev_run), it logs to MLflow and tests every test row
 ONE_STEP_FIT = (
@@ -55,7 +53,7 @@ SHORT_FIT = (  # a few real epochs with checkpoints, fast
 # ====================================================================== the module's metric code, no trainer
 def _module(targets: dict) -> NeuroOmicsModule:
     spec = {"modalities": [{"name": "a", "n_tokens": 2, "n_features": 1, "feature_mask": []}], "targets": targets}
-    return NeuroOmicsModule(data_spec=spec, dim=8, n_heads=2, n_layers=1)
+    return NeuroOmicsModule(data_spec=spec, encoder={"dim": 8, "n_heads": 2, "n_layers": 1})
 
 
 def _epoch_metrics(
@@ -97,7 +95,7 @@ def test_binary_set_with_one_class_has_nan_ranking_metrics_and_defined_brier(onl
     prediction = rng.uniform(0.05, 0.95, 30)
     truth = np.full(30, only_class)
     truth_with_missing = np.where(np.arange(30) % 7 == 0, np.nan, truth)  # unobserved rows do not count
-    with caplog.at_level(logging.WARNING, logger="mot_neuro.lit_module"):
+    with caplog.at_level(logging.WARNING, logger="mot_neuro"):
         values, notes = _epoch_metrics("binary", prediction, truth_with_missing)
     assert math.isnan(values["auroc"]) and math.isnan(values["auprc"])  # torchmetrics alone says 0
     observed = ~np.isnan(truth_with_missing)
@@ -210,7 +208,7 @@ def test_a_repeated_undefined_metric_warns_once_per_run(caplog):
     module = _module({"y": {"kind": "binary"}})
     module._trainer = SimpleNamespace(world_size=1, sanity_checking=False, global_rank=0)
     module.log = lambda *a, **k: None
-    with caplog.at_level(logging.WARNING, logger="mot_neuro.lit_module"):
+    with caplog.at_level(logging.WARNING, logger="mot_neuro"):
         for _ in range(3):  # three validation epochs on the same one-class set
             ones = torch.ones(8)
             module._outputs["val__y"] = [(torch.full((8,), 0.3), ones.long(), ones.bool())]
@@ -227,76 +225,63 @@ def test_metric_rules_say_nothing_on_a_well_posed_set():
 
 
 # ====================================================================== model options, Python API
+ENCODER = {"dim": 8, "n_heads": 2, "n_layers": 1}
+
+
 @pytest.mark.parametrize(
     "options, named",
     [
-        ({"dim": -4}, "model.dim"),
-        ({"dim": 0}, "model.dim"),
-        ({"dim": 2.5}, "model.dim"),
-        ({"n_layers": 0}, "model.n_layers"),
-        ({"n_heads": 0}, "model.n_heads"),
-        ({"dim": 30, "n_heads": 4}, "model.n_heads"),
-        ({"dropout": 1.0}, "model.dropout"),
-        ({"dropout": -0.1}, "model.dropout"),
+        ({"encoder": {"dim": -4}}, "model.encoder.dim"),
+        ({"encoder": {"dim": 0}}, "model.encoder.dim"),
+        ({"encoder": {"dim": 2.5}}, "model.encoder.dim"),
+        ({"encoder": {"n_layers": 0}}, "model.encoder.n_layers"),
+        ({"encoder": {"n_heads": 0}}, "model.encoder.n_heads"),
+        ({"encoder": {"dim": 30, "n_heads": 4}}, "model.encoder.dim=30 is not divisible by n_heads=4"),
+        ({"encoder": {"dropout": 1.0}}, "model.encoder.dropout"),
+        ({"encoder": {"dropout": -0.1}}, "model.encoder.dropout"),
         ({"modality_dropout": 1.0}, "model.modality_dropout"),
         ({"mask_fraction": 1.5}, "model.mask_fraction"),
         ({"modality_mask_prob": -0.2}, "model.modality_mask_prob"),
-        ({"lr": 0.0}, "model.lr"),
-        ({"lr": float("nan")}, "model.lr"),
-        ({"lr": float("inf")}, "model.lr"),
-        ({"weight_decay": -0.01}, "model.weight_decay"),
-        ({"warmup_steps": -1}, "model.warmup_steps"),
-        ({"min_lr_ratio": 1.5}, "model.min_lr_ratio"),
+        ({"optimizer": {"lr": 0.0}}, "model.optimizer.lr"),
+        ({"optimizer": {"lr": float("nan")}}, "model.optimizer.lr"),
+        ({"optimizer": {"lr": float("inf")}}, "model.optimizer.lr"),
+        ({"optimizer": {"weight_decay": -0.01}}, "model.optimizer.weight_decay"),
+        ({"optimizer": {"warmup_steps": -1}}, "model.optimizer.warmup_steps"),
+        ({"optimizer": {"warmup_steps": 2.5}}, "model.optimizer.warmup_steps"),
+        ({"optimizer": {"min_lr_ratio": 1.5}}, "model.optimizer.min_lr_ratio"),
+        ({"optimizer": {"momentum": 0.9}}, "model.optimizer: unknown option(s) ['momentum']"),
         ({"supervised_weight": -1.0}, "model.supervised_weight"),
-        ({"n_summary_tokens": 0}, "model.n_summary_tokens"),
-        ({"ffn_hidden_dims": {"a": 0}}, "model.ffn_hidden_dims"),
-        ({"untie": ["ffn", "everything"]}, "model.untie"),
+        ({"encoder": {"n_summary_tokens": 0}}, "model.encoder.n_summary_tokens"),
+        ({"encoder": {"ffn_hidden_dims": {"a": 0}}}, "model.encoder.ffn_hidden_dims"),
+        ({"encoder": {"untie": ["ffn", "everything"]}}, "model.encoder.untie"),
+        ({"encoder": {"width": 8}}, "model.encoder: unknown option(s) ['width']"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else None,
 )
 def test_python_api_refuses_out_of_range_model_options(options, named):
     spec = {"modalities": [{"name": "a", "n_tokens": 2, "n_features": 1, "feature_mask": []}], "targets": {}}
-    settings = {"dim": 8, "n_heads": 2, "n_layers": 1, "objective": "masked", **options}
+    settings = {"objective": "masked", **options, "encoder": {**ENCODER, **options.get("encoder", {})}}
     with pytest.raises(ValueError, match=re.escape(named)):
         NeuroOmicsModule(data_spec=spec, **settings)
 
 
 def test_python_api_accepts_the_edges_of_each_range():
+    from mot_neuro.model.encoder import EncoderOptions
+
     spec = {"modalities": [{"name": "a", "n_tokens": 2, "n_features": 1, "feature_mask": []}], "targets": {}}
     module = NeuroOmicsModule(
         data_spec=spec,
-        dim=8,
-        n_heads=8,
-        n_layers=1,
+        encoder=EncoderOptions(dim=8, n_heads=8, n_layers=1, dropout=0.0, n_summary_tokens=0, pooling="mean"),
+        optimizer={"weight_decay": 0.0, "warmup_steps": 0, "min_lr_ratio": 1.0},
         objective="masked",
-        dropout=0.0,
         mask_fraction=1.0,
         modality_mask_prob=0.0,
-        weight_decay=0.0,
-        warmup_steps=0,
-        min_lr_ratio=1.0,
-        n_summary_tokens=0,
-        pooling="mean",
     )
-    assert module.hparams.dim == 8 and type(module.hparams.dim) is int
+    assert module.hparams.encoder["dim"] == 8 and type(module.hparams.encoder["dim"]) is int
+    assert module.hparams.optimizer == {"lr": 3e-4, "weight_decay": 0.0, "warmup_steps": 0, "min_lr_ratio": 1.0}
 
 
 # ====================================================================== CLI cases
-def _run(case: Case, *argv) -> tuple[int, str, str]:
-    """``mot-neuro ARGV`` in this process: (status, stdout, stderr)."""
-    case.capfd.readouterr()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        try:
-            from mot_neuro.cli import main
-
-            status = main([str(a) for a in argv])
-        except SystemExit as done:
-            status = done.code
-    captured = case.capfd.readouterr()
-    return status, captured.out, captured.err
-
-
 def _mlflow_runs(folder: Path) -> list:
     from mlflow.tracking import MlflowClient
 
@@ -311,27 +296,27 @@ def _mlflow_runs(folder: Path) -> list:
 @pytest.mark.parametrize(
     "option, value, named",
     [
-        ("--model.dim", "-4", "model.dim"),
-        ("--model.dim", "0", "model.dim"),
-        ("--model.n_layers", "0", "model.n_layers"),
-        ("--model.n_heads", "-2", "model.n_heads"),
-        ("--model.dim", "30", "model.n_heads"),  # 30 is not divisible by the config's 4 heads
-        ("--model.dropout", "1.0", "model.dropout"),
-        ("--model.lr", "0", "model.lr"),
-        ("--model.lr", "-0.001", "model.lr"),
-        ("--model.weight_decay", "-0.1", "model.weight_decay"),
-        ("--model.warmup_steps", "-5", "model.warmup_steps"),
-        ("--model.min_lr_ratio", "1.5", "model.min_lr_ratio"),
+        ("--model.encoder.dim", "-4", "model.encoder.dim"),
+        ("--model.encoder.dim", "0", "model.encoder.dim"),
+        ("--model.encoder.n_layers", "0", "model.encoder.n_layers"),
+        ("--model.encoder.n_heads", "-2", "model.encoder.n_heads"),
+        ("--model.encoder.dim", "30", "n_heads=4"),  # 30 is not divisible by the default 4 heads
+        ("--model.encoder.dropout", "1.0", "model.encoder.dropout"),
+        ("--model.optimizer.lr", "0", "model.optimizer.lr"),
+        ("--model.optimizer.lr", "-0.001", "model.optimizer.lr"),
+        ("--model.optimizer.weight_decay", "-0.1", "model.optimizer.weight_decay"),
+        ("--model.optimizer.warmup_steps", "-5", "model.optimizer.warmup_steps"),
+        ("--model.optimizer.min_lr_ratio", "1.5", "model.optimizer.min_lr_ratio"),
         ("--model.mask_fraction", "2", "model.mask_fraction"),
         ("--model.modality_dropout", "-0.5", "model.modality_dropout"),
-        ("--model.n_summary_tokens", "0", "model.n_summary_tokens"),
-        ("--model.ffn_hidden_dims", "{brain: 0}", "model.ffn_hidden_dims"),
+        ("--model.encoder.n_summary_tokens", "0", "model.encoder.n_summary_tokens"),
+        ("--model.encoder.ffn_hidden_dims", "{brain: 0}", "model.encoder.ffn_hidden_dims"),
         ("--model.objective", "supervisd", "model.objective"),
     ],
 )
 def test_cli_refuses_an_out_of_range_model_option_before_any_run(case, option, value, named):
-    status, out, err = _run(
-        case, "fit", "--config", EXPERIMENT, "--trainer", CONFIGS / "trainer" / "debug.yaml", option, value
+    status, out, err = run_main(
+        case.capfd, "fit", "--config", EXPERIMENT, "--trainer", CONFIGS / "trainer" / "debug.yaml", option, value
     )
     assert_refused(status, err, named)
     assert _mlflow_runs(case.folder) == []  # refused before a run was created, or anything logged
@@ -340,12 +325,12 @@ def test_cli_refuses_an_out_of_range_model_option_before_any_run(case, option, v
 
 # ---------------------------------------------------------------------- cohorts edited on the test fold
 @pytest.fixture(scope="module")
-def fold0(demo, tmp_path_factory) -> dict:
+def fold0(demo_cohort, tmp_path_factory) -> dict:
     """The splits of the demo data config (made once) and the subjects of fold 0's test part."""
     from mot_neuro.data.datamodule import NeuroOmicsDataModule
 
     folder = tmp_path_factory.mktemp("fold0")
-    config = yaml.safe_load(Case(demo, folder, None).data_config().read_text())
+    config = yaml.safe_load(Case(demo_cohort, folder, None).data_config().read_text())
     datamodule = NeuroOmicsDataModule(**config)
     datamodule.setup()
     return {"splits": Path(config["splits_file"]), "test": set(datamodule.splits.fold(0)["test"])}
@@ -376,9 +361,9 @@ def _metric(run, key: str) -> float:
 
 def test_fit_with_a_one_class_test_fold_logs_nan_auroc_with_a_reason(case, fold0, caplog):
     data = _edited_cohort(case, fold0, _one_class_test_fold, targets=["target", "diagnosis"])
-    with caplog.at_level(logging.WARNING, logger="mot_neuro.lit_module"):
-        status, out, err = _run(
-            case, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data
+    with caplog.at_level(logging.WARNING, logger="mot_neuro"):
+        status, out, err = run_main(
+            case.capfd, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data
         )
     assert status == 0, err[-3000:]
     reason = "the test set holds one class (0) of diagnosis"
@@ -400,9 +385,9 @@ def _constant_target_on_test_fold(participants, test):
 
 def test_a_constant_regression_target_on_the_test_fold_gives_nan_r2_and_pearson(case, fold0, caplog):
     data = _edited_cohort(case, fold0, _constant_target_on_test_fold)
-    with caplog.at_level(logging.WARNING, logger="mot_neuro.lit_module"):
-        status, out, err = _run(
-            case, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data
+    with caplog.at_level(logging.WARNING, logger="mot_neuro"):
+        status, out, err = run_main(
+            case.capfd, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data
         )
     assert status == 0, err[-3000:]
     assert "test/target/r2 is undefined: target is constant (1.5) in the test set" in caplog.text
@@ -429,9 +414,9 @@ def test_multiclass_class_absent_from_the_test_fold_is_averaged_over_present_cla
         targets=["target", "tertile"],
         target_kinds={"tertile": "multiclass"},
     )
-    with caplog.at_level(logging.WARNING, logger="mot_neuro.lit_module"):
-        status, out, err = _run(
-            case,
+    with caplog.at_level(logging.WARNING, logger="mot_neuro"):
+        status, out, err = run_main(
+            case.capfd,
             "fit",
             "--config",
             EXPERIMENT,
@@ -469,9 +454,9 @@ def _nan_loss_args(case: Case, *extra: str) -> list:
         "--trainer",
         CPU_TRAINER,
         *SHORT_FIT,
-        "--model.lr",
+        "--model.optimizer.lr",
         "1e38",  # one AdamW step moves weights by ~lr: the next forward overflows float32
-        "--model.warmup_steps",
+        "--model.optimizer.warmup_steps",
         "0",
         "--checkpoint_dir",
         case.path("ckpt"),
@@ -482,8 +467,10 @@ def _nan_loss_args(case: Case, *extra: str) -> list:
 def test_a_nan_validation_loss_stops_fit_before_any_checkpoint(case):
     # one training step, on the initial weights (a finite loss), then validation on the blown-up ones
     # the whole training part in one batch: "--trainer.limit_train_batches 1" was at times parsed as 1.0 (100%)
-    status, out, err = _run(case, *_nan_loss_args(case, "--data.batch_size", "512"))
-    _assert_stopped(status, err, "val/loss became NaN or infinite in epoch 0", "model.lr=1e+38", "input scale")
+    status, out, err = run_main(case.capfd, *_nan_loss_args(case, "--data.batch_size", "512"))
+    _assert_stopped(
+        status, err, "val/loss became NaN or infinite in epoch 0", "model.optimizer.lr=1e+38", "input scale"
+    )
     (run,) = _mlflow_runs(case.folder)
     assert run.info.status == "FAILED"
     assert not case.path("ckpt").exists() or not list(case.path("ckpt").glob("*.ckpt"))  # no best, no last
@@ -491,10 +478,10 @@ def test_a_nan_validation_loss_stops_fit_before_any_checkpoint(case):
 
 
 def test_a_nan_training_loss_stops_fit_without_validation(case):
-    status, out, err = _run(
-        case, *_nan_loss_args(case, "--trainer.limit_val_batches", "0", "--trainer.limit_train_batches", "3")
+    status, out, err = run_main(
+        case.capfd, *_nan_loss_args(case, "--trainer.limit_val_batches", "0", "--trainer.limit_train_batches", "3")
     )
-    _assert_stopped(status, err, "train/loss became NaN or infinite in epoch 0", "model.lr")
+    _assert_stopped(status, err, "train/loss became NaN or infinite in epoch 0", "model.optimizer.lr")
     (run,) = _mlflow_runs(case.folder)
     assert run.info.status == "FAILED"
     assert not case.path("ckpt").exists() or not list(case.path("ckpt").glob("*.ckpt"))
@@ -522,8 +509,8 @@ def _planted_fit(case: Case, values: list[float]) -> tuple[int, str, str]:
             "init_args": {"dirpath": "ckpt", "monitor": "val/planted", "save_last": True, "filename": "best-{epoch}"},
         },
     ]
-    return _run(
-        case,
+    return run_main(
+        case.capfd,
         "fit",
         "--config",
         EXPERIMENT,
@@ -554,10 +541,10 @@ def test_fit_summary_shows_the_best_checkpoints_epoch_and_its_validation_metrics
         printed = re.search(rf"  {key}\s+(\S+)\n", out).group(1)
         assert printed == f"{by_epoch[1]:.4f}", key  # the best epoch's, as MLflow recorded it for that epoch
     # 3 epochs x 2 steps = 6 steps, below the demo's 20 warm-up steps: said once
-    assert "model.warmup_steps=20 is not below the run's 6 training steps" in caplog.text
+    assert "model.optimizer.warmup_steps=20 is not below the run's 6 training steps" in caplog.text
     assert "best checkpoint is from the first epoch" not in caplog.text
     checkpoint = torch.load(case.path("ckpt") / "best-epoch=1.ckpt", weights_only=True)  # plain hyperparameters
-    assert type(checkpoint["hyper_parameters"]["dim"]) is int
+    assert type(checkpoint["hyper_parameters"]["encoder"]["dim"]) is int
 
 
 def test_a_best_checkpoint_from_the_first_epoch_is_warned(case, caplog):
@@ -566,7 +553,7 @@ def test_a_best_checkpoint_from_the_first_epoch_is_warned(case, caplog):
     assert status == 0, err[-3000:]
     assert "validation metrics of the best checkpoint (epoch 0):" in out
     warned = [r.getMessage() for r in caplog.records if "best checkpoint is from the first epoch" in r.getMessage()]
-    assert len(warned) == 1 and "model.warmup_steps=20" in warned[0] and "\n" not in warned[0]
+    assert len(warned) == 1 and "model.optimizer.warmup_steps=20" in warned[0] and "\n" not in warned[0]
 
 
 # ---------------------------------------------------------------------- ablation summaries
@@ -595,8 +582,8 @@ def test_ablation_summary_leaves_undefined_cells_out_and_counts_them(case):
         run = client.create_run(experiment, tags={PARENT_TAG: parent, CELL_TAG: cell.id}).info.run_id
         client.log_metric(run, "test/diagnosis/auroc", value)
         client.set_terminated(run, "FINISHED")
-    status, out, err = _run(
-        case,
+    status, out, err = run_main(
+        case.capfd,
         "ablate",
         "--config",
         EXPERIMENT,
@@ -644,8 +631,8 @@ def test_summarize_gives_nan_when_no_cell_is_defined():
 
 # ====================================================================== regression metrics in any units
 def _test_metrics(case: Case, data: Path) -> dict[str, float]:
-    status, out, err = _run(
-        case, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data,
+    status, out, err = run_main(
+        case.capfd, "fit", "--config", EXPERIMENT, "--trainer", CPU_TRAINER, *ONE_STEP_FIT, "--data", data,
         "--trainer.logger", "false",
     )  # fmt: skip
     assert status == 0, err[-3000:]
