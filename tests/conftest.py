@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from helpers import CLI_ARGS_WARNING, DEBUG_TRAINER, EXPERIMENT, NO_LOGGER, Case, run_cli
+
+if TYPE_CHECKING:  # helpers imports Lightning: not in pytest-xdist's controller, which runs no test
+    from helpers import Case
 
 
 def pytest_configure(config):
     # Lightning's CLI, run in this process, warns that it does not parse pytest's own argv: in every test
-    config.addinivalue_line("filterwarnings", f"ignore:{CLI_ARGS_WARNING}")
+    config.addinivalue_line("filterwarnings", "ignore:LightningCLI's args parameter")
 
 
 @pytest.fixture
@@ -56,12 +59,16 @@ def demo_workdir(workdir, demo_cohort) -> Path:
 def case(demo_cohort, workdir, capfd) -> Case:
     """One case of the bad-input corpus: its own folder (the working directory), data configs on the shared demo
     files, ``mot-neuro`` run in this process with its stderr captured."""
+    from helpers import Case
+
     return Case(demo_cohort, workdir, capfd)
 
 
 @pytest.fixture(scope="session")
 def demo_checkpoint(demo_cohort, tmp_path_factory) -> Path:
     """A checkpoint of one short epoch on the demo cohort (gene, brain, behaviour); read it, never change it."""
+    from helpers import DEBUG_TRAINER, EXPERIMENT, NO_LOGGER, Case, run_cli
+
     folder = tmp_path_factory.mktemp("checkpoint")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)

@@ -5,7 +5,6 @@ and the bad-input corpus's case folder (``Case``) with its check (``assert_refus
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 
 import lightning.pytorch  # noqa: F401  (imported here, its log handler binds to pytest's global stderr, not one test's)
@@ -24,14 +23,12 @@ DEBUG_TRAINER = CONFIGS / "trainer" / "debug.yaml"
 DEMO_DATA = yaml.safe_load((CONFIGS / "data" / "demo.yaml").read_text())
 NO_LOGGER = ("--trainer.logger", "false")  # runs that get as far as the trainer: no MLflow database to set up
 MAX_LINES = 3  # of an error message on stderr
-CLI_ARGS_WARNING = "LightningCLI's args parameter"  # Lightning warns that it does not parse pytest's own argv
 
 
 def run_cli(*args, run: bool = True):
-    """``mot-neuro ARGS`` through Lightning's CLI in this process (fit, validate, test, predict): the CLI object."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=CLI_ARGS_WARNING)
-        return lightning_cli([str(a) for a in args], run=run)
+    """``mot-neuro ARGS`` through Lightning's CLI in this process (fit, validate, test, predict): the CLI object.
+    (conftest.py silences Lightning's warning that it does not parse pytest's own argv.)"""
+    return lightning_cli([str(a) for a in args], run=run)
 
 
 def run_main(capfd, *argv) -> tuple[int, str, str]:
@@ -39,12 +36,10 @@ def run_main(capfd, *argv) -> tuple[int, str, str]:
     read from ``capfd`` (what was captured before is dropped). A ``SystemExit`` (argparse, ``--print_config``)
     gives its code as the status."""
     capfd.readouterr()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=CLI_ARGS_WARNING)
-        try:
-            status = main([str(a) for a in argv])
-        except SystemExit as done:
-            status = done.code
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as done:
+        status = done.code
     captured = capfd.readouterr()
     return status, captured.out, captured.err
 

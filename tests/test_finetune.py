@@ -15,6 +15,7 @@ def one_batch(c):
     return next(iter(c.datamodule.test_dataloader()))
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_tower_grouping_from_config(workdir):
     towers = '{"gene": "gene", "brain": "brain_behaviour", "behaviour": "brain_behaviour"}'
     c = cli("fit", "--config", DEMO, "--trainer", DEBUG, "--model.encoder.towers", towers)
@@ -23,6 +24,7 @@ def test_tower_grouping_from_config(workdir):
     assert sorted(backbone.blocks[0].ffn) == ["brain_behaviour", "gene", "summary"]
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_frozen_towers_are_unchanged_after_training(workdir):
     args = ["--config", DEMO, "--model.freeze_towers", "[brain]", "--trainer.max_epochs", "2"]
     before = cli(*args, run=False).model  # the same seed builds the same initial weights
@@ -37,6 +39,7 @@ def test_frozen_towers_are_unchanged_after_training(workdir):
     assert any(".gene." in n for n in changed) and any("tokenizers.gene" in n for n in changed)
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_warm_start_from_dense_reproduces_its_outputs_then_reinit_breaks_one_tower(workdir):
     from mot_neuro.lit_module import NeuroOmicsModule
 
@@ -73,6 +76,7 @@ def test_warm_start_from_dense_reproduces_its_outputs_then_reinit_breaks_one_tow
             assert torch.equal(parameter, warm_gene[name])  # other towers keep the warm start
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_mask_at_test_hides_a_modality_and_changes_the_metrics(workdir):
     fit = cli("fit", "--config", DEMO, "--trainer.max_epochs", "3", "--test_after_fit", "false")
     checkpoint = fit.trainer.checkpoint_callback.best_model_path
@@ -90,6 +94,7 @@ def test_freezing_errors_are_clear(workdir):
         cli("--config", DENSE, "--model.freeze_towers", "[brain]", run=False)
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_mot_with_an_moe_tower_and_per_tower_widths_trains_from_the_cli(workdir):
     """MoT+MoE as configuration: the brain FFN becomes 4 experts (top-2), behaviour gets a narrower FFN."""
     from mlflow.tracking import MlflowClient

@@ -289,6 +289,7 @@ def _fit_with_predictions(case: Case):
     )  # fmt: skip
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_fit_writes_test_predictions_that_reproduce_the_logged_test_metrics(case):
     cli = _fit_with_predictions(case)
     path = case.path("out") / "predictions.parquet"

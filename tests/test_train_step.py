@@ -137,6 +137,7 @@ def test_optimizer_is_fused_adamw(demo):
 
 
 @pytest.mark.parametrize("untie", [[], ["attention", "ffn", "norm"]], ids=["dense", "mot"])
+@pytest.mark.slow  # torch.compile: seconds of compilation per variant
 def test_compiled_module_matches_eager_and_keeps_checkpoint_keys(demo, untie, tmp_path):
     """``compile: true`` (inductor on CPU): same loss and gradients on a demo batch -- with dropout, masked tokens and
     modality dropout, since compiled random ops draw what eager ones draw --, same state_dict keys, and checkpoints
@@ -223,6 +224,7 @@ def test_inner_layer_embeddings_run_eagerly_under_compile(demo):
     torch.testing.assert_close(got["pooled"], expected["pooled"])
 
 
+@pytest.mark.slow  # the benchmark end to end, training steps
 def test_benchmark_runs_at_tiny_size(tmp_path, capsys):
     import json
 

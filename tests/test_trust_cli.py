@@ -63,6 +63,7 @@ def fit_checkpoint(case: Case, data: Path, *extra: str) -> Path:
 
 
 # ====================================================================== class 11: one experiment everywhere
+@pytest.mark.slow  # fits through the CLI
 def test_ukb_template_workflow_test_embed_probe_with_data_override(case):
     """fit, test, embed and probe all take the UKB template (fit-only keys) with --data; embed takes --model and
     --trainer overrides like fit, and probe reads the embeddings it wrote."""
@@ -87,6 +88,7 @@ def test_ukb_template_workflow_test_embed_probe_with_data_override(case):
     assert results["value"].notna().all()
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_data_override_means_the_same_in_embed_as_in_fit(case):
     """--data.fold 1 selects fold 1 in embed as it does in fit: the rows are labelled by fold 1's splits."""
     data = demo_data(case)
@@ -99,6 +101,7 @@ def test_data_override_means_the_same_in_embed_as_in_fit(case):
     assert set(table["fold"]) == {1}
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_embed_with_a_smoke_trainer_still_embeds_every_subject(case):
     """The debug trainer (fast_dev_run: one batch) or limit_predict_batches must not leave a partial file that
     probe would take for the cohort."""
@@ -116,6 +119,7 @@ def test_embed_with_a_smoke_trainer_still_embeds_every_subject(case):
         assert len(read_embeddings(case.path(name))[0]) == len(case.participants), name
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_embed_builds_the_checkpoints_variant_not_the_configs(case):
     """A dense checkpoint under the MoT config embeds as the dense model (settings from the checkpoint, as
     test --ckpt_path does): the same vectors as embedding it under the dense config."""
@@ -157,6 +161,7 @@ def test_tools_refuse_an_option_that_is_not_theirs_nor_the_experiments(case, com
     assert_refused(status, err, "'--bootstrp'", f"mot-neuro {command} --help")
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_tools_take_a_trainer_file_as_fit_does(case):
     """probe uses only the data: a GPU or MLflow trainer file (here on a CPU-only run) neither fails nor creates an
     MLflow store; embed with a trainer this machine cannot run says so in one line naming the trainer."""
@@ -284,11 +289,11 @@ def assert_no_subject_id_in_mlflow(case: Case, ids: list[str], output: str) -> d
     ("logger", "log_model"),
     [
         ("mot_neuro.tracking.MLflowLogger", "false"),
-        # the checkpoints become artifacts too
-        pytest.param("mot_neuro.tracking.MLflowLogger", "true", marks=pytest.mark.slow),
-        pytest.param("lightning.pytorch.loggers.MLFlowLogger", "false", marks=pytest.mark.slow),
+        ("mot_neuro.tracking.MLflowLogger", "true"),  # the checkpoints become artifacts too
+        ("lightning.pytorch.loggers.MLFlowLogger", "false"),
     ],
 )
+@pytest.mark.slow  # fits through the CLI
 def test_ids_in_adapter_options_never_reach_mlflow(case, numeric_cohort, logger, log_model):
     """VCF samples, embeddings ids and connectivity ids list every (numeric) subject ID; after a fit (and its
     test) none is in a param, metric name, tag or artifact (checkpoints included with log_model), with
@@ -469,6 +474,7 @@ def test_an_error_raised_in_a_dataloader_worker_is_one_line():
     assert line == "mot-neuro fit: error: behaviour.csv: column 'memory': value is not finite after standardization"
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_ablate_takes_the_experiment_overrides_and_keeps_them_out_of_tags(case):
     """ablate takes --data like fit (the cells train on that data config) and records only a digest of overrides."""
     from mlflow.tracking import MlflowClient
@@ -492,6 +498,7 @@ def test_ablate_takes_the_experiment_overrides_and_keeps_them_out_of_tags(case):
 
 
 # ====================================================================== checkpoints of another fold, or none
+@pytest.mark.slow  # fits through the CLI
 def test_a_checkpoint_of_another_fold_is_refused_by_test_embed_and_resume(case):
     """A fold-0 model tested, embedded or resumed on fold 1 would report numbers on subjects it trained on."""
     data = demo_data(case)

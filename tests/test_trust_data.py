@@ -61,6 +61,7 @@ def single_case_target(case: Case) -> pd.DataFrame:
 
 
 # ====================================================================== kinds decided once (class 2)
+@pytest.mark.slow  # fits through the CLI
 def test_cli_plink_coded_binary_trains_as_binary_and_reaches_mlflow_as_such(case, caplog):
     table = case.participants.copy()
     table["diagnosis"] = table["diagnosis"] + 1  # PLINK: 1 = control, 2 = case
@@ -245,6 +246,7 @@ def _splits_with_fold0_test_without_cases(ids: pd.Series, cases: set[str], **set
     return Splits(scheme=splits.scheme, folds=folds, settings=splits.settings)
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_cli_class_missing_from_a_test_part_is_warned_and_the_run_goes_on(case, caplog):
     table = case.participants
     cases = set(table.loc[table["diagnosis"] == 1, "eid"])

@@ -123,6 +123,7 @@ def assert_checkpoint_refused(case: Case, status: int, stderr: str, folder: Path
 
 
 # ---------------------------------------------------------------------------------------------- class 8
+@pytest.mark.slow  # an epoch of training through the CLI
 def test_best_checkpoint_disk_full_mid_write(case, monkeypatch):
     monkeypatch.setattr(checkpoint_io, "write_checkpoint", half_written_then_full())
     folder = case.path("ckpts")
@@ -130,6 +131,7 @@ def test_best_checkpoint_disk_full_mid_write(case, monkeypatch):
     assert_checkpoint_refused(case, status, stderr, folder, "best-epoch=0.ckpt", "no space left")
 
 
+@pytest.mark.slow  # an epoch of training through the CLI
 def test_every_n_steps_checkpoint_disk_full_mid_write(case, monkeypatch):
     monkeypatch.setattr(checkpoint_io, "write_checkpoint", half_written_then_full(("last-step",)))
     folder = case.path("ckpts")
@@ -137,6 +139,7 @@ def test_every_n_steps_checkpoint_disk_full_mid_write(case, monkeypatch):
     assert_checkpoint_refused(case, status, stderr, folder, "last-step.ckpt", "no space left")
 
 
+@pytest.mark.slow  # an epoch of training through the CLI
 def test_last_checkpoint_disk_full_keeps_the_previous_one(case, monkeypatch):
     """Epoch 1 saves best and last; epoch 2's last fails mid-write: the old last.ckpt stays, whole."""
     folder = case.path("ckpts")
@@ -195,6 +198,7 @@ def test_sigterm_checkpoint_disk_full_mid_write(case):
     assert_checkpoint_refused(case, process.returncode, stderr, folder, "last-sigterm.ckpt", "no space left")
 
 
+@pytest.mark.slow  # an epoch of training through the CLI
 def test_checkpoint_on_a_really_full_filesystem(case, mounts):
     """A 1 MiB file system and a 2 MB checkpoint: a real ENOSPC from the kernel."""
     folder = mounts(case.path("small"), size="1m")
@@ -202,6 +206,7 @@ def test_checkpoint_on_a_really_full_filesystem(case, mounts):
     assert_checkpoint_refused(case, status, stderr, folder, "no space left")
 
 
+@pytest.mark.slow  # the CLI up to the trainer and its MLflow store
 def test_read_only_checkpoint_folder_stops_before_training(case, mounts):
     folder = mounts(case.path("readonly"), read_only=True)
     started = time.monotonic()

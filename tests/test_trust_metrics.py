@@ -293,24 +293,28 @@ def _mlflow_runs(folder: Path) -> list:
     return [] if experiment is None else client.search_runs([experiment.experiment_id])
 
 
+# each case parses the whole experiment: four in the fast loop, the others with the slow tests
+SLOW = pytest.mark.slow
+
+
 @pytest.mark.parametrize(
     "option, value, named",
     [
         ("--model.encoder.dim", "-4", "model.encoder.dim"),
-        ("--model.encoder.dim", "0", "model.encoder.dim"),
-        ("--model.encoder.n_layers", "0", "model.encoder.n_layers"),
-        ("--model.encoder.n_heads", "-2", "model.encoder.n_heads"),
+        pytest.param("--model.encoder.dim", "0", "model.encoder.dim", marks=SLOW),
+        pytest.param("--model.encoder.n_layers", "0", "model.encoder.n_layers", marks=SLOW),
+        pytest.param("--model.encoder.n_heads", "-2", "model.encoder.n_heads", marks=SLOW),
         ("--model.encoder.dim", "30", "n_heads=4"),  # 30 is not divisible by the default 4 heads
-        ("--model.encoder.dropout", "1.0", "model.encoder.dropout"),
+        pytest.param("--model.encoder.dropout", "1.0", "model.encoder.dropout", marks=SLOW),
         ("--model.optimizer.lr", "0", "model.optimizer.lr"),
-        ("--model.optimizer.lr", "-0.001", "model.optimizer.lr"),
-        ("--model.optimizer.weight_decay", "-0.1", "model.optimizer.weight_decay"),
-        ("--model.optimizer.warmup_steps", "-5", "model.optimizer.warmup_steps"),
-        ("--model.optimizer.min_lr_ratio", "1.5", "model.optimizer.min_lr_ratio"),
-        ("--model.mask_fraction", "2", "model.mask_fraction"),
-        ("--model.modality_dropout", "-0.5", "model.modality_dropout"),
-        ("--model.encoder.n_summary_tokens", "0", "model.encoder.n_summary_tokens"),
-        ("--model.encoder.ffn_hidden_dims", "{brain: 0}", "model.encoder.ffn_hidden_dims"),
+        pytest.param("--model.optimizer.lr", "-0.001", "model.optimizer.lr", marks=SLOW),
+        pytest.param("--model.optimizer.weight_decay", "-0.1", "model.optimizer.weight_decay", marks=SLOW),
+        pytest.param("--model.optimizer.warmup_steps", "-5", "model.optimizer.warmup_steps", marks=SLOW),
+        pytest.param("--model.optimizer.min_lr_ratio", "1.5", "model.optimizer.min_lr_ratio", marks=SLOW),
+        pytest.param("--model.mask_fraction", "2", "model.mask_fraction", marks=SLOW),
+        pytest.param("--model.modality_dropout", "-0.5", "model.modality_dropout", marks=SLOW),
+        pytest.param("--model.encoder.n_summary_tokens", "0", "model.encoder.n_summary_tokens", marks=SLOW),
+        pytest.param("--model.encoder.ffn_hidden_dims", "{brain: 0}", "model.encoder.ffn_hidden_dims", marks=SLOW),
         ("--model.objective", "supervisd", "model.objective"),
     ],
 )
@@ -359,6 +363,7 @@ def _metric(run, key: str) -> float:
     return run.data.metrics[key]
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_fit_with_a_one_class_test_fold_logs_nan_auroc_with_a_reason(case, fold0, caplog):
     data = _edited_cohort(case, fold0, _one_class_test_fold, targets=["target", "diagnosis"])
     with caplog.at_level(logging.WARNING, logger="mot_neuro"):
@@ -383,6 +388,7 @@ def _constant_target_on_test_fold(participants, test):
     participants.loc[test, "target"] = 1.5
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_a_constant_regression_target_on_the_test_fold_gives_nan_r2_and_pearson(case, fold0, caplog):
     data = _edited_cohort(case, fold0, _constant_target_on_test_fold)
     with caplog.at_level(logging.WARNING, logger="mot_neuro"):
@@ -464,6 +470,7 @@ def _nan_loss_args(case: Case, *extra: str) -> list:
     ]
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_a_nan_validation_loss_stops_fit_before_any_checkpoint(case):
     # one training step, on the initial weights (a finite loss), then validation on the blown-up ones
     # the whole training part in one batch: "--trainer.limit_train_batches 1" was at times parsed as 1.0 (100%)
@@ -477,6 +484,7 @@ def test_a_nan_validation_loss_stops_fit_before_any_checkpoint(case):
     assert "best checkpoint" not in out and "mot-neuro fit finished" not in out
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_a_nan_training_loss_stops_fit_without_validation(case):
     status, out, err = run_main(
         case.capfd, *_nan_loss_args(case, "--trainer.limit_val_batches", "0", "--trainer.limit_train_batches", "3")
@@ -524,6 +532,7 @@ def _planted_fit(case: Case, values: list[float]) -> tuple[int, str, str]:
     )
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_fit_summary_shows_the_best_checkpoints_epoch_and_its_validation_metrics(case, caplog):
     from mlflow.tracking import MlflowClient
 
@@ -547,6 +556,7 @@ def test_fit_summary_shows_the_best_checkpoints_epoch_and_its_validation_metrics
     assert type(checkpoint["hyper_parameters"]["encoder"]["dim"]) is int
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_a_best_checkpoint_from_the_first_epoch_is_warned(case, caplog):
     with caplog.at_level(logging.WARNING):
         status, out, err = _planted_fit(case, [1.0, 2.0, 3.0])
@@ -640,6 +650,7 @@ def _test_metrics(case: Case, data: Path) -> dict[str, float]:
     return {key: float(value) for key, value in found.items()}
 
 
+@pytest.mark.slow  # fits through the CLI
 def test_regression_metrics_do_not_depend_on_the_target_units(case, fold0):
     """r2 and Pearson r are unchanged by an affine change of the target's units, and mae scales with it. In raw
     float32 units a target far from 0 lost r2 to cancellation, one in small units read r2 = 1 (torchmetrics'
