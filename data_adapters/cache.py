@@ -7,15 +7,7 @@ The public face of the cache, kept at this path; the work is done, one job per f
 :mod:`~data_adapters.writer` (:class:`CohortWriter`) and :mod:`~data_adapters.io` (:func:`release_pages`,
 folder swaps).
 
-Cache layout (one folder per entry, under ``cache_dir``)::
-
-    <name>-<slot>/            slot = hash of the input paths and the adapter settings
-        manifest.json         format, fingerprint, settings, per-input details, token/feature names, categories,
-                              source, and the shape, dtype, byte size, blake2b and CRC-32 of every array
-        values.npy            float32 [N, T, F]
-        present.npy           bool [N, T]
-        feature_mask.npy      bool [T, F]
-        subject_ids.npy       unicode [N] (never pickled)
+The cache's on-disk layout is described in :mod:`~data_adapters.store`.
 
 Fingerprints and the stat index are described in :mod:`~data_adapters.fingerprints`; content verification
 (CRC-32 per array, ``verify=``) in :mod:`~data_adapters.store`. ``save_cohort``/``load_cohort`` store a whole
