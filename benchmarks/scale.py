@@ -11,7 +11,11 @@ memory is its own:
 * ``train``: ``NeuroOmicsDataModule(cohort_dir=...)`` through the CLI's own objects (``lightning_cli(...,
   run=False)``) with the demo-size model ``configs/model/mot.yaml`` on CPU: setup (load the memory maps, make
   the splits, fit the fold's confound regression and scaling on the training rows), then ``--steps`` timed
-  optimizer steps after ``--warmup`` untimed ones. Subjects per second = steps x batch size / seconds.
+  optimizer steps after ``--warmup`` untimed ones, each timed from the end of the previous one (data loading
+  included; median). After each timed step, outside its time, the *attention bound* on the same batch: the
+  model's ``scaled_dot_product_attention`` forward and backward alone, once per layer, on the step's shapes and
+  key-padding mask. ``step_vs_attention_bound`` = median step / median bound (1.0 would be a step that costs no
+  more than its attention). Subjects per second = batch size / median step.
 * ``embed``: the calls ``mot-neuro embed`` makes (``EmbeddingWriter``, ``trainer.predict(...,
   return_predictions=False)``) over all N subjects with the trained checkpoint, batches of
   ``--embed-batch-size``; timed from the start of predict to the merged, sorted parquet file.
@@ -38,6 +42,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="cohort sizes (subjects)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed training steps before them")
+    p.add_argument("--warmup", type=int, default=3, help="untimed training steps before them (>= 1)")
     p.add_argument("--batch-size", type=int, default=32, help="training batch (the demo config's)")
     p.add_argument("--embed-batch-size", type=int, default=256)
     p.add_argument("--block", type=int, default=2048, help="subjects generated and written at a time")
@@ -243,21 +248,54 @@ def write_config(args, workdir: Path, batch_size: int, max_steps: int) -> Path:
     return path
 
 
+def attention_bound(pl_module, batch) -> float:
+    """Seconds of the model's global attention alone on this batch: one ``scaled_dot_product_attention`` forward
+    and backward per layer, on the step's shapes ``[B, heads, S, head_dim]`` and with its key-padding mask, on
+    random queries, keys and values. No training step can be faster than this (it is the backbone's only part
+    quadratic in the number of tokens)."""
+    import torch
+    import torch.nn.functional as F
+
+    from mot_neuro.model.routing import attention_mask
+
+    encoder = pl_module.encoder
+    cfg = encoder.backbone.cfg
+    batch_size = next(iter(batch["values"].values())).shape[0]
+    present = [torch.ones(batch_size, encoder.cfg.n_summary_tokens, dtype=torch.bool)]
+    for spec in encoder.cfg.modalities:
+        given = batch["present"].get(spec.name)
+        present.append(torch.ones(batch_size, spec.n_tokens, dtype=torch.bool) if given is None else given.bool())
+    present = torch.cat(present, dim=1)
+    mask = attention_mask(present, cfg.causal)
+    shape = (batch_size, cfg.n_heads, present.shape[1], cfg.head_dim)
+    q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+    started = time.perf_counter()
+    for _ in range(cfg.n_layers):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=cfg.attention_dropout)
+        out.sum().backward()
+    return time.perf_counter() - started
+
+
 def phase_train(args, workdir: Path) -> dict:
     from lightning.pytorch.callbacks import Callback
 
     from mot_neuro.cli import lightning_cli
 
     class StepTimer(Callback):
-        def __init__(self, warmup: int):
-            self.warmup, self.started, self.ended = warmup, None, None
+        """Each timed step's wall time (from the end of the previous step: data loading included), and after it,
+        outside that time, the attention bound on the same batch: the two interleaved, so load hits both alike."""
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == self.warmup and self.started is None:
-                self.started = time.perf_counter()
+        def __init__(self, warmup: int):
+            self.warmup, self.resumed = warmup, None
+            self.steps, self.bounds = [], []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.ended = time.perf_counter()
+            ended = time.perf_counter()
+            if self.resumed is not None:
+                self.steps.append(ended - self.resumed)
+            if trainer.global_step >= self.warmup:
+                self.bounds.append(attention_bound(pl_module, batch))
+                self.resumed = time.perf_counter()
 
     config = write_config(args, workdir, args.batch_size, args.warmup + args.steps)
     started = time.perf_counter()
@@ -267,11 +305,14 @@ def phase_train(args, workdir: Path) -> dict:
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli.trainer.save_checkpoint(workdir / "model.ckpt")
-    seconds = timer.ended - timer.started
+    step = statistics.median(timer.steps)
+    bound = statistics.median(timer.bounds)
     return {
         "train_setup_s": setup,
-        "train_step_ms": 1000 * seconds / args.steps,
-        "train_subjects_per_s": args.steps * args.batch_size / seconds,
+        "train_step_ms": 1000 * step,
+        "train_subjects_per_s": args.batch_size / step,
+        "attention_bound_ms": 1000 * bound,
+        "step_vs_attention_bound": step / bound,
         "train_rows": int(len(cli.datamodule.rows["train"])),
     }
 
@@ -356,8 +397,8 @@ def main(argv=None) -> dict:
     if args.phase:
         run_phase(args)
         return {}
-    if args.steps < 1 or args.warmup < 0 or any(n < 10 for n in args.sizes):
-        raise SystemExit("need --steps >= 1, --warmup >= 0 and sizes of at least 10 subjects")
+    if args.steps < 1 or args.warmup < 1 or any(n < 10 for n in args.sizes):
+        raise SystemExit("need --steps >= 1, --warmup >= 1 and sizes of at least 10 subjects")
     if min(args.gene, args.brain) < 1 or args.behaviour <= len(CATEGORIES):
         raise SystemExit(f"need --gene, --brain >= 1 and --behaviour > {len(CATEGORIES)} (its categorical measures)")
     root = Path(tempfile.mkdtemp(prefix="mot-neuro-scale-", dir=args.dir))
@@ -385,6 +426,8 @@ def main(argv=None) -> dict:
         ("build_peak_rss_mb", "build RSS MB", "{:.0f}"),
         ("train_setup_s", "train setup s", "{:.1f}"),
         ("train_subjects_per_s", "train subj/s", "{:.0f}"),
+        ("train_step_ms", "step ms", "{:.0f}"),
+        ("step_vs_attention_bound", "step/attn", "{:.2f}"),
         ("train_peak_rss_mb", "train RSS MB", "{:.0f}"),
         ("embed_subjects_per_s", "embed subj/s", "{:.0f}"),
         ("embed_peak_rss_mb", "embed RSS MB", "{:.0f}"),
@@ -412,6 +455,9 @@ def main(argv=None) -> dict:
         },
         "results": results,
         "flatness": flatness,
+        # the headline figures, at the largest size
+        "step_vs_attention_bound": results[-1]["step_vs_attention_bound"],
+        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in results),
     }
     print(json.dumps(summary))
     return summary

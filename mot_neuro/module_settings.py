@@ -83,4 +83,9 @@ def checkpoint_settings(hparams: Mapping) -> dict:
         flat = {name: settings.pop(name) for name in names if name in settings and name != group}
         if flat:
             settings[group] = {**flat, **dict(settings.get(group) or {})}
+    encoder = settings.get("encoder")
+    if isinstance(encoder, Mapping) and "attention_dropout" not in encoder:
+        # Checkpoints from before the option dropped the attention probabilities at the residual rate: resuming
+        # one keeps training as it was (inference never drops anything).
+        settings["encoder"] = {**encoder, "attention_dropout": None}
     return settings

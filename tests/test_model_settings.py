@@ -113,8 +113,11 @@ def _flat(hparams: dict) -> dict:
 def test_checkpoint_settings_nests_the_flat_settings_of_older_versions():
     module = NeuroOmicsModule(data_spec=SPEC, encoder={"dim": 16, "n_heads": 2}, optimizer={"lr": 0.02})
     upgraded = checkpoint_settings(_flat(dict(module.hparams)))
-    # options added since (ffn_hidden_dim, attention_dropout) take their defaults, which is what those versions did
-    assert upgraded["encoder"] == {key: module.hparams.encoder[key] for key in FLAT_ENCODER}
+    # options added since take their defaults, except attention_dropout: those versions dropped attention
+    # probabilities at the residual rate, which None keeps
+    assert upgraded["encoder"] == {key: module.hparams.encoder[key] for key in FLAT_ENCODER} | {
+        "attention_dropout": None
+    }
     assert upgraded["optimizer"] == module.hparams.optimizer
     assert checkpoint_settings(dict(module.hparams)) == dict(module.hparams)  # today's form: unchanged
 
@@ -125,7 +128,9 @@ def test_a_checkpoint_with_flat_settings_loads_in_python_and_through_the_cli(dem
     torch.save(dict(saved, hyper_parameters=_flat(saved["hyper_parameters"])), legacy)
     current = NeuroOmicsModule.load_from_checkpoint(demo_checkpoint).eval()
     loaded = NeuroOmicsModule.load_from_checkpoint(legacy).eval()
-    assert loaded.hparams.encoder == current.hparams.encoder and loaded.hparams.optimizer == current.hparams.optimizer
+    assert loaded.hparams.encoder == current.hparams.encoder | {"attention_dropout": None}
+    assert loaded.encoder.backbone.cfg.attention_dropout == current.hparams.encoder["dropout"] > 0
+    assert loaded.hparams.optimizer == current.hparams.optimizer
     for key, value in current.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
     # mot-neuro test --ckpt_path builds the model from the checkpoint's settings: the same numbers from both files
@@ -182,7 +187,7 @@ def test_encoder_config_builds_the_backbone_from_the_shared_fields():
 
 def test_attention_dropout_an_option_added_in_the_backbone_config_alone(capfd):
     """attention_dropout was added by declaring it in model/config.py and using it in model/mot.py: the CLI, the
-    encoder and the checkpoint have it with no other edit. None (the default) keeps it equal to dropout."""
+    encoder and the checkpoint have it with no other edit. Off by default; None keeps it equal to dropout."""
     status, out, err = run_main(
         capfd, "fit", "--config", EXPERIMENT, "--model.encoder.attention_dropout", "0.0", "--print_config"
     )
@@ -190,7 +195,9 @@ def test_attention_dropout_an_option_added_in_the_backbone_config_alone(capfd):
     assert yaml.safe_load(out)["model"]["encoder"]["attention_dropout"] == 0.0
     module = NeuroOmicsModule(data_spec=SPEC, encoder={"dim": 16, "n_heads": 2, "attention_dropout": 0.5})
     assert module.encoder.backbone.cfg.attention_dropout == 0.5 and module.hparams.encoder["attention_dropout"] == 0.5
-    assert NeuroOmicsModule(data_spec=SPEC).encoder.backbone.cfg.attention_dropout == EncoderOptions().dropout
+    assert NeuroOmicsModule(data_spec=SPEC).encoder.backbone.cfg.attention_dropout == 0.0
+    same = NeuroOmicsModule(data_spec=SPEC, encoder={"dropout": 0.3, "attention_dropout": None})
+    assert same.encoder.backbone.cfg.attention_dropout == 0.3
     layout = ModalityLayout.from_counts({"a": 4, "b": 4})
     x = torch.randn(2, 8, 16)
     for attention_dropout, differs in ((0.0, False), (0.5, True)):

@@ -123,7 +123,7 @@ def test_cohort_dir_with_other_targets_and_clear_errors(tmp_path, scale, capsys)
 @pytest.mark.slow  # the benchmark script in a process of its own
 def test_scale_benchmark_runs_end_to_end(tmp_path):
     """Tiny sizes, one step: the script's phases, figures and clean-up, not its timings."""
-    small = ["--sizes", "40", "--steps", "1", "--warmup", "0", "--batch-size", "8", "--embed-batch-size", "32"]
+    small = ["--sizes", "40", "--steps", "1", "--warmup", "1", "--batch-size", "8", "--embed-batch-size", "32"]
     done = subprocess.run(
         [sys.executable, str(SCRIPT), *small, *TINY, "--dir", str(tmp_path)],
         capture_output=True,
@@ -142,6 +142,8 @@ def test_scale_benchmark_runs_end_to_end(tmp_path):
             "train_setup_s",
             "train_subjects_per_s",
             "train_step_ms",
+            "attention_bound_ms",
+            "step_vs_attention_bound",
             "embed_s",
             "embed_subjects_per_s",
         ):
@@ -150,6 +152,9 @@ def test_scale_benchmark_runs_end_to_end(tmp_path):
             assert result[f"{phase}_peak_rss_mb"] >= result[f"{phase}_rss_after_imports_mb"] > 10
             assert result[f"{phase}_peak_anon_mb"] > 0
     assert summary["flatness"] == {}  # a ratio needs two sizes
+    last = summary["results"][-1]
+    assert summary["step_vs_attention_bound"] == pytest.approx(last["train_step_ms"] / last["attention_bound_ms"])
+    assert summary["train_peak_rss_mb"] == last["train_peak_rss_mb"]
     assert summary["machine"]["cpus"] >= 1 and summary["settings"]["steps"] == 1
     assert list(tmp_path.iterdir()) == []  # the data folder is removed
 

@@ -37,7 +37,11 @@ class MoTOptions:
         ``"output"`` (the MoT paper/reference): ``h = x + Norm(Attn(x)); out = h + Norm(FFN(h))``.
     qk_norm: RMS-normalise queries and keys per head (weights follow the ``norm`` part).
     dropout: on each sub-layer's output (residual dropout), in training.
-    attention_dropout: on the attention probabilities, in training; ``None`` = ``dropout``.
+    attention_dropout: on the attention probabilities, in training. Off by default, as in current transformer
+        libraries: a mask drawn over the whole ``[batch, heads, seq, seq]`` attention matrix forces
+        ``scaled_dot_product_attention`` off its fused kernels onto the math path, which materialises that matrix
+        (at 600 tokens most of a step's time and memory). ``None`` = ``dropout`` (what checkpoints made before this
+        option existed were trained with).
     ffn_hidden_dim: SwiGLU hidden width; default 8/3 * dim rounded up to a multiple of 64.
     ffn_hidden_dims: FFN tower name -> its own SwiGLU width (towers not listed use ``ffn_hidden_dim``).
         Needs ``"ffn"`` in ``untie``; attention keeps one width (it is global over all modalities).
@@ -55,7 +59,7 @@ class MoTOptions:
     norm_placement: Literal["pre", "output"] = "pre"
     qk_norm: bool = False
     dropout: float = 0.0
-    attention_dropout: float | None = None
+    attention_dropout: float | None = 0.0
     ffn_hidden_dim: int | None = None
     ffn_hidden_dims: Mapping[str, int] | None = None
     moe: Mapping[str, Mapping] | None = None
