@@ -237,8 +237,10 @@ def test_benchmark_runs_at_tiny_size(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(result))
     assert result["mot_vs_dense_eager"] > 0 and result["mot_vs_dense_compiled"] is None
+    assert result["mot_per_run_vs_dense_eager"] > 0
     for key in ("compiled_vs_eager_dense", "compiled_vs_eager_mot", "targets", "median_step_ms"):
         assert key in result
     for share in (result["data_share_profiler"], result["data_share_timer"]):
-        assert set(share) == {"dense_eager", "mot_eager"} and all(0 < v < 1 for v in share.values())
+        assert set(share) == {"dense_eager", "mot_eager", "mot_per_run_eager"}
+        assert all(0 < v < 1 for v in share.values())
     assert list(tmp_path.iterdir()) == []  # the demo cohort went to a temporary folder, removed after

@@ -34,6 +34,7 @@ from .config import PARTS, SHARED, MoTConfig
 from .ffn import MoESwiGLU, RouterStats, SwiGLU, _LastForward, routed_ffn
 from .layout import ModalityLayout, masks_to_ids
 from .routing import FixedRoute, GroupedRoute, Route, Runs, Towers, apply_runs
+from .tower_ops import tower_rms_norm
 
 __all__ = ["PARTS", "SHARED", "MoESwiGLU", "MoTBackbone", "MoTBlock", "MoTConfig", "RouterStats", "Routing", "SwiGLU"]
 
@@ -95,6 +96,8 @@ class MoTBlock(nn.Module):
 
     # ------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, route: Route) -> torch.Tensor:
+        if route.tower_ops:
+            return self._forward_tower_ops(x, route)
         runs = route.runs
         qkv = route.to_attention(apply_runs(runs.dim, runs.qkv, self._qkv, x))
         attn = route.from_attention(self._attend(qkv, route))
@@ -106,6 +109,54 @@ class MoTBlock(nn.Module):
         ffn = apply_runs(runs.dim, runs.block, partial(self._ffn, stats=stats), h, *weight)
         self.router_stats = _LastForward(stats)
         return h + self.dropout(ffn)
+
+    def _forward_tower_ops(self, x: torch.Tensor, route: Route) -> torch.Tensor:
+        """:meth:`forward` on a token-major stream with one call per projection and norm for all towers
+        (:mod:`.tower_ops`): the same computation as the per-run form, with a fraction of its ops. A ``"pre"``
+        norm's weights are folded into the projection that follows it."""
+        runs, cfg = route.runs, self.cfg
+        attn_norm = [self.attn_norm[run.towers.norm].weight for run in runs.qkv]
+        qkv_weights = [self.qkv[run.towers.attention].weight for run in runs.qkv]
+        a, scales = self._tower_norm_in(x, attn_norm)
+        qkv = route.linear(a, runs.qkv, qkv_weights, scales)
+        if cfg.qk_norm:
+            q, k, v = qkv.unflatten(-1, (3, cfg.n_heads, cfg.head_dim)).unbind(-3)
+            q_norm = [self.q_norm[run.towers.norm].weight for run in runs.qkv]
+            k_norm = [self.k_norm[run.towers.norm].weight for run in runs.qkv]
+            q = tower_rms_norm(q, route.norm_weight(runs.qkv, q_norm, q), cfg.norm_eps)
+            k = tower_rms_norm(k, route.norm_weight(runs.qkv, k_norm, k), cfg.norm_eps)
+            qkv = torch.stack((q, k, v), dim=-3).flatten(-3)
+        attn = route.from_attention(self._attend(route.to_attention(qkv), route))
+        out = route.linear(attn, runs.qkv, [self.attn_out[run.towers.attention].weight for run in runs.qkv])
+        h = x + self.dropout(self._tower_norm_out(route, runs.qkv, attn_norm, out))
+
+        ffn_norm = [self.ffn_norm[run.towers.norm].weight for run in runs.block]
+        ffns = [self.ffn[run.towers.ffn] for run in runs.block]
+        if all(type(ffn) is SwiGLU for ffn in ffns) and len({ffn.w_out.in_features for ffn in ffns}) == 1:
+            f, scales = self._tower_norm_in(h, ffn_norm)
+            gate, up = route.linear(f, runs.block, [ffn.w_in.weight for ffn in ffns], scales).chunk(2, dim=-1)
+            f = route.linear(F.silu(gate) * up, runs.block, [ffn.w_out.weight for ffn in ffns])
+        else:  # mixture-of-experts towers or FFN widths that differ: one call per run
+            f = h
+            if cfg.norm_placement == "pre":
+                f = tower_rms_norm(h, route.norm_weight(runs.block, ffn_norm, h), cfg.norm_eps)
+            stats: dict[str, RouterStats] = {}
+            weight = () if route.token_weight is None else (route.token_weight,)
+            f = apply_runs(runs.dim, runs.block, partial(self._routed_ffn, stats=stats), f, *weight)
+            self.router_stats = _LastForward(stats)
+        return h + self.dropout(self._tower_norm_out(route, runs.block, ffn_norm, f))
+
+    def _tower_norm_in(self, x: torch.Tensor, weights) -> tuple[torch.Tensor, list | None]:
+        """``(input of the projection, scales to fold into it)``: with ``"pre"`` placement the normalised ``x``
+        and the norm's weights, else ``x`` as it is."""
+        if self.cfg.norm_placement != "pre":
+            return x, None
+        return F.rms_norm(x, (x.shape[-1],), None, self.cfg.norm_eps), weights
+
+    def _tower_norm_out(self, route: Route, stage, weights, y: torch.Tensor) -> torch.Tensor:
+        if self.cfg.norm_placement == "pre":
+            return y
+        return tower_rms_norm(y, route.norm_weight(stage, weights, y), self.cfg.norm_eps)
 
     # Norm placement, the one place it is decided: "pre" normalises a sub-layer's input, "output" its output.
     def _norm_in(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -125,10 +176,10 @@ class MoTBlock(nn.Module):
         return torch.stack((q, k, v), dim=-3).flatten(-3)
 
     def _attend(self, qkv: torch.Tensor, route: Route) -> torch.Tensor:
-        """Global attention over the ``[B, S, 3 * dim]`` sequence, every modality at once."""
-        batch, seq, _ = qkv.shape
-        q, k, v = qkv.view(batch, seq, 3, self.cfg.n_heads, self.cfg.head_dim).permute(2, 0, 3, 1, 4)
-        attn = F.scaled_dot_product_attention(
+        """Global attention over the ``[B, S, 3 * dim]`` sequence, every modality at once: ``[B, heads, S,
+        head_dim]`` (the route puts it back in stream order)."""
+        q, k, v = qkv.unflatten(-1, (3, self.cfg.n_heads, self.cfg.head_dim)).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
@@ -136,7 +187,6 @@ class MoTBlock(nn.Module):
             dropout_p=self.cfg.attention_dropout if self.training else 0.0,
             is_causal=route.is_causal,
         )
-        return attn.transpose(1, 2).reshape(batch, seq, self.cfg.dim)
 
     def _attn_out(self, towers: Towers, attn: torch.Tensor) -> torch.Tensor:
         """Per tower: output projection [-> norm]."""
@@ -147,12 +197,17 @@ class MoTBlock(nn.Module):
     ) -> torch.Tensor:
         """Per tower: [norm] -> FFN [-> norm]; an MoE tower's router statistics go to ``stats``."""
         norm = self.ffn_norm[towers.norm]
-        out, run_stats = routed_ffn(self.ffn[towers.ffn], self._norm_in(norm, h), weight)
+        return self._norm_out(norm, self._routed_ffn(towers, self._norm_in(norm, h), weight, stats=stats))
+
+    def _routed_ffn(
+        self, towers: Towers, h: torch.Tensor, weight: torch.Tensor | None = None, *, stats: dict[str, RouterStats]
+    ) -> torch.Tensor:
+        out, run_stats = routed_ffn(self.ffn[towers.ffn], h, weight)
         if run_stats is not None:
             # A tower can own several runs (e.g. two modalities sharing it, not adjacent): sum, then normalise.
             tower = towers.ffn
             stats[tower] = run_stats if tower not in stats else stats[tower].merge(run_stats)
-        return self._norm_out(norm, out)
+        return out
 
 
 class MoTBackbone(nn.Module):
@@ -186,7 +241,10 @@ class MoTBackbone(nn.Module):
         self._towers_by_modality = [
             Towers(cfg.tower("norm", m), cfg.tower("attention", m), cfg.tower("ffn", m)) for m in cfg.modalities
         ]
-        self._fixed_runs_cache: dict[ModalityLayout, Runs] = {}
+        self._fixed_runs_cache: dict[tuple[ModalityLayout, bool], Runs] = {}
+        # One call per projection and norm for all towers (.tower_ops); False = one module call per run of tokens,
+        # the plain form (tests compare the two).
+        self.tower_ops = True
         self.has_moe = any(block.has_moe for block in self.blocks)
         self.init_weights()
 
@@ -212,7 +270,11 @@ class MoTBackbone(nn.Module):
         for block in self.blocks[:n_blocks]:
             h = block(h, route)
         if self.final_norm is not None and n_blocks is None:
-            h = apply_runs(route.runs.dim, route.runs.norm, self._final_norm, h)
+            if route.tower_ops:
+                weights = [self.final_norm[run.towers.norm].weight for run in route.runs.norm]
+                h = tower_rms_norm(h, route.norm_weight(route.runs.norm, weights, h), self.cfg.norm_eps)
+            else:
+                h = apply_runs(route.runs.dim, route.runs.norm, self._final_norm, h)
         return route.leave(x, h)
 
     def _final_norm(self, towers: Towers, h: torch.Tensor) -> torch.Tensor:
@@ -224,7 +286,7 @@ class MoTBackbone(nn.Module):
         if isinstance(routing, ModalityLayout):
             if routing.seq_len != seq:
                 raise ValueError(f"layout {routing.as_dict()} has {routing.seq_len} tokens, input has {seq}")
-            return FixedRoute(self._fixed_runs(routing), present, self.cfg.causal, weigh_tokens=self.has_moe)
+            return FixedRoute(self._fixed_runs(routing), present, self.cfg.causal, self.has_moe, batch)
         ids = masks_to_ids(routing) if isinstance(routing, (list, tuple)) else routing
         if not isinstance(ids, torch.Tensor):
             raise TypeError(f"routing must be a ModalityLayout, an id tensor or a list of masks, got {type(routing)}")
@@ -233,10 +295,10 @@ class MoTBackbone(nn.Module):
             ids = ids.expand(batch, seq)
         if tuple(ids.shape) != (batch, seq):
             raise ValueError(f"modality ids have shape {tuple(ids.shape)}, tokens are [{batch}, {seq}]")
-        return GroupedRoute(ids, present, self._towers_by_modality, self.cfg.causal)
+        return GroupedRoute(ids, present, self._towers_by_modality, self.cfg.causal, self.tower_ops)
 
     def _fixed_runs(self, layout: ModalityLayout) -> Runs:
-        runs = self._fixed_runs_cache.get(layout)
+        runs = self._fixed_runs_cache.get((layout, self.tower_ops))
         if runs is None:
             unknown = [n for n in layout.names if n not in self.cfg.modalities]
             if unknown:
@@ -246,7 +308,9 @@ class MoTBackbone(nn.Module):
                 for name, count, start in zip(layout.names, layout.counts, layout.offsets, strict=False)
             ]
             runs = Runs(1, segments, self._towers_by_modality)
-            self._fixed_runs_cache[layout] = runs
+            if self.tower_ops and runs.several:  # token-major stream, runs along dim 0
+                runs = Runs(0, segments, self._towers_by_modality)
+            self._fixed_runs_cache[layout, self.tower_ops] = runs
         return runs
 
     # ----------------------------------------------------------------------------- parameters

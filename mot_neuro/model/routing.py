@@ -23,6 +23,7 @@ import torch
 
 from .config import SHARED
 from .layout import group_tokens
+from .tower_ops import assigned_weights, run_assignment, tower_linear_in
 
 
 class Towers(NamedTuple):
@@ -70,6 +71,30 @@ class Runs:
         self.qkv = self._merge(segments, towers, lambda t: Towers(t.norm, t.attention, SHARED))
         self.block = self._merge(segments, towers, lambda t: t)
         self.norm = self._merge(segments, towers, lambda t: Towers(t.norm, SHARED, SHARED))
+        self._assignments: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._bounds: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+
+    @property
+    def several(self) -> bool:
+        """Does any stage have more than one run (some part untied, more than one tower)?"""
+        return max(len(self.qkv), len(self.block), len(self.norm)) > 1
+
+    def bounds(self, stage: Sequence[Run], rows_per_token: int) -> tuple[tuple[int, int], ...]:
+        """``(start, stop)`` rows of each run of a stage in a 2-D stream of ``rows_per_token`` rows per token."""
+        key = (id(stage), rows_per_token)
+        if key not in self._bounds:
+            self._bounds[key] = tuple(
+                (run.start * rows_per_token, (run.start + run.length) * rows_per_token) for run in stage
+            )
+        return self._bounds[key]
+
+    def assignment(self, stage: Sequence[Run], device: torch.device) -> torch.Tensor:
+        """One-hot ``[tokens, runs]`` float matrix of a stage (``self.qkv``, ``.block`` or ``.norm``): which run
+        each token belongs to. Made once per device (the fixed layout's runs live as long as the model)."""
+        key = (id(stage), device)
+        if key not in self._assignments:
+            self._assignments[key] = run_assignment([run.length for run in stage], device)
+        return self._assignments[key]
 
     @staticmethod
     def _merge(segments, towers_by_modality, key) -> list[Run]:
@@ -113,12 +138,17 @@ class Route:
     """Everything a block needs to know about this batch's tokens.
 
     ``enter(x)`` turns ``[B, S, D]`` tokens into the residual stream, ``leave(x, h)`` puts the stream
-    back (tokens that were not processed keep their input); ``to_attention`` / ``from_attention`` map
-    the stream to ``[B, S, .]`` and back around global attention.
+    back (tokens that were not processed keep their input); ``to_attention`` maps the stream to ``[B, S, .]``
+    for global attention and ``from_attention`` its ``[B, heads, S, head_dim]`` output back.
+
+    With ``tower_ops`` the stream is token-major (runs along dim 0: each run a contiguous block of rows) and
+    blocks use :meth:`linear` and :meth:`norm_weight`, one call per projection or norm for all towers.
     """
 
-    def __init__(self, runs: Runs) -> None:
+    def __init__(self, runs: Runs, tower_ops: bool = False) -> None:
         self.runs = runs
+        self.tower_ops = tower_ops
+        self.rows_per_token = 1  # rows of the 2-D stream per token of a run (the batch, when token-major)
         self.attn_mask: torch.Tensor | None = None
         self.is_causal = False
         self.token_weight: torch.Tensor | None = None  # [..., 1] bool in stream order: tokens MoE statistics count
@@ -133,34 +163,83 @@ class Route:
         return t
 
     def from_attention(self, t: torch.Tensor) -> torch.Tensor:
-        return t
+        batch, _, seq, _ = t.shape
+        return t.transpose(1, 2).reshape(batch, seq, -1)
+
+    def linear(
+        self,
+        x: torch.Tensor,
+        stage: Sequence[Run],
+        weights: Sequence[torch.Tensor],
+        scales: Sequence[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Each run of the token-major stream ``x`` ``[tokens, ..., in]`` through its tower's ``[out, in]``
+        (inputs scaled by its ``scales`` first, if given: see :func:`~.tower_ops.tower_linear`)."""
+        out = tower_linear_in(x.reshape(-1, x.shape[-1]), self.runs.bounds(stage, self.rows_per_token), weights, scales)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def norm_weight(self, stage: Sequence[Run], weights: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """Each token's run's norm weight, shaped to broadcast against ``like`` ``[tokens, ..., width]``."""
+        per_token = self._token_weights(stage, torch.stack(list(weights)))
+        return per_token.view(per_token.shape[0], *[1] * (like.dim() - 2), per_token.shape[1])
+
+    def _token_weights(self, stage: Sequence[Run], stacked: torch.Tensor) -> torch.Tensor:
+        """``[tokens, width]``: row ``i`` of ``stacked`` for each token of run ``i`` (runs are contiguous: one
+        broadcast view per run, joined; no index op on the stream)."""
+        return torch.cat([row.expand(run.length, -1) for run, row in zip(stage, stacked, strict=True)])
 
 
 class FixedRoute(Route):
-    """Fixed layout: the stream is the ``[B, S, D]`` sequence itself and the runs are its slices."""
+    """Fixed layout: the stream is the sequence itself and the runs are its slices: ``[B, S, D]`` (runs along
+    dim 1) with one run per stage (the dense twin: nothing to group), token-major ``[S, B, D]`` (runs along
+    dim 0, ``runs.dim == 0``) with tower ops. Either way no gather and no host sync."""
 
-    def __init__(self, runs: Runs, present: torch.Tensor | None, causal: bool, weigh_tokens: bool) -> None:
-        super().__init__(runs)
+    def __init__(self, runs: Runs, present: torch.Tensor | None, causal: bool, weigh_tokens: bool, batch: int) -> None:
+        super().__init__(runs, tower_ops=runs.dim == 0)
         self.present = present
+        if self.tower_ops:
+            self.rows_per_token = batch
         if present is None:
             self.is_causal = causal
         else:
             self.attn_mask = attention_mask(present, causal)
             if weigh_tokens:
-                self.token_weight = present[..., None]
+                self.token_weight = (present.t() if self.tower_ops else present)[..., None]
+
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(0, 1).contiguous() if self.tower_ops else x
 
     def leave(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return h if self.present is None else torch.where(self.present[..., None], h, x)
+        if self.tower_ops:
+            h = h.transpose(0, 1)
+        if self.present is not None:
+            h = torch.where(self.present[..., None], h, x)
+        return h.contiguous()
+
+    def to_attention(self, t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(0, 1).contiguous() if self.tower_ops else t
+
+    def _token_weights(self, stage: Sequence[Run], stacked: torch.Tensor) -> torch.Tensor:
+        return assigned_weights(self.runs.assignment(stage, stacked.device), stacked)
+
+    def from_attention(self, t: torch.Tensor) -> torch.Tensor:
+        if not self.tower_ops:
+            return super().from_attention(t)
+        batch, _, seq, _ = t.shape
+        return t.permute(2, 0, 1, 3).reshape(seq, batch, -1)
 
 
 class GroupedRoute(Route):
     """General routing: the stream is the real tokens ``[N_real, D]``, sorted by modality once."""
 
-    def __init__(self, ids: torch.Tensor, present: torch.Tensor | None, towers: Sequence[Towers], causal: bool) -> None:
+    def __init__(
+        self, ids: torch.Tensor, present: torch.Tensor | None, towers: Sequence[Towers], causal: bool, tower_ops: bool
+    ) -> None:
         grouping = group_tokens(ids, len(towers), present)
         starts = [sum(grouping.counts[:m]) for m in range(len(grouping.counts))]
         segments = [(start, count, m) for m, (start, count) in enumerate(zip(starts, grouping.counts, strict=True))]
-        super().__init__(Runs(0, segments, towers))
+        runs = Runs(0, segments, towers)
+        super().__init__(runs, tower_ops=tower_ops and runs.several)
         self.batch, self.seq = ids.shape
         self.positions = grouping.positions
         if grouping.has_padding:
@@ -180,4 +259,5 @@ class GroupedRoute(Route):
         return full.view(self.batch, self.seq, -1)
 
     def from_attention(self, t: torch.Tensor) -> torch.Tensor:
+        t = super().from_attention(t)
         return t.reshape(self.batch * self.seq, t.shape[-1]).index_select(0, self.positions)
