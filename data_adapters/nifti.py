@@ -18,7 +18,7 @@ from .core import (
     TokenizedModality,
     check_choice,
 )
-from .images import _load_image, _read_voxels
+from .images import _load_image, _raw_voxels, _scaled
 from .manifests import MISSING_FILE_POLICIES, _existing_files, _map_subjects, _read_manifest
 
 STATISTICS = ("mean", "std", "min", "max", "sum")
@@ -46,13 +46,16 @@ def _world_box(shape: tuple[int, ...], affine: np.ndarray) -> str:
     return ", ".join(f"{axis} {lo:g}..{hi:g}" for axis, lo, hi in zip("xyz", world.min(1), world.max(1), strict=True))
 
 
-def _gather(data: np.ndarray, index: _RegionIndex) -> np.ndarray:
-    """Labelled voxels of ``data`` in region order, on the last axis: ``[V]`` (3-D) or ``[T, V]`` (4-D)."""
+def _gather(data: np.ndarray, index: _RegionIndex, scaling=None) -> np.ndarray:
+    """Labelled voxels of ``data`` in region order, on the last axis, as float32: ``[V]`` (3-D) or ``[T, V]``
+    (4-D). ``data`` is in the file's own type (see :func:`_raw_voxels`): only the voxels taken are converted,
+    with the file's ``scaling``, to the values ``get_fdata(dtype=np.float32)`` gives."""
     if data.ndim == 3:
         voxels = data.reshape(-1, order="F")[index.voxels]  # a view first: nibabel arrays are Fortran-ordered
     else:
         by_time = data.reshape(-1, data.shape[3], order="F").T  # [T, V], each volume contiguous
         voxels = np.take(by_time, index.voxels, axis=1)  # contiguous reads: faster than gathering rows
+    voxels = _scaled(voxels, scaling)
     if np.isinf(voxels).any():
         raise AdapterError("infinite voxel value(s) inside the atlas regions")
     return voxels
@@ -109,15 +112,15 @@ def _timeseries(voxels: np.ndarray, index: _RegionIndex) -> np.ndarray:
         return total / count
 
 
-def _image_and_index(image, atlas) -> tuple[np.ndarray, _RegionIndex]:
+def _image_and_index(image, atlas) -> tuple[np.ndarray, tuple | None, _RegionIndex]:
+    """The voxels of an image (a path or nibabel image) in the file's type, their read scaling, and the atlas
+    regions on its grid."""
     atlas = read_atlas(atlas)
+    path = Path(image) if isinstance(image, (str, os.PathLike)) else Path("<image>")
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
         image = _load_image(path)
-        data = _read_voxels(image, path)
-    else:
-        data = np.asarray(image.get_fdata(caching="unchanged", dtype=np.float32))
-    return data, atlas.on_grid(image.shape, image.affine)
+    data, scaling = _raw_voxels(image, path)
+    return data, scaling, atlas.on_grid(image.shape, image.affine)
 
 
 def region_statistics(image, atlas: str | os.PathLike | Atlas, statistics: Sequence[str] = ("mean",)) -> np.ndarray:
@@ -125,20 +128,20 @@ def region_statistics(image, atlas: str | os.PathLike | Atlas, statistics: Seque
 
     NaN voxels are left out; a region with no finite voxel on the image grid gives NaN.
     """
-    data, index = _image_and_index(image, atlas)
+    data, scaling, index = _image_and_index(image, atlas)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise AdapterError(f"region_statistics needs a 3-D image, got shape {data.shape}")
-    return _statistics(_gather(data, index), index, statistics)
+    return _statistics(_gather(data, index, scaling), index, statistics)
 
 
 def region_timeseries(image, atlas: str | os.PathLike | Atlas) -> np.ndarray:
     """``[T, R]`` mean time series of each atlas region in one 4-D image (a path or nibabel image)."""
-    data, index = _image_and_index(image, atlas)
+    data, scaling, index = _image_and_index(image, atlas)
     if data.ndim != 4:
         raise AdapterError(f"region_timeseries needs a 4-D image, got shape {data.shape}")
-    return _timeseries(_gather(data, index), index)
+    return _timeseries(_gather(data, index, scaling), index)
 
 
 # ====================================================================== NIfTI + atlas -> region tokens
@@ -154,7 +157,7 @@ def _image_tokens(image, path: Path, sid: str, kind: str, atlas: Atlas, statisti
             file=path,
             subject=sid,
         )
-    data = _read_voxels(image, path, subject=sid)
+    data, scaling = _raw_voxels(image, path, subject=sid)
     index = atlas.on_grid(image.shape, image.affine)
     if not index.nonempty.any():
         raise AdapterError(
@@ -173,7 +176,7 @@ def _image_tokens(image, path: Path, sid: str, kind: str, atlas: Atlas, statisti
             subject=sid,
         )
     try:
-        voxels = _gather(data, index)
+        voxels = _gather(data, index, scaling)
     except AdapterError as err:
         raise AdapterError(err.reason, file=path, subject=sid) from None
     if kind == "statistics":
@@ -234,11 +237,13 @@ def regions_from_nifti(
     first_image = _load_image(paths[first], subject=ids[first])
     kind = _image_kind(first_image.shape, paths[first], ids[first]) if mode == "auto" else mode
     feature_names, feature_mask = _token_features(kind, statistics, atlas)
+    grids: set[tuple] = set()  # the distinct image grids of this call (the atlas keeps its grids across calls)
 
     def tokenize(row: int) -> tuple[int, np.ndarray, np.ndarray] | None:
         if not exists[row]:
             return None
         image = first_image if row == first else _load_image(paths[row], subject=ids[row])
+        grids.add((tuple(image.shape[:3]), np.round(np.asarray(image.affine, dtype=np.float64), 6).tobytes()))
         return (row, *_image_tokens(image, paths[row], ids[row], kind, atlas, statistics))
 
     results = _map_subjects(tokenize, list(range(len(ids))), n_jobs)
@@ -269,7 +274,7 @@ def regions_from_nifti(
             "id_column": id_column,
             "path_column": path_column,
             "missing_files": int((~exists).sum()),
-            "image_grids": len(atlas._grids),
+            "image_grids": len(grids),
             "regions_lost_on_some_grids": sorted(lost_regions),
         },
     )

@@ -359,6 +359,23 @@ def test_fast_gzip_reader_gives_nibabels_image(tmp_path, mni_2mm, monkeypatch):
     np.testing.assert_array_equal(with_isal.values, without.values)
 
 
+def test_atlas_file_is_kept_across_calls_until_it_changes(tmp_path):
+    """An atlas read from files is kept with its grids; rewritten at once (same path, same size) it is read again."""
+    path, table = small_atlas(tmp_path), tmp_path / "labels.csv"
+    pd.DataFrame({"id": [1, 2, 3, 4], "name": list("abcd")}).to_csv(table, index=False)
+    fine = (8, 8, 8), np.diag([0.5, 0.5, 0.5, 1.0])
+    with pytest.warns(UserWarning, match=r"1 region\(s\) of the table have no voxel"):
+        first = read_atlas(path, table)
+    with pytest.warns(UserWarning, match=r"1 region\(s\) of the table have no voxel"):  # warned on every call
+        assert read_atlas(path, table) is first and first.on_grid(*fine) is first.on_grid(*fine)
+    flipped = np.asarray(nib.load(path).dataobj)[::-1, ::-1].copy()
+    nib.save(nib.Nifti1Image(flipped, np.eye(4)), path)
+    assert read_atlas(path) is not read_atlas(path, table)  # the table is part of the key
+    data = np.random.default_rng(0).random((4, 4, 4)).astype(np.float32)
+    ours = region_statistics(nib.Nifti1Image(data, np.eye(4)), path)[:, 0]
+    np.testing.assert_allclose(ours, [data[flipped == k].mean() for k in (1, 2, 3)], rtol=1e-6)
+
+
 def test_threads_give_the_same_tokens(tmp_path, mni_2mm):
     manifest = write_manifest(tmp_path, {str(i): [STAT_MAP, mni_2mm["t1"], mni_2mm["gm"]][i % 3] for i in range(7)})
     atlas = read_atlas(DK_ATLAS, DK_LABELS)
