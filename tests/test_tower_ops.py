@@ -121,3 +121,26 @@ def test_bf16_autocast_runs_the_tower_projections_in_bf16():
     out.float().square().mean().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
     torch.testing.assert_close(out.float(), ref.float(), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("placement", ["pre", "output"])
+def test_large_inference_batches_run_the_ffn_run_by_run_with_the_same_numbers(monkeypatch, placement):
+    """Without autograd, a stream above INFERENCE_FFN_ELEMENTS takes the FFN one run at a time (bounded memory)."""
+    import mot_neuro.model.mot as mot
+
+    model, per_run = _pair({"norm_placement": placement})
+    model.eval(), per_run.eval()
+    x = torch.randn(3, LAYOUT.seq_len, 16, generator=torch.Generator().manual_seed(0))
+    present = torch.rand(3, LAYOUT.seq_len, generator=torch.Generator().manual_seed(1)) > 0.3
+    calls = []
+    original = mot.MoTBlock._routed_ffn
+    monkeypatch.setattr(mot.MoTBlock, "_routed_ffn", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    with torch.no_grad():
+        whole = model(x, LAYOUT, present)
+        assert calls == []  # small: the tower ops' single calls
+        monkeypatch.setattr(mot, "INFERENCE_FFN_ELEMENTS", 0)
+        by_run = model(x, LAYOUT, present)
+        assert len(calls) == 2 * len(model._fixed_runs(LAYOUT).block)  # two blocks, one call per run
+        reference = per_run(x, LAYOUT, present)
+    torch.testing.assert_close(by_run, reference, **TOL)
+    torch.testing.assert_close(whole, reference, **TOL)

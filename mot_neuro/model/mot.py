@@ -41,6 +41,11 @@ __all__ = ["PARTS", "SHARED", "MoESwiGLU", "MoTBackbone", "MoTBlock", "MoTConfig
 Routing = ModalityLayout | torch.Tensor | Sequence[torch.Tensor]
 
 
+INFERENCE_FFN_ELEMENTS = 1 << 24
+"""Without autograd, above this many FFN hidden values (gate, up and product over the whole stream; 64 MB in
+float32) the tower ops run the FFN one run of tokens at a time, to bound inference memory."""
+
+
 def _per_tower(make: Callable[[], nn.Module], names: Sequence[str]) -> nn.ModuleDict:
     return nn.ModuleDict({name: make() for name in names})
 
@@ -132,11 +137,15 @@ class MoTBlock(nn.Module):
 
         ffn_norm = [self.ffn_norm[run.towers.norm].weight for run in runs.block]
         ffns = [self.ffn[run.towers.ffn] for run in runs.block]
-        if all(type(ffn) is SwiGLU for ffn in ffns) and len({ffn.w_out.in_features for ffn in ffns}) == 1:
+        same_swiglu = all(type(ffn) is SwiGLU for ffn in ffns) and len({ffn.w_out.in_features for ffn in ffns}) == 1
+        # Without autograd nothing is kept for backward, so one tower's hidden activations at a time is the peak:
+        # large inference batches (embedding extraction) go run by run, as the per-run form did.
+        hidden = h.numel() // h.shape[-1] * 3 * (ffns[0].w_out.in_features if same_swiglu else 0)
+        if same_swiglu and (torch.is_grad_enabled() or hidden <= INFERENCE_FFN_ELEMENTS):
             f, scales = self._tower_norm_in(h, ffn_norm)
             gate, up = route.linear(f, runs.block, [ffn.w_in.weight for ffn in ffns], scales).chunk(2, dim=-1)
             f = route.linear(F.silu(gate) * up, runs.block, [ffn.w_out.weight for ffn in ffns])
-        else:  # mixture-of-experts towers or FFN widths that differ: one call per run
+        else:  # mixture-of-experts towers, FFN widths that differ, or a large inference batch: one call per run
             f = h
             if cfg.norm_placement == "pre":
                 f = tower_rms_norm(h, route.norm_weight(runs.block, ffn_norm, h), cfg.norm_eps)
