@@ -216,6 +216,23 @@ def phase_build(args, workdir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- train / embed
+def quiet_cpu_trainer(workdir: Path, max_steps: int, **settings) -> dict:
+    """Trainer settings of a timed benchmark run: one CPU device, ``max_steps`` steps, no logger, checkpoints,
+    progress bar, model summary or sanity validation; ``settings`` add to or replace them."""
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "num_sanity_val_steps": 0,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(workdir / "outputs"),
+        **settings,
+    }
+
+
 def write_config(args, workdir: Path, batch_size: int, max_steps: int) -> Path:
     import yaml
 
@@ -230,18 +247,7 @@ def write_config(args, workdir: Path, batch_size: int, max_steps: int) -> Path:
             "num_workers": 0,
         },
         "model": str(MODEL_CONFIG),
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": max_steps,
-            "limit_val_batches": 0,
-            "num_sanity_val_steps": 0,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(workdir / "outputs"),
-        },
+        "trainer": quiet_cpu_trainer(workdir, max_steps, limit_val_batches=0),
     }
     path = workdir / f"config-{batch_size}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -302,20 +302,9 @@ def write_config(args, workdir: Path, objective: str, variant: str, seed: int) -
             },
             "optimizer": {"lr": args.lr, "warmup_steps": args.warmup_steps},
         },
-        "trainer": {
-            "accelerator": "cpu",
-            "devices": 1,
-            "max_steps": args.steps,
-            "max_epochs": -1,
-            "val_check_interval": args.val_every,
-            "check_val_every_n_epoch": None,
-            "num_sanity_val_steps": 0,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "default_root_dir": str(workdir / "outputs"),
-        },
+        "trainer": load_scale().quiet_cpu_trainer(
+            workdir, args.steps, max_epochs=-1, val_check_interval=args.val_every, check_val_every_n_epoch=None
+        ),
     }
     path = workdir / f"config-{objective}-{variant}-{seed}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -94,7 +94,8 @@ def test_tower_linear_is_each_run_through_its_weights_with_scales_folded_in():
     x = torch.randn(sum(rows), 6, generator=generator, requires_grad=True)
     weights = [torch.randn(4, 6, generator=generator, requires_grad=True) for _ in rows]
     scales = [torch.randn(6, generator=generator, requires_grad=True) for _ in rows]
-    out = tower_linear(x, rows, weights, scales)
+    bounds = ((0, 3), (3, 3), (3, 8), (8, 10))
+    out = tower_linear(x, bounds, weights, scales)
     pieces = torch.split(x, rows)
     expected = torch.cat([(p * s) @ w.t() for p, w, s in zip(pieces, weights, scales, strict=True)])
     torch.testing.assert_close(out, expected)

@@ -23,7 +23,7 @@ import torch
 
 from .config import SHARED
 from .layout import group_tokens
-from .tower_ops import assigned_weights, run_assignment, tower_linear_in
+from .tower_ops import assigned_weights, run_assignment, tower_linear
 
 
 class Towers(NamedTuple):
@@ -175,7 +175,7 @@ class Route:
     ) -> torch.Tensor:
         """Each run of the token-major stream ``x`` ``[tokens, ..., in]`` through its tower's ``[out, in]``
         (inputs scaled by its ``scales`` first, if given: see :func:`~.tower_ops.tower_linear`)."""
-        out = tower_linear_in(x.reshape(-1, x.shape[-1]), self.runs.bounds(stage, self.rows_per_token), weights, scales)
+        out = tower_linear(x.reshape(-1, x.shape[-1]), self.runs.bounds(stage, self.rows_per_token), weights, scales)
         return out.view(*x.shape[:-1], out.shape[-1])
 
     def norm_weight(self, stage: Sequence[Run], weights: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

@@ -81,29 +81,15 @@ class _TowerLinear(torch.autograd.Function):
 
 def tower_linear(
     x: torch.Tensor,
-    rows: Sequence[int],
-    weights: Sequence[torch.Tensor],
-    scales: Sequence[torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Bias-free linear layers, ``weights[i]`` (``[out, in]``, one ``out`` for all) on the ``rows[i]`` rows of
-    the 2-D ``x`` that follow those of run ``i - 1``; with ``scales``, run ``i``'s input is first multiplied by
-    ``scales[i]`` (``[in]``: an RMSNorm's weight, folded into the projection: ``W (s * x) = (W diag(s)) x``).
-    Honours autocast like ``F.linear``."""
-    bounds, start = [], 0
-    for n in rows:
-        bounds.append((start, start + n))
-        start += n
-    return tower_linear_in(x, tuple(bounds), weights, scales)
-
-
-def tower_linear_in(
-    x: torch.Tensor,
     bounds: tuple[tuple[int, int], ...],
     weights: Sequence[torch.Tensor],
     scales: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """:func:`tower_linear` with the row blocks given as ``(start, stop)`` pairs (callers cache them)."""
-    return _TowerLinear.apply(x, bounds, _compute_dtype(x), len(weights), *weights, *(scales or ()))
+    """Bias-free linear layers, ``weights[i]`` (``[out, in]``, one ``out`` for all) on the rows
+    ``bounds[i] = (start, stop)`` of the 2-D ``x`` (consecutive blocks; :meth:`~.routing.Runs.bounds` makes them);
+    with ``scales``, run ``i``'s input is first multiplied by ``scales[i]`` (``[in]``: an RMSNorm's weight, folded
+    into the projection: ``W (s * x) = (W diag(s)) x``). Honours autocast like ``F.linear``."""
+    return _TowerLinear.apply(x, tuple(bounds), _compute_dtype(x), len(weights), *weights, *(scales or ()))
 
 
 def run_assignment(lengths: Sequence[int], device: torch.device) -> torch.Tensor:
