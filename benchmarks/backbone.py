@@ -6,6 +6,7 @@ line printed is one JSON object.
 
     python benchmarks/backbone.py                 # defaults: B=16, S=128/192/64, D=256, 8 heads, 4 layers
     python benchmarks/backbone.py --reps 10       # quicker, noisier
+    python benchmarks/backbone.py --threads 1 --clock thread   # CPU time: steadier on a shared machine
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--clock",
+        choices=["wall", "thread"],
+        default="wall",
+        help="thread: the CPU time of this thread (needs --threads 1), far steadier than wall time on a shared machine",
+    )
     return p.parse_args(argv)
 
 
@@ -81,6 +88,9 @@ def build_variants(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.clock == "thread" and args.threads != 1:
+        raise SystemExit("--clock thread needs --threads 1 (all work on one thread)")
+    clock = time.thread_time if args.clock == "thread" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -107,9 +117,9 @@ def main(argv=None) -> dict:
     for _ in range(args.reps):
         rng.shuffle(order)
         for name in order:
-            start = time.perf_counter()
+            start = clock()
             steps[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
 
     medians = {name: statistics.median(t) for name, t in times.items()}
     dense = medians["dense"]
@@ -136,6 +146,7 @@ def main(argv=None) -> dict:
             "layers": args.layers,
             "reps": args.reps,
             "threads": torch.get_num_threads(),
+            "clock": args.clock,
         },
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),

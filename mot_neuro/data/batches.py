@@ -25,6 +25,15 @@ from .preprocess import FoldPreprocessor
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 """Code of each split in ``batch["split"]`` (int8); -1 marks a row in none of the fold's splits."""
+PRELOAD_BYTES = 64 << 20
+"""A loader's rows are preprocessed once and kept in memory (per worker) when they take at most this much."""
+
+
+def _take(batch, at: torch.Tensor):
+    """The entries ``at`` of every tensor of a (nested) batch."""
+    if isinstance(batch, dict):
+        return {key: _take(value, at) for key, value in batch.items()}
+    return batch[at]
 
 
 class CohortBatches(Dataset):
@@ -39,13 +48,18 @@ class CohortBatches(Dataset):
         preprocessor_state: dict,
         modalities: Sequence[str],
         split_of_row: np.ndarray | None = None,
+        preload_rows: np.ndarray | None = None,
+        preload_bytes: int = PRELOAD_BYTES,
     ):
         self.cohort_dir = Path(cohort_dir)
         self.preprocessor_state = preprocessor_state
         self.modalities = list(modalities)
         self.split_of_row = split_of_row  # int8 per cohort row (SPLIT_CODES), or None: every row -1
+        self.preload_rows = None if preload_rows is None else np.unique(np.asarray(preload_rows, dtype=np.int64))
+        self.preload_bytes = int(preload_bytes)
         self._cohort = None
         self._preprocessor = None
+        self._preloaded: dict | None | bool = None  # None: not decided yet; False: too large, read per batch
 
     def _open(self):
         if self._cohort is None:
@@ -57,8 +71,34 @@ class CohortBatches(Dataset):
         return 0
 
     def __getitem__(self, rows) -> dict:
-        cohort, preprocessor = self._open()
         rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted: sequential reads from the memory maps
+        preloaded = self._preload()
+        if preloaded:
+            at = np.searchsorted(preloaded["row"].numpy(), rows).clip(max=len(preloaded["row"]) - 1)
+            if np.array_equal(preloaded["row"].numpy()[at], rows):
+                return _take(preloaded, torch.from_numpy(at))
+        return self._read(rows)
+
+    def _preload(self) -> dict | bool:
+        """All of ``preload_rows``, preprocessed once, when they fit in ``preload_bytes``; False otherwise.
+
+        Preprocessing is row by row, so a batch sliced from this equals one read and preprocessed on its own
+        (``tests/test_batches.py``); a small cohort then costs a fancy index per batch instead of reading three
+        modalities' memory maps and regressing their confounds (most of the loading time of a small step)."""
+        if self._preloaded is None:
+            self._preloaded = False
+            if self.preload_rows is not None and len(self.preload_rows):
+                cohort, _ = self._open()
+                per_row = 0
+                for name in self.modalities:
+                    modality = cohort.modalities[name]
+                    per_row += modality.n_tokens * (modality.n_features * 5 + 1)  # float32 values, bool missing
+                if per_row * len(self.preload_rows) <= self.preload_bytes:
+                    self._preloaded = self._read(self.preload_rows)
+        return self._preloaded
+
+    def _read(self, rows: np.ndarray) -> dict:
+        cohort, preprocessor = self._open()
         batch = {"values": {}, "missing": {}, "present": {}}
         for name in self.modalities:
             values, missing = preprocessor.transform(name, rows)

@@ -401,7 +401,9 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             rows = self.rows[stage]
         if len(rows) == 0:
             raise AdapterError(f"the {stage} set of fold {self.hparams.fold} is empty; check the split fractions")
-        dataset = CohortBatches(self.cohort_dir, self.preprocessor.state_dict(), self.kept, self.split_of_row)
+        dataset = CohortBatches(
+            self.cohort_dir, self.preprocessor.state_dict(), self.kept, self.split_of_row, preload_rows=rows
+        )
         loader_class = ResumableLoader if stage == "train" else DataLoader
         return loader_class(
             dataset,
