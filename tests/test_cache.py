@@ -573,3 +573,25 @@ def test_a_stacked_arrays_ids_file_is_part_of_its_inputs(tmp_path, adapter, argu
     (tmp_path / "other.txt").write_text("s1\ns2\n")
     given = input_files(adapter, {argument: str(array), "ids": str(tmp_path / "other.txt")})
     assert str(tmp_path / "ids.npy") not in given and str(tmp_path / "other.txt") in given
+
+
+@pytest.mark.parametrize("given", ["data", "data.bed", "data.bim", "data.fam"])
+def test_a_plink_fileset_is_all_three_files_whichever_is_named(tmp_path, given):
+    """``path: x.bed`` reads x.bim and x.fam too (which variant and subject each genotype is): editing only one of
+    them must change the cache key, so all three are the adapter's inputs however the fileset is named."""
+    from data_adapters.registry import input_files
+
+    for ext in (".bed", ".bim", ".fam"):
+        (tmp_path / f"data{ext}").write_text("x")
+    expected = [str(tmp_path / f"data{ext}") for ext in (".bed", ".bim", ".fam")]
+    assert input_files("plink", {"path": str(tmp_path / given)}) == expected
+
+
+@pytest.mark.parametrize("kind, ext", [("plink", ".bed"), ("pgen", ".pgen"), ("bgen", "")])
+def test_a_relative_fileset_prefix_is_resolved_against_the_config_folder(tmp_path, kind, ext):
+    from mot_neuro.data.sources import _resolve
+
+    (tmp_path / f"geno{ext or '.bgen'}").write_text("x")
+    name = "geno" if ext else "geno.bgen"  # a BGEN is named by its file, the others by their prefix too
+    assert _resolve(name, tmp_path, kind) == str(tmp_path / name)
+    assert _resolve("elsewhere", tmp_path, kind) == "elsewhere"  # nothing there: left as given

@@ -38,17 +38,17 @@ from data_adapters.cache import STAT_INDEX, fingerprint, load_cohort, save_cohor
 from data_adapters.cohort import DEFAULT_MIN_MATCH, Cohort, build_cohort
 from data_adapters.core import DEFAULT_ID_COLUMN, AdapterError
 from data_adapters.names import name_problem
-from data_adapters.registry import ADAPTERS, FILE_ARGUMENTS, input_files
+from data_adapters.registry import ADAPTERS, FILE_ARGUMENTS, FILESETS, input_files
 
 log = logging.getLogger(__name__)
 
 
 def _resolve(value, base: Path, kind: str):
     """A relative path in a config is relative to ``base`` (the working directory by default) when it names
-    something there (for a PLINK argument, also a prefix of a ``.bed`` file there)."""
+    something there (for a fileset argument such as PLINK's, also a prefix of its files there)."""
     if isinstance(value, str) and value and not Path(value).is_absolute():
         candidate = base / value
-        if candidate.exists() or (kind == "plink" and candidate.with_name(candidate.name + ".bed").exists()):
+        if candidate.exists() or (kind in FILESETS and FILESETS[kind](candidate)):
             return str(candidate)
     return value
 
