@@ -162,7 +162,8 @@ class Cohort:
         ``subjects`` (in the cohort), ``participants`` (rows of the participants table), ``dropped`` and, per
         modality ``m``: ``m/in_input`` (subjects in its file), ``m/matched`` (of those, participants),
         ``m/only_in_modality`` (not participants: dropped), ``m/participants_without`` (participants with
-        no row in it), ``m/with_data`` (cohort subjects with at least one present token)."""
+        no row in it), ``m/with_data`` (cohort subjects with at least one present token); with ``exclude``d
+        (withdrawn) IDs, ``withdrawn/found``, ``withdrawn/not_found`` and ``withdrawn/in_participants``."""
         info = self.build_info
         counts = {"subjects": int(self.n_subjects), "participants": int(info.get("n_participants", self.n_subjects))}
         counts["dropped"] = counts["participants"] - counts["subjects"]
@@ -178,6 +179,8 @@ class Cohort:
                 if key in given:
                     counts[f"{name}/{label}"] = int(given[key])
             counts[f"{name}/with_data"] = int(np.asarray(modality.present).any(axis=1).sum())
+        for key, count in (info.get("withdrawn") or {}).items():  # withdrawn IDs left out (data.withdrawals)
+            counts[f"withdrawn/{key}"] = int(count)
         return counts
 
     def report(self) -> CohortReport:
@@ -304,12 +307,15 @@ def build_cohort(
     join: str = "inner",
     id_column: str = DEFAULT_ID_COLUMN,
     min_match: float | Mapping[str, float] = DEFAULT_MIN_MATCH,
+    exclude: Iterable[str] | None = None,
 ) -> Cohort:
     """Align ``modalities`` (name -> modality) with a participants table (CSV/TSV/parquet or DataFrame).
 
     See the module docstring for the join semantics, the ID matching (``min_match``: a fraction, or
     modality -> fraction), which tokens are removed and what is an error.
-    ``targets`` may be empty (masked-modelling pretraining needs none).
+    ``targets`` may be empty (masked-modelling pretraining needs none). ``exclude``: subject IDs (withdrawn
+    participants, as normalized ID strings) removed from the participants and from every modality before
+    anything else is matched or checked; ``build_info["withdrawn"]`` counts how many were found and not found.
     """
     if join not in JOINS:
         raise AdapterError(f"join must be one of {JOINS}, got {join!r}")
@@ -321,9 +327,13 @@ def build_cohort(
     table, file = _participants_frame(participants, id_column)
     check_columns(table, targets, confounds, modalities, id_column, file)
     prepared, excluded = _prepare_modalities(modalities, targets, confounds)
+    n_participants = len(table)
+    table, prepared, withdrawn = _without_subjects(table, prepared, exclude)
     modality_inputs, has = _match_modalities(prepared, table, thresholds, file)
     keep = _subjects_to_keep(has, join, modality_inputs, table, id_column, file)
     dropped = _dropped_counts(modality_inputs, has, keep, join)
+    if withdrawn and withdrawn["in_participants"]:
+        dropped.insert(0, {"reason": "participants withdrawn (exclude)", "subjects": withdrawn["in_participants"]})
     full_table, table = table, table[keep]
     check_observed_values(full_table, table, targets, confounds, file)
     aligned = {name: m.reindex(table.index.to_numpy().astype(str)) for name, m in prepared.items()}
@@ -335,12 +345,34 @@ def build_cohort(
         id_column=id_column,
         join=join,
         build_info={
-            "n_participants": len(full_table),
+            "n_participants": n_participants,
             "modality_inputs": modality_inputs,
             "dropped": dropped,
             "excluded_tokens": excluded,
+            **({} if withdrawn is None else {"withdrawn": withdrawn}),
         },
     )
+
+
+def _without_subjects(
+    table: pd.DataFrame, prepared: dict[str, TokenizedModality], exclude: Iterable[str] | None
+) -> tuple[pd.DataFrame, dict[str, TokenizedModality], dict | None]:
+    """Participants and modalities without the ``exclude`` IDs, and counts: ``found`` (in participants or a
+    modality), ``not_found``, ``in_participants``."""
+    if exclude is None:
+        return table, prepared, None
+    gone = {str(s) for s in exclude}
+    listed = np.asarray(sorted(gone), dtype=object)
+    in_participants = table.index.isin(listed)
+    found = set(table.index[in_participants])
+    kept = {}
+    for name, modality in prepared.items():
+        ids = modality.subject_ids.astype(str)
+        drop = np.isin(ids, listed)
+        found |= set(ids[drop].tolist())
+        kept[name] = modality.reindex(ids[~drop].astype(object)) if drop.any() else modality
+    counts = {"found": len(found), "not_found": len(gone) - len(found), "in_participants": int(in_participants.sum())}
+    return table[~in_participants], kept, counts
 
 
 def _prepare_modalities(

@@ -14,6 +14,14 @@ the output folder and logged to the parent run.
 
 Default grid: every variant with no modality dropped, plus the full MoT with each modality left out, for
 one seed and every fold.
+
+Harmonisation axis: ``--harmonize none combat`` runs every cell of the grid once per setting (``none``: no
+harmonisation; ``combat``: the data config's own ``harmonize`` settings, which must then be there). The cells'
+names end in ``__harmonize-<setting>``, and results and summaries get a ``harmonize`` column: each setting is
+summarised against its own full model (``harmonize-<setting>/`` holds that setting's whole report), and
+``harmonize_effect.csv`` compares every cell with the same cell under the first setting given (paired by fold
+like the other comparisons; BH within each cell and metric). Without ``--harmonize`` every cell runs with the
+config's own setting and the grid, its names and its tables are as before.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mot_neuro.ablation_pairing import AT_TEST  # "brain@test": the full model tested with brain hidden
+from mot_neuro.data.harmonize import check_harmonize
 from mot_neuro.experiment import experiment_overrides, lightning_cli, set_overrides
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 FULL = ("mot", "none")
 ABLATION_TAG, CELL_TAG, PARENT_TAG = "mot_neuro.ablation", "mot_neuro.cell", "mlflow.parentRunId"
 OVERRIDES_TAG = "mot_neuro.cell_overrides"
+HARMONIZE_SETTINGS = ("none", "combat")  # the --harmonize axis: off, or the data config's harmonize
 
 
 MERGE_PREFIX = "mot_merge_"  # mot_merge_brain+behaviour: MoT with those modalities sharing one tower
@@ -73,10 +83,12 @@ class Cell:
     dropped: str
     seed: int
     fold: int
+    harmonize: str | None = None  # None: the config's own setting (no --harmonize axis)
 
     @property
     def id(self) -> str:
-        return f"{self.variant}__drop-{self.dropped}__seed{self.seed}__fold{self.fold}"
+        cell = f"{self.variant}__drop-{self.dropped}__seed{self.seed}__fold{self.fold}"
+        return cell if self.harmonize is None else f"{cell}__harmonize-{self.harmonize}"
 
     @property
     def masked_at_test(self) -> str | None:
@@ -85,11 +97,21 @@ class Cell:
     @property
     def trained_by(self) -> Cell:
         """The cell whose fit this cell needs: itself, or for a test-time mask the full model it tests."""
-        return Cell(self.variant, "none", self.seed, self.fold) if self.masked_at_test else self
+        return Cell(self.variant, "none", self.seed, self.fold, self.harmonize) if self.masked_at_test else self
 
-    def overrides(self, modalities: list[str]) -> list[str]:
+    def overrides(self, modalities: list[str], combat: dict | None = None) -> list[str]:
+        """The cell's overrides of the experiment; ``combat``: the config's harmonize settings, for a cell that
+        harmonises."""
         dropped = [] if self.dropped == "none" or self.masked_at_test else [self.dropped]
+        harmonize = []
+        if self.harmonize == "combat":
+            if combat is None:
+                raise ValueError("a --harmonize combat cell needs the data config's harmonize settings")
+            harmonize = ["--data.harmonize", json.dumps(combat)]
+        elif self.harmonize == "none":
+            harmonize = ["--data.harmonize", json.dumps({"method": "none"})]
         return [
+            *harmonize,
             *variant_overrides(self.variant, modalities),
             "--data.drop_modalities",
             json.dumps(dropped),
@@ -109,12 +131,14 @@ def build_grid(
     *,
     towers: str = "separate",
     eval_masking: bool = False,
+    harmonize: list[str] | None = None,
 ) -> list[Cell]:
     """Variants with nothing dropped, plus the full variant with each modality in ``drops`` left out.
 
     ``towers="pairs"`` adds MoT with every pair of modalities merged into one tower (the paper's separation
     analysis); ``eval_masking`` adds, for each modality in ``drops``, the full model tested with that
-    modality's tokens hidden (no retraining), reported beside leaving it out.
+    modality's tokens hidden (no retraining), reported beside leaving it out. ``harmonize`` (settings from
+    :data:`HARMONIZE_SETTINGS`) repeats the grid once per setting; None: once, with the config's own setting.
     """
     from itertools import combinations
 
@@ -126,6 +150,13 @@ def build_grid(
         raise ValueError(f"--drop names unknown modality(ies) {bad}; the config's modalities are {modalities}")
     if towers not in ("separate", "pairs"):
         raise ValueError(f"--towers {towers!r}: choose 'separate' or 'pairs'")
+    if harmonize is not None:
+        wrong = sorted(set(harmonize) - set(HARMONIZE_SETTINGS))
+        if wrong or not harmonize or len(set(harmonize)) != len(harmonize):
+            raise ValueError(
+                f"--harmonize {harmonize}: give each of {list(HARMONIZE_SETTINGS)} at most once"
+                f"{f' (unknown: {wrong})' if wrong else ''}"
+            )
     full = "mot" if "mot" in variants else variants[-1]
     if towers == "pairs":
         variants = [*variants, *(f"{MERGE_PREFIX}{a}+{b}" for a, b in combinations(modalities, 2))]
@@ -133,7 +164,8 @@ def build_grid(
     combos += [(full, d) for d in drops if d != "none"]
     if eval_masking:
         combos += [(full, d + AT_TEST) for d in drops if d != "none"]
-    return [Cell(v, d, s, f) for v, d in combos for s in seeds for f in folds]
+    levels = [None] if harmonize is None else list(harmonize)
+    return [Cell(v, d, s, f, h) for h in levels for v, d in combos for s in seeds for f in folds]
 
 
 def _checkpoints(out_dir: Path, cell: Cell) -> Path:
@@ -146,7 +178,14 @@ def _predictions(out_dir: Path, cell: Cell) -> Path:
 
 
 def _cell_args(
-    config: str, cell: Cell, parent_id: str, name: str, out_dir: Path, extra: list[str], modalities: list[str]
+    config: str,
+    cell: Cell,
+    parent_id: str,
+    name: str,
+    out_dir: Path,
+    extra: list[str],
+    modalities: list[str],
+    combat: dict | None = None,
 ) -> list[str]:
     tags = {PARENT_TAG: parent_id, CELL_TAG: cell.id, ABLATION_TAG + ".member": name}
     logging_args = ["--trainer.logger.init_args.tags", json.dumps(tags), "--trainer.logger.init_args.run_name", cell.id]
@@ -158,7 +197,7 @@ def _cell_args(
             "--config",
             config,
             *extra,
-            *cell.overrides(modalities),
+            *cell.overrides(modalities, combat),
             *logging_args,
             "--ckpt_path",
             checkpoint,
@@ -172,7 +211,7 @@ def _cell_args(
         "--config",
         config,
         *extra,
-        *cell.overrides(modalities),  # last: an override of the whole model or data must not undo the cell
+        *cell.overrides(modalities, combat),  # last: an override of the whole model or data must not undo the cell
         *logging_args,
         "--checkpoint_dir",
         str(_checkpoints(out_dir, cell)),
@@ -194,6 +233,8 @@ class Ablation:
             probe = lightning_cli(["--config", config, *extra], run=False)
         self.modalities = list(probe.datamodule.modality_names)
         self.n_folds = int(probe.datamodule.hparams.n_folds)
+        # the config's own harmonisation (with --data overrides): what a --harmonize combat cell runs
+        self.combat = check_harmonize(probe.datamodule.hparams.get("harmonize"))
         logger = probe.trainer.logger
         self.client = MlflowClient(tracking_uri=logger._tracking_uri)
         experiment = self.client.get_experiment_by_name(logger._experiment_name)
@@ -247,12 +288,14 @@ class Ablation:
         return shlex.join(["mot-neuro", *self.cell_args(cell, parent_id)])
 
     def cell_args(self, cell: Cell, parent_id: str) -> list[str]:
-        return _cell_args(self.config, cell, parent_id, self.name, self.out_dir, self.extra, self.modalities)
+        return _cell_args(
+            self.config, cell, parent_id, self.name, self.out_dir, self.extra, self.modalities, self.combat
+        )
 
     def summarize(self, parent_id: str, cells: list[Cell], metric: str | None) -> dict:
+        """Collect the finished cells' metrics and write the report (per harmonisation setting when the grid has
+        a ``--harmonize`` axis, see the module docstring); every file is logged to the parent run."""
         import pandas as pd
-
-        from mot_neuro import analysis
 
         done = self.finished(parent_id)
         records, curves, flops, ratios, predictions = [], [], {}, {}, []
@@ -261,6 +304,8 @@ class Ablation:
             if run is None:
                 continue
             base = {"variant": cell.variant, "dropped": cell.dropped, "seed": cell.seed, "fold": cell.fold}
+            if cell.harmonize is not None:
+                base["harmonize"] = cell.harmonize
             params = run.data.params
             if "split/n_train" in params and "split/n_test" in params and float(params["split/n_train"]) > 0:
                 # the same saved splits for every cell of a fold: one n_test / n_train per fold
@@ -271,7 +316,7 @@ class Ablation:
                 predictions.append(frame.loc[frame["kind"] == "binary"].assign(**base))
             if cell.dropped == "none" and "train_flops_per_token" in run.data.params:
                 # same sequence and batch for every variant with nothing dropped: FLOPs per step scale with these
-                flops[cell.variant] = float(run.data.params["train_flops_per_token"])
+                flops[(cell.harmonize, cell.variant)] = float(run.data.params["train_flops_per_token"])
             for key, value in run.data.metrics.items():
                 if key.startswith("test/"):
                     records.append({**base, "metric": key, "value": value})
@@ -279,30 +324,142 @@ class Ablation:
                 curves.append({**base, "step": point.step, "value": point.value})
         if not records:
             raise ValueError(f"no finished cell of ablation {self.name!r} has test metrics yet")
-        results = analysis.tidy_results(records)
-        metric = metric or _primary_metric(results)
-        summary = analysis.summarize(
-            results,
-            reference=FULL,
-            test_train_ratio=ratios or None,
-            predictions=pd.concat(predictions, ignore_index=True) if predictions else None,
-        )
-        paths = analysis.write_report(results, summary, self.out_dir, metric=metric)
-        steps = None
-        if curves and {"dense", "mot"} <= {c["variant"] for c in curves}:
-            variants = {c["variant"] for c in curves}
-            # best, not final: the demo-sized cohorts overfit, so a final loss is reached within an epoch
-            per_cell, per_variant = analysis.steps_to_reference_quality(
-                pd.DataFrame(curves), flops_per_step=flops if variants <= set(flops) else None, target="best"
-            )
-            steps = per_variant
-            for frame, file in ((per_cell, "steps_to_dense.csv"), (per_variant, "steps_to_dense_summary.csv")):
-                frame.to_csv(self.out_dir / file, index=False)
-                paths[file] = self.out_dir / file
-        for path in paths.values():
+        metric = metric or _primary_metric(pd.DataFrame(records))
+        predictions = pd.concat(predictions, ignore_index=True) if predictions else None
+        levels = list(dict.fromkeys(c.harmonize for c in cells))
+        if levels == [None]:
+            flops = {variant: value for (_, variant), value in flops.items()}
+            report = _report(records, curves, flops, ratios, predictions, self.out_dir, metric)
+        else:
+            report = _harmonize_report(records, curves, flops, ratios, predictions, self.out_dir, metric, levels)
+        for path in report["paths"].values():
             self.client.log_artifact(parent_id, str(path))
         self.client.set_tag(parent_id, "mot_neuro.primary_metric", metric)
-        return {"results": results, "summary": summary, "steps": steps, "paths": paths, "metric": metric}
+        return report
+
+
+def _report(records, curves, flops, ratios, predictions, out_dir: Path, metric: str) -> dict:
+    """The report of one grid (one harmonisation setting): results, summary against the full model, contributions,
+    plot and steps to the dense model's validation loss, written into ``out_dir``."""
+    import pandas as pd
+
+    from mot_neuro import analysis
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = analysis.tidy_results(records)
+    summary = analysis.summarize(
+        results,
+        reference=FULL,
+        test_train_ratio=ratios or None,
+        predictions=predictions.drop(columns="harmonize", errors="ignore") if predictions is not None else None,
+    )
+    paths = analysis.write_report(results, summary, out_dir, metric=metric)
+    steps = None
+    if curves and {"dense", "mot"} <= {c["variant"] for c in curves}:
+        variants = {c["variant"] for c in curves}
+        # best, not final: the demo-sized cohorts overfit, so a final loss is reached within an epoch
+        per_cell, per_variant = analysis.steps_to_reference_quality(
+            pd.DataFrame(curves).drop(columns="harmonize", errors="ignore"),
+            flops_per_step=flops if variants <= set(flops) else None,
+            target="best",
+        )
+        steps = per_variant
+        for frame, file in ((per_cell, "steps_to_dense.csv"), (per_variant, "steps_to_dense_summary.csv")):
+            frame.to_csv(out_dir / file, index=False)
+            paths[file] = out_dir / file
+    return {"results": results, "summary": summary, "steps": steps, "paths": paths, "metric": metric}
+
+
+def _harmonize_report(records, curves, flops, ratios, predictions, out_dir: Path, metric: str, levels) -> dict:
+    """One report per harmonisation setting (in ``harmonize-<setting>/``), their tables side by side with a
+    ``harmonize`` column, and ``harmonize_effect.csv``: each cell against the same cell under ``levels[0]``."""
+    import pandas as pd
+
+    from data_adapters.io import atomic_write_bytes
+
+    reports, paths = {}, {}
+    for level in levels:
+        mine = [r for r in records if r["harmonize"] == level]
+        if not mine:
+            continue
+        level_preds = None if predictions is None else predictions.loc[predictions["harmonize"] == level]
+        reports[level] = _report(
+            mine,
+            [c for c in curves if c["harmonize"] == level],
+            {variant: value for (h, variant), value in flops.items() if h == level},
+            ratios,
+            None if level_preds is None or level_preds.empty else level_preds,
+            out_dir / f"harmonize-{level}",
+            metric,
+        )
+        paths.update({f"harmonize-{level}/{key}": path for key, path in reports[level]["paths"].items()})
+
+    def side_by_side(frames: dict) -> pd.DataFrame:
+        tables = [frame.assign(harmonize=level) for level, frame in frames.items() if frame is not None]
+        table = pd.concat(tables, ignore_index=True)
+        return table.loc[:, ["harmonize", *(c for c in table.columns if c != "harmonize")]]
+
+    results = side_by_side({level: report["results"] for level, report in reports.items()})
+    summary = side_by_side({level: report["summary"] for level, report in reports.items()})
+    contributions = side_by_side(
+        {level: pd.read_csv(report["paths"]["contributions"]) for level, report in reports.items()}
+    )
+    steps = None
+    if any(report["steps"] is not None for report in reports.values()):
+        steps = side_by_side({level: report["steps"] for level, report in reports.items()})
+    effect = harmonize_effect(results, levels, ratios, predictions)
+    for name, frame in (
+        ("results", results),
+        ("summary", summary),
+        ("contributions", contributions),
+        ("harmonize_effect", effect),
+    ):
+        paths[name] = atomic_write_bytes(out_dir / f"{name}.csv", frame.to_csv(index=False).encode())
+    return {
+        "results": results,
+        "summary": summary,
+        "steps": steps,
+        "paths": paths,
+        "metric": metric,
+        "harmonize_effect": effect,
+    }
+
+
+def harmonize_effect(results, levels, ratios, predictions=None):
+    """Every (variant, dropped) cell under each harmonisation setting against the same cell under ``levels[0]``:
+    :func:`mot_neuro.analysis.summarize` on those cells alone (paired by fold, seeds averaged; DeLong on the
+    pooled test predictions when given; BH within the cell and metric). Columns: ``variant, dropped, harmonize,
+    reference_harmonize, metric`` and the summary's statistics (``mean_diff``: this setting minus the reference
+    setting)."""
+    import pandas as pd
+
+    from mot_neuro import analysis
+
+    reference, tables = levels[0], []
+    for (variant, dropped), part in results.groupby(["variant", "dropped"], sort=True):
+        present = set(part["harmonize"])
+        if reference not in present or len(present) < 2:
+            continue
+        cells = part.assign(variant=part["harmonize"], dropped="none").drop(columns="harmonize")
+        preds = None
+        if predictions is not None:
+            mine = predictions.loc[(predictions["variant"] == variant) & (predictions["dropped"] == dropped)]
+            if not mine.empty:
+                preds = mine.assign(variant=mine["harmonize"], dropped="none").drop(columns="harmonize")
+        summary = analysis.summarize(
+            cells, reference=(reference, "none"), test_train_ratio=ratios or None, predictions=preds
+        )
+        summary = summary.loc[~summary["is_reference"]].rename(columns={"variant": "harmonize"})
+        tables.append(
+            summary.drop(columns=["dropped", "is_reference"]).assign(
+                variant=variant, dropped=dropped, reference_harmonize=reference
+            )
+        )
+    if not tables:
+        return pd.DataFrame(columns=["variant", "dropped", "harmonize", "reference_harmonize", "metric"])
+    table = pd.concat(tables, ignore_index=True)
+    first = ["variant", "dropped", "harmonize", "reference_harmonize", "metric"]
+    return table.loc[:, [*first, *(c for c in table.columns if c not in first)]]
 
 
 def _primary_metric(results) -> str:
@@ -340,6 +497,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="pairs: also MoT with every pair of modalities sharing one tower",
     )
     p.add_argument(
+        "--harmonize",
+        nargs="+",
+        default=None,
+        metavar="SETTING",
+        help="run the grid once per harmonisation setting: 'none' and/or 'combat' (the data config's harmonize);"
+        " default: the config's own setting only",
+    )
+    p.add_argument(
         "--eval-masking",
         action="store_true",
         help="also test the full model with each modality hidden (no retraining), beside leaving it out",
@@ -361,8 +526,20 @@ def main(argv: list[str]) -> int:
     ablation = Ablation(args.config, name, out_dir, extra)
     folds = args.folds if args.folds is not None else list(range(ablation.n_folds))
     drops = args.drop if args.drop is not None else ["none", *ablation.modalities]
+    if args.harmonize is not None and "combat" in args.harmonize and ablation.combat is None:
+        raise ValueError(
+            "--harmonize combat runs the data config's harmonize settings, and this config has none: add"
+            " data.harmonize {method: combat, batch: <site column>, covariates: [...], modalities: [...]}"
+        )
     cells = build_grid(
-        args.variants, drops, args.seeds, folds, ablation.modalities, towers=args.towers, eval_masking=args.eval_masking
+        args.variants,
+        drops,
+        args.seeds,
+        folds,
+        ablation.modalities,
+        towers=args.towers,
+        eval_masking=args.eval_masking,
+        harmonize=args.harmonize,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     parent = ablation.parent_run()
@@ -378,7 +555,8 @@ def main(argv: list[str]) -> int:
         note = f" ({waiting} test-time masks wait for their model: print again once the fits finish)" if waiting else ""
         print(
             f"# {len(ready)} of {len(cells)} cells to run{note};"
-            f" then: mot-neuro ablate --config {args.config} --summarize --name {name}",
+            f" then: mot-neuro ablate --config {args.config} --summarize --name {name}"
+            + (f" --harmonize {' '.join(args.harmonize)}" if args.harmonize else ""),
             file=sys.stderr,
         )
         return 0
@@ -412,7 +590,8 @@ def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> N
 
     summary, metric = report["summary"], report["metric"]
     shown = summary[summary["metric"] == metric]
-    columns = ("variant", "dropped", "n_cells", "n", "mean", "sd", "n_pairs", "mean_diff", "p_value", "q_value")
+    columns = ("harmonize", "variant", "dropped", "n_cells", "n", "mean", "sd", "n_pairs", "mean_diff", "p_value")
+    columns += ("q_value",)
     columns += ("p_corrected_t", "q_corrected_t", "p_delong", "q_delong")
     columns = [c for c in columns if c in shown and not (c.endswith(("_t", "_delong")) and shown[c].isna().all())]
     print(
@@ -426,7 +605,15 @@ def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> N
     for _, row in shown.iterrows():
         note = row.get("note")
         if isinstance(note, str) and note and not row.get("is_reference"):
-            print(f"  {row['variant']}/{row['dropped']}: {note}")
+            where = f"{row['harmonize']}: " if "harmonize" in row else ""
+            print(f"  {where}{row['variant']}/{row['dropped']}: {note}")
+    effect = report.get("harmonize_effect")
+    if effect is not None and not effect.empty:
+        shown = effect[effect["metric"] == metric]
+        print(f"\nharmonisation: each cell minus the same cell with harmonize {shown['reference_harmonize'].iloc[0]!r}")
+        keep = ("variant", "dropped", "harmonize", "n_pairs", "mean_diff", "p_value", "p_corrected_t", "p_delong")
+        keep = [c for c in keep if c in shown and not (c.startswith("p_") and shown[c].isna().all() and c != "p_value")]
+        print(shown[keep].to_string(index=False, float_format=format_number))
     if report["steps"] is not None:
         print(
             "\nsteps to the dense model's best val/loss (ratio of steps; the MoT paper: 0.35-0.56 at 7B); cells that"

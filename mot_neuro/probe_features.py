@@ -73,6 +73,8 @@ def _fold_labels(datamodule) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[
     for name in names:  # the classes as the model sees them: a binary target coded 1/2 (PLINK) becomes 0/1
         targets[name] = datamodule.preprocessor.code_target(name, targets[name].to_numpy(dtype=float, na_value=np.nan))
     targets.index = pd.Index(_ids(targets.index), name="eid")
+    # only the fold's subjects: rows of a saved cohort outside every part (withdrawn) must reach no probe
+    targets = targets[targets.index.isin(np.concatenate(list(splits.values())))]
     kinds = {name: datamodule.preprocessor.target_kinds[name] for name in names}
     return targets, splits, kinds
 
@@ -86,7 +88,9 @@ def _fold_groups(datamodule) -> pd.Series | None:
     if column not in participants.columns:
         raise ValueError(f"data.group {column!r} is not a column of the participants table")
     # as strings, exactly as the DataModule groups its splits
-    return pd.Series(participants[column].astype(str).to_numpy(object), index=_ids(participants.index), name=column)
+    groups = pd.Series(participants[column].astype(str).to_numpy(object), index=_ids(participants.index), name=column)
+    fold = datamodule.splits.fold(datamodule.hparams.fold)
+    return groups[groups.index.isin(np.concatenate([fold[part] for part in _SPLIT_PARTS]))]
 
 
 def _modality_columns(name: str, modality, values: np.ndarray, missing: np.ndarray) -> pd.DataFrame:

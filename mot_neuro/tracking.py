@@ -268,9 +268,17 @@ class MLflowSaveConfig(SaveConfigCallback):
                 # part sizes (counts): the corrected resampled t-test of an ablation needs n_test / n_train
                 for part, rows in (getattr(datamodule, "rows", None) or {}).items():
                     params[f"split/n_{part}"] = len(rows)
+                # how relatedness grouped the cohort (counts only), so a reader sees that families stayed together
+                for key, count in ((splits.settings or {}).get("related_groups") or {}).items():
+                    params[f"split/{key}"] = count
                 if getattr(logger, "log_subject_ids", False):
                     client.log_artifact(run_id, str(datamodule.hparams.splits_file))
             params["tokens_per_modality"] = ",".join(f"{m.name}={m.n_tokens}" for m in data.modalities)
+            # ComBat's complete cases per harmonised modality (counts): a fit on few subjects shows here
+            preprocessor = getattr(datamodule, "preprocessor", None)
+            for name, fitted in ((preprocessor.state_dict().get("harmonize") if preprocessor else None) or {}).items():
+                params[f"harmonize/{name}/n_train"] = fitted["n_train"]
+                params[f"harmonize/{name}/n_fit"] = fitted["n_fit"]
             cohort = getattr(datamodule, "cohort", None)
             # how each modality matched the participants (counts, never IDs): a modality that matched few shows here
             for key, count in (getattr(cohort, "match_counts", None) or {}).items():

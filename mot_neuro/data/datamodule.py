@@ -35,9 +35,12 @@ from mot_neuro.model.inputs import DataSpec, TargetSpec
 from mot_neuro.model.tokenizers import ModalitySpec
 
 from .batches import SPLIT_CODES, CohortBatches, ResumableLoader, RowBatches
+from .harmonize import check_harmonize
 from .preprocess import FoldPreprocessor, check_categorical_confounds, class_labels, decide_targets
+from .relatedness import check_relatedness_option
 from .sources import build_cached_cohort, check_modality_names
 from .splits import SCHEMES, Splits, fraction_problems, held_out_problem, load_or_make_splits
+from .withdrawals import read_withdrawals
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -137,6 +140,25 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             be in the modality (a number, or modality -> number); below it the IDs are taken to be written
             differently (leading zeros, a ``sub-`` prefix) and the build stops. Lower it for a modality that
             really covers part of the cohort (e.g. ``{brain: 0.1}`` when a tenth were scanned).
+        relatedness: relatives kept inside one of train/val/test: a relatedness file, or ``{path: <file>,
+            threshold: <kinship>}``. UK Biobank's ``ukb_rel.dat`` / KING's ``.kin0`` (header naming ``ID1 ID2
+            ... Kinship``): a pair is related when ``Kinship >= threshold`` (default 0.0442, KING's lower bound of
+            third degree; at most 0.5); a two-column ``ID1 ID2`` table: every listed pair is related. Subjects
+            linked by related pairs, or by a shared ``group`` value, form one group (connected components); IDs
+            not in the cohort are ignored. The threshold and the file's fingerprint are recorded in the splits
+            file (another file or threshold refuses it), with the counts of related groups; saved folds where a
+            related pair crosses parts are refused. See :mod:`mot_neuro.data.relatedness`.
+        withdrawals: a file of withdrawn IDs (one per line, no header or a header naming the ID column, blank
+            lines and ``#`` comments skipped), removed before anything else: left out of the cohort build and its
+            cache (the file is part of the cache key), of a ``cohort_dir`` cohort's splits and loaders (the folder
+            is not rewritten), and so of every split, embedding and prediction. A saved splits file holding them
+            has them removed, every other subject keeping its part, and is saved again. How many of its IDs were
+            found in the cohort and how many not is logged (and tracked as ``cohort/withdrawn/*``).
+        harmonize: ComBat harmonisation of site effects fitted on the training rows of the fold, before confound
+            regression and standardization: ``{method: combat, batch: site, covariates: [age, sex], modalities:
+            [brain]}`` (``method: none`` or null: off). ``batch`` and ``covariates`` are participants columns (any
+            column of the participants table; they need not be confounds), never a target. Recorded in
+            checkpoints like ``confounds``. See :mod:`mot_neuro.data.harmonize`.
     """
 
     def __init__(
@@ -167,6 +189,9 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         predict_split: Literal["all", "train", "val", "test"] = "all",
         cohort_dir: str | None = None,
         min_match: float | dict[str, float] = DEFAULT_MIN_MATCH,
+        relatedness: str | dict[str, str | float] | None = None,
+        withdrawals: str | None = None,
+        harmonize: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -185,6 +210,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             confounds=confounds,
             categorical_confounds=categorical_confounds,
         )
+        check_relatedness_option(relatedness, prefix="data.")
         if cohort_dir is not None:
             if participants is not None or modalities is not None:
                 raise AdapterError(
@@ -207,6 +233,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             )
         # names become parameter keys, folders and MLflow keys: one rule, checked before anything is read
         check_modality_names(dict.fromkeys(modalities))
+        check_harmonize(harmonize, targets=list(targets), modalities=list(modalities))
         unknown = sorted(set(drop_modalities) - set(modalities))
         if unknown:
             raise AdapterError(f"drop_modalities names unknown modality(ies) {unknown}; known: {sorted(modalities)}")
@@ -239,11 +266,14 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 id_column=hp.id_column,
                 cache_dir=hp.cache_dir,
                 min_match=hp.min_match,
+                withdrawals=hp.withdrawals,
             )
             self.cohort_dir = Path(hp.cache_dir) / f"cohort-{self.data_fingerprint}"
-        participants = self.cohort.participants
+        self.withdrawn = None if hp.withdrawals is None else read_withdrawals(hp.withdrawals, id_column=hp.id_column)
+        kept_rows = self._rows_not_withdrawn()  # a saved cohort folder still holds them: their rows are left out
+        participants = self.cohort.participants if kept_rows is None else self.cohort.participants.iloc[kept_rows]
         # a target's kind is the cohort's, decided once: every fold trains the same kind of head
-        self.target_specs = decide_targets(self.cohort, hp.target_kinds)
+        self.target_specs = decide_targets(self._kept_cohort(participants), hp.target_kinds)
         stratify = None
         if hp.stratify is not None:
             if hp.stratify not in participants.columns:
@@ -259,8 +289,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             groups = participants[hp.group].astype(str)
         self.splits: Splits = load_or_make_splits(
             hp.splits_file,
-            self.cohort.subject_ids,
-            class_targets=self._class_targets(),
+            participants.index.to_numpy().astype(str),
+            class_targets=self._class_targets(kept_rows),
             fold=hp.fold,
             scheme=hp.scheme,
             n_folds=hp.n_folds,
@@ -269,6 +299,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             stratify=stratify,
             groups=groups,
             seed=hp.split_seed,
+            relatedness=hp.relatedness,
+            withdrawn=None if self.withdrawn is None else self.withdrawn.ids,
         )
         position = {sid: i for i, sid in enumerate(self.cohort.subject_ids)}
         fold = self.splits.fold(hp.fold)
@@ -283,6 +315,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             categorical_confounds=list(hp.categorical_confounds),
             target_kinds=hp.target_kinds,
             target_specs=self.target_specs,
+            harmonize=check_harmonize(hp.harmonize),
         ).fit(self.cohort, self.rows["train"])
         # fit bounded the training rows; a held-out value that the training statistics make non-finite stops
         # the run here, before any step (and outside DataLoader workers, whose errors come wrapped)
@@ -290,15 +323,47 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         self.preprocessor.check_rows(held_out, self.kept)
         self._prepared = True
 
-    def _class_targets(self) -> dict[str, tuple[np.ndarray, list[float]]]:
-        """Raw labels (in cohort order) and class labels of each categorical target, for the splits' checks."""
+    def _class_targets(self, kept_rows: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, list[float]]]:
+        """Raw labels (in cohort order, of ``kept_rows`` when given) and class labels of each categorical target,
+        for the splits' checks."""
         out = {}
         for name, spec in self.target_specs.items():
             if spec["kind"] == "regression":
                 continue
             labels = pd.to_numeric(self.cohort.participants[name]).to_numpy(dtype=np.float64, na_value=np.nan)
-            out[name] = (labels, class_labels(spec))
+            out[name] = (labels if kept_rows is None else labels[kept_rows], class_labels(spec))
         return out
+
+    def _rows_not_withdrawn(self) -> np.ndarray | None:
+        """Rows of the cohort that are not withdrawn, or None when none is to be left out. A built cohort never
+        holds withdrawn subjects (left out before it was cached); a saved ``cohort_dir`` cannot be rewritten,
+        so its withdrawn rows are left out here, and the data fingerprint takes the withdrawal file in."""
+        if self.withdrawn is None or self.hparams.cohort_dir is None:
+            return None  # none asked, or left out at build time (the build logged and recorded the counts)
+        ids = self.cohort.subject_ids
+        withdrawn = np.isin(ids, np.asarray(sorted(self.withdrawn.ids), dtype=str))
+        counts = {**self.withdrawn.counts(ids), "in_participants": int(withdrawn.sum())}
+        self.cohort.build_info["withdrawn"] = counts  # in memory only: tracked with the cohort's match counts
+        log.info(
+            "withdrawals: %d withdrawn ID(s) found in the saved cohort and left out of its splits and loaders,"
+            " %d not found",
+            counts["found"],
+            counts["not_found"],
+        )
+        text = f"{self.data_fingerprint}:withdrawals:{self.withdrawn.fingerprint}"
+        self.data_fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if withdrawn.all():
+            raise AdapterError("every subject of the saved cohort is withdrawn", file=self.withdrawn.path)
+        return np.flatnonzero(~withdrawn) if withdrawn.any() else None
+
+    def _kept_cohort(self, participants: pd.DataFrame):
+        """The cohort, or (withdrawn rows left out of a saved one) its participants alone, for deciding targets."""
+        if participants is self.cohort.participants:
+            return self.cohort
+        from data_adapters.cohort import Cohort
+
+        cohort = self.cohort
+        return Cohort(participants, {}, cohort.targets, cohort.confounds, cohort.id_column, cohort.join)
 
     def _saved_cohort(self, folder: Path):
         """The cohort of ``cohort_dir`` (memory-mapped) with this config's targets and confounds, and its key."""
@@ -331,11 +396,15 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         """The settings that decide how input features are preprocessed (besides the data and the fold's rows,
         which the data and splits fingerprints identify), recorded in checkpoints."""
         hp = self.hparams
-        return {
+        settings = {
             "standardize": bool(hp.standardize),
             "confounds": [str(c) for c in hp.confounds],
             "categorical_confounds": check_categorical_confounds(hp.confounds, hp.categorical_confounds),
         }
+        harmonize = check_harmonize(hp.get("harmonize"))
+        if harmonize is not None:  # only when on: checkpoints made without the option keep their fingerprint
+            settings["harmonize"] = harmonize
+        return settings
 
     @property
     def preprocessing_fingerprint(self) -> str:
@@ -461,9 +530,9 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             return
         saved, now = dict(state.get("preprocessing") or {}), self.preprocessing
         differs = [
-            f"data.{key} {saved[key]!r} (this run: {now[key]!r})"
-            for key in now
-            if key in saved and saved[key] != now[key]
+            f"data.{key} {saved.get(key)!r} (this run: {now.get(key)!r})"
+            for key in dict.fromkeys([*now, *saved])
+            if ((key in saved and key in now) or key == "harmonize") and saved.get(key) != now.get(key)
         ]
         what = ", ".join(differs) or f"fingerprint {recorded}, this run's {self.preprocessing_fingerprint}"
         raise AdapterError(
@@ -479,6 +548,9 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         if "fold" not in state or not self._prepared:
             return
         fold, splits = int(state["fold"]), state.get("splits_fingerprint")
+        # splits with withdrawn subjects removed keep every other subject's part: their earlier versions match
+        if splits in (self.splits.settings.get("withdrawn") or {}).get("earlier_fingerprints", []):
+            splits = self.splits.fingerprint()
         if fold != self.hparams.fold or splits != self.splits.fingerprint():
             what = (
                 f"fold {fold} (this run: fold {self.hparams.fold})"

@@ -7,6 +7,9 @@ the steps live in :mod:`~mot_neuro.data.confounds` (confound statistics and desi
 Per modality, every *slot* (a token's feature that ``feature_mask`` keeps, of a numeric token) is
 processed on its own, in this order:
 
+0. Harmonisation (when ``harmonize`` names the modality): ComBat fitted on the training rows removes site
+   effects while preserving the given covariates (:mod:`~mot_neuro.data.harmonize`); every later step is
+   fitted on, and applied to, the harmonised values.
 1. Confound regression (when ``confounds`` are given): least squares of the slot on a design of an
    intercept, the numeric confounds z-scored with training statistics, and the categorical confounds
    one-hot coded and centred by their training shares. A confound is categorical when it holds text or
@@ -74,6 +77,7 @@ from .column_values import category_label as _category_label  # noqa: F401
 from .column_values import category_labels as _category_labels  # noqa: F401
 from .column_values import number_label as _label
 from .confounds import check_categorical_confounds, check_confound_range, confound_design, fit_confounds
+from .harmonize import CombatApplier, HarmonizedModality, check_columns, check_harmonize, fit_modality_combat
 from .scaling import usable_sd  # noqa: F401
 from .slot_statistics import blocks, fit_modality, slot_error
 from .targets import check_target_kinds, class_labels, decide_targets, fit_targets  # noqa: F401
@@ -112,6 +116,9 @@ class FoldPreprocessor:
 
     ``categorical_confounds`` (a subset of ``confounds``) are one-hot coded whatever their dtype: declare
     integer site, centre or batch codes there (see the module docstring).
+
+    ``harmonize`` (``{method: combat, batch, covariates, modalities}``, see :mod:`~mot_neuro.data.harmonize`)
+    fits ComBat on the training rows before everything else; its estimates are part of :meth:`state_dict`.
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class FoldPreprocessor:
         target_kinds: Mapping[str, str] | None = None,
         target_specs: Mapping[str, Mapping] | None = None,
         categorical_confounds: Sequence[str] = (),
+        harmonize: Mapping | None = None,
     ) -> None:
         if impute not in IMPUTE:
             raise AdapterError(f"impute must be one of {IMPUTE}, got {impute!r}")
@@ -136,6 +144,7 @@ class FoldPreprocessor:
         declared = check_target_kinds(target_kinds)
         if target_specs is not None:
             check_target_kinds({name: spec.get("kind") for name, spec in target_specs.items()})
+        self.harmonize = check_harmonize(harmonize, prefix="")
         self.standardize = bool(standardize)
         self.confounds = confounds
         self.categorical_confounds = categorical
@@ -153,6 +162,8 @@ class FoldPreprocessor:
         self._targets: dict[str, dict] = {}
         self._n_train = 0
         self._cohort: Cohort | None = None
+        self._combat: dict[str, dict] = {}  # fitted ComBat state per harmonised modality
+        self._appliers: dict[str, tuple] = {}  # modality -> (cohort, CombatApplier), made once per cohort
 
     # ------------------------------------------------------------------------------------------------ fit
     def fit(self, cohort: Cohort, train_rows: np.ndarray) -> FoldPreprocessor:
@@ -168,6 +179,7 @@ class FoldPreprocessor:
                 )
         specs = self.target_specs if self.target_specs is not None else decide_targets(cohort, self.declared_kinds)
         check_confound_range(participants, self.confounds)
+        self._fit_harmonize(cohort, rows, specs)
         self._confound_specs = fit_confounds(participants, rows, self.confounds, self.categorical_confounds)
         design = self._design(participants, rows)[0] if self.confounds else None
         self._array_cache = {}
@@ -175,7 +187,11 @@ class FoldPreprocessor:
         self._modalities, extremes = {}, {}
         for name, modality in cohort.modalities.items():
             self._modalities[name], extremes[name] = fit_modality(
-                modality, rows, design, block_rows=self.block_rows, standardize=self.standardize
+                self._harmonized(name, modality, cohort),
+                rows,
+                design,
+                block_rows=self.block_rows,
+                standardize=self.standardize,
             )
         self._fit_targets(cohort, rows, specs)
         self._n_train = len(rows)
@@ -190,6 +206,28 @@ class FoldPreprocessor:
                     " statistics are extreme); check the modality's values"
                 )
         return self
+
+    def _fit_harmonize(self, cohort: Cohort, rows: np.ndarray, specs: Mapping[str, Mapping]) -> None:
+        """ComBat per harmonised modality, from the training rows only (see :mod:`~mot_neuro.data.harmonize`)."""
+        self._combat, self._appliers = {}, {}
+        if self.harmonize is None:
+            return
+        check_harmonize(self.harmonize, targets=list(specs), modalities=list(cohort.modalities), prefix="")
+        check_columns(cohort.participants, self.harmonize)
+        for name in self.harmonize["modalities"]:
+            self._combat[name] = fit_modality_combat(
+                cohort.modalities[name], rows, cohort.participants, self.harmonize, block_rows=self.block_rows
+            )
+
+    def _harmonized(self, name: str, modality, cohort: Cohort):
+        """The modality as the later steps see it: its values harmonised on read when ComBat was fitted to it."""
+        if name not in self._combat:
+            return modality
+        cached = self._appliers.get(name)
+        if cached is None or cached[0] is not cohort:
+            cached = (cohort, CombatApplier(self._combat[name], cohort.participants, name))
+            self._appliers[name] = cached
+        return HarmonizedModality(modality, cached[1])
 
     def _fit_targets(self, cohort: Cohort, rows: np.ndarray, specs: Mapping[str, Mapping]) -> None:
         """Training statistics of the targets, whose kinds ``specs`` decided for the whole cohort."""
@@ -261,6 +299,7 @@ class FoldPreprocessor:
                 f" {stats['n_features']}"
             )
         rows = _rows(rows, cohort.n_subjects, "rows")
+        modality = self._harmonized(modality_name, modality, cohort)
         n_tokens, n_features = modality.n_tokens, modality.n_features
         slots, center, scale, beta = self._fitted_arrays(modality_name)
         design = None
@@ -404,11 +443,13 @@ class FoldPreprocessor:
                 "impute": self.impute,
                 "block_rows": self.block_rows,
                 "target_kinds": dict(self.declared_kinds),
+                "harmonize": None if self.harmonize is None else dict(self.harmonize),
             },
             "n_train": self._n_train,
             "confounds": [dict(spec) for spec in self._confound_specs],
             "modalities": {name: dict(stats) for name, stats in self._modalities.items()},
             "targets": {name: dict(spec) for name, spec in self._targets.items()},
+            "harmonize": {name: dict(fitted) for name, fitted in self._combat.items()},
         }
 
     @classmethod
@@ -429,11 +470,15 @@ class FoldPreprocessor:
                 block_rows=settings["block_rows"],
                 target_kinds=settings["target_kinds"],
                 categorical_confounds=settings.get("categorical_confounds", ()),  # absent from older states
+                harmonize=settings.get("harmonize"),  # absent from older states: none
             )
             pre._n_train = int(state["n_train"])
             pre._confound_specs = [dict(spec) for spec in state["confounds"]]
             pre._modalities = {name: dict(stats) for name, stats in state["modalities"].items()}
             pre._targets = {name: dict(spec) for name, spec in state["targets"].items()}
+            pre._combat = {name: dict(fitted) for name, fitted in (state.get("harmonize") or {}).items()}
+            if pre.harmonize is not None and sorted(pre._combat) != sorted(pre.harmonize["modalities"]):
+                raise KeyError("harmonize")
         except (KeyError, TypeError, AttributeError) as err:
             raise AdapterError(f"FoldPreprocessor state is incomplete ({err!r})") from err
         pre.target_kinds = {name: spec["kind"] for name, spec in pre._targets.items()}

@@ -40,6 +40,8 @@ from data_adapters.core import DEFAULT_ID_COLUMN, AdapterError
 from data_adapters.names import name_problem
 from data_adapters.registry import ADAPTERS, FILE_ARGUMENTS, FILESETS, input_files
 
+from .withdrawals import read_withdrawals
+
 log = logging.getLogger(__name__)
 
 
@@ -111,12 +113,17 @@ def build_cached_cohort(
     cache_dir: str | os.PathLike = "outputs/cache",
     base_dir: str | os.PathLike | None = None,
     min_match: float | Mapping[str, float] = DEFAULT_MIN_MATCH,
+    withdrawals: str | os.PathLike | None = None,
 ) -> tuple[Cohort, str]:
     """The aligned cohort (memory-mapped from the cache) and its fingerprint.
 
     ``min_match``: the fraction of a modality's subjects that must be participants, and of the participants
     that must be in the modality (a number for all, or modality -> number); below it the build stops with
     the ID styles of both files. Lower it for a modality that really covers only part of the cohort.
+    ``withdrawals``: a file of withdrawn IDs (:mod:`mot_neuro.data.withdrawals`) left out of every modality and
+    of the participants before the cohort is aligned and cached; the file is an input of the cache key, so a
+    cache built without it, or with another version of it, is not reused. How many of its IDs were found is
+    logged and kept in the cohort's ``build_info["withdrawn"]`` (and ``match_counts``).
     """
     check_modality_names(modalities)  # first: a bad name must not cost a NIfTI pass before it is refused
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -124,6 +131,10 @@ def build_cached_cohort(
     if not Path(participants).is_file():
         raise AdapterError("participants table not found", file=participants)
     calls = {m: _adapter_call(m, spec, base, id_column) for m, spec in modalities.items()}
+    withdrawn = None
+    if withdrawals is not None:
+        withdrawals = _resolve(str(withdrawals), base, "file")
+        withdrawn = read_withdrawals(withdrawals, id_column=id_column)  # before any adapter: a bad file costs nothing
     inputs = [participants]
     for modality, spec in modalities.items():
         inputs += input_files(spec["adapter"], calls[modality][1])
@@ -135,10 +146,13 @@ def build_cached_cohort(
         "id_column": id_column,
         "min_match": dict(min_match) if isinstance(min_match, Mapping) else min_match,
     }
+    if withdrawn is not None:  # only then: the keys of caches built without withdrawals stay what they were
+        inputs.append(withdrawn.path)
+        settings["withdrawals"] = True
     key = fingerprint(inputs, settings, stat_index=Path(cache_dir) / STAT_INDEX)
     folder = Path(cache_dir) / f"cohort-{key}"
     try:
-        return load_cohort(folder, mmap=True), key
+        return _report_withdrawn(load_cohort(folder, mmap=True)), key
     except AdapterError:
         if folder.exists():
             log.warning("cache %s is not usable; rebuilding it", folder)
@@ -153,6 +167,19 @@ def build_cached_cohort(
         join=join,
         id_column=id_column,
         min_match=min_match,
+        exclude=None if withdrawn is None else withdrawn.ids,
     )
     save_cohort(cohort, folder)
-    return load_cohort(folder, mmap=True), key
+    return _report_withdrawn(load_cohort(folder, mmap=True)), key
+
+
+def _report_withdrawn(cohort: Cohort) -> Cohort:
+    counts = cohort.build_info.get("withdrawn")
+    if counts is not None:
+        log.info(
+            "withdrawals: %d withdrawn ID(s) found in the inputs and left out (%d of them participants), %d not found",
+            counts["found"],
+            counts["in_participants"],
+            counts["not_found"],
+        )
+    return cohort

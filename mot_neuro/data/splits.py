@@ -7,14 +7,17 @@ Two schemes:
 * ``holdout``: one fold with a test set of about ``test_fraction`` and a validation set of about
   ``val_fraction`` of all subjects.
 
-``groups`` (site, family) keep the subjects of one group inside one of train/val/test. ``stratify`` keeps
+``groups`` (site, family) keep the subjects of one group inside one of train/val/test; so does ``relatedness``
+(a kinship file, :mod:`~mot_neuro.data.relatedness`) for relatives, joined with ``groups`` into connected
+components. ``stratify`` keeps
 the distribution of a target about equal across sets: a continuous target is cut into ``n_bins`` quantile
 bins, a missing value is a stratum of its own, and strata too small to spread over the sets are merged with
 the next smallest one (so scikit-learn never has to warn about them).
 
 The same inputs and seed give the same splits with the same scikit-learn version; saving them
 (:mod:`~mot_neuro.data.split_file`: the scheme, the settings, a fingerprint and the IDs) is what makes them the
-same for every experiment.
+same for every experiment. Withdrawn participants found in saved splits are removed from them, every other subject
+keeping its part (:func:`withdraw_from_splits`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from sklearn.model_selection import (
 from data_adapters.errors import AdapterError
 
 from .column_values import number_label as _label
+from .relatedness import Relatedness, as_relatedness, related_groups, related_pairs_crossing
 from .split_file import PARTS, SCHEMES, Splits
 
 log = logging.getLogger(__name__)
@@ -178,7 +182,7 @@ def _carve(
     return next(splitter.split(dummy, y, groups))[1]
 
 
-def _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, seed, n_bins) -> dict:
+def _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, seed, n_bins, relatedness=None) -> dict:
     def name(values):
         if values is None:
             return None
@@ -192,6 +196,7 @@ def _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, se
         "stratify": name(stratify),
         "groups": name(groups),
         "n_bins": int(n_bins),
+        "relatedness": None if relatedness is None else as_relatedness(relatedness).settings(),
     }
 
 
@@ -206,17 +211,28 @@ def make_splits(
     groups=None,
     seed: int = 0,
     n_bins: int = 5,
+    relatedness: Relatedness | str | os.PathLike | Mapping | None = None,
 ) -> Splits:
     """Seeded, grouped, stratified splits of ``subject_ids`` (see the module docstring).
 
     ``stratify`` and ``groups`` hold one value per subject, in the order of ``subject_ids`` (a Series
     indexed by these IDs is aligned by ID); a Series' name is recorded in the settings.
+
+    ``relatedness``: related pairs (a :class:`~mot_neuro.data.relatedness.Relatedness`, a relatedness file, or
+    ``{"path": ..., "threshold": ...}``; see :mod:`mot_neuro.data.relatedness`) kept inside one part: a subject's
+    group is its connected component over "related pair" and "same ``groups`` value". The threshold and the
+    file's fingerprint are recorded in the settings, the group counts under ``settings["related_groups"]``.
     """
     ids = _check_ids(subject_ids)
     _check_arguments(scheme, n_folds, val_fraction, test_fraction, seed, n_bins)
+    relatedness = as_relatedness(relatedness)
     n = len(ids)
     strata = None if stratify is None else _strata(_aligned(stratify, ids, "stratify"), n_bins)
     group_codes = None if groups is None else _group_codes(groups, ids)
+    related_counts = None
+    if relatedness is not None:
+        group_codes, related_counts = related_groups(ids, relatedness, group_codes)
+        _log_related(related_counts)
     n_groups = _check_enough_units(n, group_codes, scheme, n_folds)
     n_val = max(1, round(val_fraction * n))
     everyone = np.arange(n)
@@ -239,8 +255,25 @@ def make_splits(
         folds.append(
             {part: sorted(ids[members].tolist()) for part, members in zip(PARTS, (train, val, test), strict=True)}
         )
-    settings = _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, seed, n_bins)
+    settings = _settings(scheme, n_folds, val_fraction, test_fraction, stratify, groups, seed, n_bins, relatedness)
+    if related_counts is not None:
+        settings["related_groups"] = related_counts  # counts only; not compared when the file is reused
     return Splits(scheme=scheme, folds=folds, settings=settings)
+
+
+def _log_related(counts: dict) -> None:
+    log.info(
+        "relatedness: %d related group(s) (largest %d subjects, %d subjects in them) from %d related pair(s) in the"
+        " cohort; %d pair(s) and %d ID(s) of the file not in the cohort ignored; %d group(s) in all, largest %d",
+        counts["related_groups"],
+        counts["largest_related_group"],
+        counts["subjects_in_related_groups"],
+        counts["pairs_in_cohort"],
+        counts["pairs_outside_cohort"],
+        counts["ids_not_in_cohort"],
+        counts["groups"],
+        counts["largest_group"],
+    )
 
 
 def _group_codes(groups, ids: np.ndarray) -> np.ndarray:
@@ -301,14 +334,18 @@ def _pick(
 
 
 # ---------------------------------------------------------------------------------------------- checking splits
+_NEW_SETTINGS = ("relatedness",)
+"""Settings recorded since a later version: a file without one was made without it (None)."""
+
+
 def _settings_differences(saved: dict, asked: dict) -> list[str]:
     """``"key saved X, asked Y"`` for each setting that differs. A column name saved as ``"array"`` (splits made
     from a bare array, which records no name) matches any asked name: the content checks cover those."""
     differences = []
     for key, value in asked.items():
-        if key not in saved:
+        if key not in saved and key not in _NEW_SETTINGS:
             continue
-        before = saved[key]
+        before = saved.get(key)
         if key in ("stratify", "groups") and "array" in (before, value) and None not in (before, value):
             continue
         if before != value:
@@ -401,17 +438,23 @@ def load_or_make_splits(
     *,
     class_targets: Mapping[str, tuple] | None = None,
     fold: int | None = None,
+    withdrawn: Iterable[str] | None = None,
     **make_kwargs,
 ) -> Splits:
     """The splits saved at ``path`` when it exists, else new splits from :func:`make_splits` (``make_kwargs``),
     saved there.
 
     A saved file must hold exactly ``subject_ids`` and have been made with the settings asked for: any
-    difference (a grouping or stratification not applied, another seed or number of folds) is refused,
-    naming the settings, saved and asked, since using it silently would ignore the configuration. With
-    ``groups``, the saved folds are also checked: no group may cross train/val/test. ``class_targets`` (see
-    :func:`check_classes`) are checked before new splits are saved; warnings are given for every fold of new
-    splits, and for ``fold`` (when given) of saved ones.
+    difference (a grouping, stratification or relatedness not applied, another seed or number of folds) is
+    refused, naming the settings, saved and asked, since using it silently would ignore the configuration. With
+    ``groups``, the saved folds are also checked: no group may cross train/val/test; with ``relatedness``, no
+    related pair may. ``class_targets`` (see :func:`check_classes`) are checked before new splits are saved;
+    warnings are given for every fold of new splits, and for ``fold`` (when given) of saved ones.
+
+    ``withdrawn``: IDs of withdrawn participants (not in ``subject_ids``). A saved file holding some of them has
+    them removed from every fold, every other subject keeping its part (:func:`withdraw_from_splits`), and is
+    saved again so that the file no longer lists them; the settings record how many were removed and the
+    fingerprints the splits had before, so that a checkpoint trained on them is still recognised.
     """
     path = Path(path)
     ids = _check_ids(subject_ids)
@@ -423,7 +466,14 @@ def load_or_make_splits(
     unknown = sorted(set(make_kwargs) - set(defaults))
     if unknown:
         raise TypeError(f"load_or_make_splits got unexpected keyword argument(s) {unknown}")
+    if make_kwargs.get("relatedness") is not None:  # read once, for making and for checking
+        make_kwargs["relatedness"] = as_relatedness(make_kwargs["relatedness"])
     stratified_by = getattr(make_kwargs.get("stratify"), "name", None)
+    if withdrawn is not None:
+        withdrawn = {str(s) for s in withdrawn}
+        still_in = int(np.isin(ids, np.asarray(sorted(withdrawn), dtype=str)).sum())
+        if still_in:
+            raise AdapterError(f"subject_ids holds {still_in} withdrawn subject(s); leave them out of the cohort first")
     if not path.exists():
         splits = make_splits(ids, **make_kwargs)
         if class_targets:  # before saving: a refused split is not left behind
@@ -432,22 +482,69 @@ def load_or_make_splits(
         log.info("splits: made %s with %d fold(s), saved to %s", splits.scheme, splits.n_folds(), path)
         return splits
     splits = Splits.load(path)
+    removed = 0
+    if withdrawn is not None:
+        splits, removed = withdraw_from_splits(splits, withdrawn, file=path)
     _check_saved(splits, path, ids, {**defaults, **make_kwargs})
     if class_targets:
         warn_folds = [] if fold is None else [fold]
         check_classes(splits, ids, class_targets, warn_folds=warn_folds, file=path, stratified_by=stratified_by)
+    if removed:
+        splits.save(path)
+        log.warning(
+            "splits: %d withdrawn subject(s) removed from the saved splits %s (every other subject keeps its part);"
+            " the file is saved without them",
+            removed,
+            path,
+        )
     return splits
+
+
+def withdraw_from_splits(splits: Splits, withdrawn: Iterable[str], *, file=None) -> tuple[Splits, int]:
+    """``splits`` without the ``withdrawn`` IDs, and how many were removed (0: the same object back).
+
+    Every other subject keeps its part in every fold: the experiments already run stay comparable, and removing
+    subjects cannot move a group or a related pair across parts. ``settings["withdrawn"]`` records the subjects
+    removed in all and the fingerprints the splits had before (a checkpoint of those splits saw no subject that
+    these splits hold out). A fold left with an empty part is refused."""
+    gone = {str(s) for s in withdrawn}
+    present = splits.subject_ids() & gone
+    if not present:
+        return splits, 0
+    folds = [{part: [sid for sid in fold[part] if sid not in gone] for part in PARTS} for fold in splits.folds]
+    for k, fold in enumerate(folds):
+        for part in PARTS:
+            if not fold[part]:
+                raise AdapterError(
+                    f"removing {len(present)} withdrawn subject(s) leaves the {part} part of fold {k} of the saved"
+                    " splits empty; delete the file to make new splits",
+                    file=file,
+                )
+    settings = dict(splits.settings)
+    before = dict(settings.get("withdrawn") or {})
+    settings["withdrawn"] = {
+        "subjects_removed": int(before.get("subjects_removed", 0)) + len(present),
+        "earlier_fingerprints": [*before.get("earlier_fingerprints", []), splits.fingerprint()],
+    }
+    return Splits(scheme=splits.scheme, folds=folds, settings=settings), len(present)
 
 
 def _check_saved(splits: Splits, path: Path, ids: np.ndarray, asked: dict) -> None:
     """Refuse saved splits of other subjects, made with other settings than ``asked`` (every argument of
-    :func:`make_splits`), or whose folds split a group of ``asked["groups"]``."""
+    :func:`make_splits`), or whose folds split a group of ``asked["groups"]`` or a related pair of
+    ``asked["relatedness"]``."""
     saved, wanted = splits.subject_ids(), set(ids.tolist())
     if saved != wanted:
+        removed = (splits.settings.get("withdrawn") or {}).get("subjects_removed")
+        hint = (
+            f" (the file had {removed} withdrawn subject(s) removed: give the same data.withdrawals file)"
+            if removed and wanted - saved
+            else ""
+        )
         raise AdapterError(
             f"the splits file holds other subjects than the cohort: {len(saved - wanted)} subject(s) only in the"
-            f" file, {len(wanted - saved)} only in the cohort. Delete the file to make new splits for this cohort,"
-            " or point to another splits path",
+            f" file, {len(wanted - saved)} only in the cohort{hint}. Delete the file to make new splits for this"
+            " cohort, or point to another splits path",
             file=path,
         )
     _check_arguments(*(asked[key] for key in ("scheme", "n_folds", "val_fraction", "test_fraction", "seed", "n_bins")))
@@ -469,3 +566,17 @@ def _check_saved(splits: Splits, path: Path, ids: np.ndarray, asked: dict) -> No
                 " make grouped splits, or point splits_file at another path",
                 file=path,
             )
+    if asked["relatedness"] is not None:
+        relatedness = as_relatedness(asked["relatedness"])
+        crossing = related_pairs_crossing(splits.folds, ids, relatedness)
+        if crossing:
+            k, count = crossing[0]
+            raise AdapterError(
+                f"in the saved splits, {count} related pair(s) cross train/val/test in fold {k} ({len(crossing)}"
+                " fold(s) affected): relatives must stay in one part; delete the file to make new splits, or point"
+                " splits_file at another path",
+                file=path,
+            )
+        counts = splits.settings.get("related_groups")
+        if counts:
+            _log_related(counts)

@@ -1,0 +1,82 @@
+"""Withdrawn participants: a file of IDs removed from every modality, split and output before anything else.
+
+UK Biobank sends withdrawals as plain files of one ID per line (``w<app>_<date>.csv``, no header). Read here:
+
+* one ID per line; blank lines are skipped; a line whose first character is ``#`` is a comment;
+* the first ID line may be a header equal to the data's ID column name (``eid``), which is skipped;
+* an ID is matched as the cohort matches IDs (:func:`mot_neuro.data.relatedness.normalize_id`: stripped,
+  ``1001.0`` is ``1001``; leading zeros and prefixes are kept); an ID listed twice counts once;
+* anything else on a line (a second field, a comma) or an ID in scientific notation is an error naming the file
+  and line: a withdrawal list read wrongly would leave withdrawn subjects in.
+
+Where the IDs go: the cohort build leaves them out (:func:`mot_neuro.data.sources.build_cached_cohort`; the file
+is an input of the cache key, so a cache built before it changed is not reused); a saved cohort folder
+(``cohort_dir``) cannot be rewritten, so the DataModule leaves their rows out of the splits and of every loader;
+a saved splits file holding them has them removed (:func:`mot_neuro.data.splits.load_or_make_splits`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data_adapters.errors import AdapterError
+
+from .relatedness import file_sha256, is_scientific, normalize_id
+
+_SEPARATOR = re.compile(r"[\s,;]")
+
+
+@dataclass(frozen=True)
+class Withdrawals:
+    """The withdrawn IDs of one file (normalized strings) and the file's fingerprint."""
+
+    path: str
+    ids: frozenset[str]
+    fingerprint: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def counts(self, subject_ids) -> dict[str, int]:
+        """How many withdrawn IDs are among ``subject_ids`` (``found``) and how many are not (``not_found``)."""
+        found = len(self.ids & set(np.asarray(subject_ids).astype(str).tolist()))
+        return {"found": found, "not_found": len(self.ids) - found}
+
+
+def read_withdrawals(path: str | os.PathLike, *, id_column: str = "eid") -> Withdrawals:
+    """The IDs of a withdrawal file (see the module docstring); one-line errors naming the file and line."""
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise AdapterError("withdrawals file not found", file=file)
+    ids: set[str] = set()
+    first = True
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                text = line.strip()
+                if not text or text.startswith("#"):
+                    continue
+                if _SEPARATOR.search(text):
+                    raise AdapterError(
+                        f"withdrawals file: line {number} holds more than one field; give one ID per line", file=file
+                    )
+                if first and text.lower() == id_column.lower():
+                    first = False
+                    continue  # a header naming the ID column
+                first = False
+                if is_scientific(text):
+                    raise AdapterError(
+                        f"withdrawals file: line {number} writes an ID in scientific notation (a spreadsheet rewrote"
+                        " it and dropped digits); export the IDs as text",
+                        file=file,
+                    )
+                ids.add(normalize_id(text))
+    except UnicodeDecodeError as err:
+        raise AdapterError(f"withdrawals file is not text ({err.reason})", file=file) from None
+    return Withdrawals(path=file, ids=frozenset(ids), fingerprint=file_sha256(path))
