@@ -14,7 +14,15 @@ Four readers, one output (:class:`~data_adapters.core.TokenizedModality`), one t
   ``aparcstats2table`` writes them): one token per region, its measures as features.
 * :func:`connectivity_matrices` -- precomputed region x region matrices, one ``.npy``/``.csv`` file per
   subject (paths in a manifest) or one stacked ``.npy`` ``[N, R, R]`` with its subject IDs.
+* :func:`regions_from_bids` -- :func:`regions_from_nifti` on the images of a BIDS dataset (raw or derivatives
+  such as fMRIPrep) chosen by entities (session, task, space, desc, suffix ...) instead of a manifest
+  (:mod:`~data_adapters.bids`).
+* :func:`freesurfer_stats` -- a FreeSurfer ``SUBJECTS_DIR``: ``aseg.stats`` and ``{lh,rh}.<parcellation>.stats``
+  per subject, tabulated as ``asegstats2table``/``aparcstats2table`` would, then tokenized as :func:`idp_table`
+  (:mod:`~data_adapters.freesurfer`).
 * :func:`read_atlas` -- the atlas and its label table, reused across calls.
+
+UK Biobank's imaging-derived phenotypes come from its showcase tables: :func:`data_adapters.ukb.ukb_fields`.
 
 The atlas (label image, label tables, resampling to image grids): :mod:`~data_adapters.atlas`.
 
@@ -35,8 +43,10 @@ from __future__ import annotations
 
 from . import atlas, connectivity, idp, images, manifests, nifti
 from .atlas import MAX_LABEL, Atlas, read_atlas, token_codes
+from .bids import bids_manifest, regions_from_bids
 from .connectivity import R_CLIP, connectivity_matrices, fisher_z_connectivity
 from .facade import forward_sets
+from .freesurfer import freesurfer_stats, freesurfer_table
 from .idp import IDP_LAYOUTS, idp_table
 from .images import _fast_gunzip, _load_gzipped_nifti  # noqa: F401  (a benchmark switches ISA-L off here)
 from .manifests import (
@@ -55,13 +65,17 @@ __all__ = [
     "R_CLIP",
     "STATISTICS",
     "Atlas",
+    "bids_manifest",
     "connectivity_matrices",
     "fisher_z_connectivity",
+    "freesurfer_stats",
+    "freesurfer_table",
     "idp_table",
     "listed_files",
     "read_atlas",
     "region_statistics",
     "region_timeseries",
+    "regions_from_bids",
     "regions_from_nifti",
     "token_codes",
 ]
