@@ -595,3 +595,19 @@ def test_a_relative_fileset_prefix_is_resolved_against_the_config_folder(tmp_pat
     name = "geno" if ext else "geno.bgen"  # a BGEN is named by its file, the others by their prefix too
     assert _resolve(name, tmp_path, kind) == str(tmp_path / name)
     assert _resolve("elsewhere", tmp_path, kind) == "elsewhere"  # nothing there: left as given
+
+
+def test_a_new_adapters_version_rebuilds_built_cohorts(tmp_path, monkeypatch):
+    """Adapters that give other tokens for the same files (a fix) must not meet caches of the older code."""
+    from mot_neuro.data import sources
+
+    ids = [f"s{i}" for i in range(8)]
+    pd.DataFrame({"eid": ids, "y": np.arange(8.0)}).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame({"eid": ids, "m1": np.arange(8.0) ** 2}).to_csv(tmp_path / "b.csv", index=False)
+    spec = {"b": {"adapter": "measures_table", "path_or_df": str(tmp_path / "b.csv")}}
+    build = dict(participants=str(tmp_path / "p.csv"), modalities=spec, targets=["y"], confounds=[])
+    _, key = sources.build_cached_cohort(**build, cache_dir=tmp_path / "cache")
+    _, same = sources.build_cached_cohort(**build, cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(sources, "ADAPTERS_VERSION", sources.ADAPTERS_VERSION + 1)
+    _, newer = sources.build_cached_cohort(**build, cache_dir=tmp_path / "cache")
+    assert key == same != newer

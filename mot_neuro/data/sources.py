@@ -43,6 +43,9 @@ from data_adapters.registry import ADAPTERS, FILE_ARGUMENTS, FILESETS, input_fil
 from .withdrawals import read_withdrawals
 
 log = logging.getLogger(__name__)
+ADAPTERS_VERSION = 2
+"""Part of every built cohort's cache key: raise it when an adapter gives other tokens for the same files and
+settings (2: chromosome names such as ``01`` read as ``1``), so that caches built by the older code are rebuilt."""
 
 
 def _resolve(value, base: Path, kind: str):
@@ -145,6 +148,7 @@ def build_cached_cohort(
         "join": join,
         "id_column": id_column,
         "min_match": dict(min_match) if isinstance(min_match, Mapping) else min_match,
+        "adapters": ADAPTERS_VERSION,
     }
     if withdrawn is not None:  # only then: the keys of caches built without withdrawals stay what they were
         inputs.append(withdrawn.path)
