@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from . import behaviour, embeddings, gene
+from . import behaviour, embeddings, gene, ukb
 from .bgen import bgen
 from .bids import bids_files, regions_from_bids
 from .connectivity import connectivity_matrices, is_stacked
@@ -65,6 +65,10 @@ FILE_ARGUMENTS: dict[str, dict[str, str]] = {
     "embeddings": {"path_or_df": "file", "ids": "file"},
     "ukb_fields": {"path_or_df": "file", "dictionary": "file", "rules": "file", "extra_rules": "file"},
 }
+
+DEFAULT_FILES: dict[str, dict[str, Callable[[], Path]]] = {"ukb_fields": {"rules": lambda: ukb.RULES_FILE}}
+"""Files an adapter reads when an argument is not given (a file shipped with the package): a cache key must
+change when they are edited or a new version of the package changes them."""
 
 
 def plink_files(path: Path) -> list[Path]:
@@ -113,6 +117,7 @@ def input_files(adapter: str, kwargs: Mapping) -> list[str]:
             files += bids_files(value, kwargs)
         if kind == "subjects_dir":
             files += stats_files(value, kwargs)
+    files += [default() for argument, default in DEFAULT_FILES.get(adapter, {}).items() if kwargs.get(argument) is None]
     files += _ids_beside(adapter, kwargs)
     return [str(p) for p in files]
 

@@ -4,7 +4,7 @@ UK Biobank delivers one wide table (tens of thousands of columns) whose columns 
 (``25782-2.0``, as ``ukbconv`` writes them) or, in Research Analysis Platform exports, ``p<field>_i<instance>``
 and ``p<field>_i<instance>_a<array>`` (``p25782_i2``); the subject ID column is ``eid``. With it comes the
 showcase data dictionary (``Data_Dictionary_Showcase.tsv``) that gives every field its title (``Field``),
-showcase ``Category`` and ``ValueType``.
+showcase ``Category``, ``ValueType`` and data-coding (``Coding``).
 
 :func:`ukb_fields` picks fields (by ``FieldID`` and/or showcase ``Category``) at ONE instance (the first imaging
 visit, 2, by default) and reads, from each field's title, a region and a measure with a small rule set
@@ -12,12 +12,18 @@ visit, 2, by default) and reads, from each field's title, a region and a measure
 the feature ``thickness`` of the token ``left_insula``. The tokens are then built by
 :func:`~data_adapters.idp.idp_table`, as for any region x measure table: one token per region, its measures as
 features, a measure a region lacks masked in ``feature_mask``.
+
+A numeric field with a data-coding (``Coding`` not empty, e.g. 1160 "Sleep duration", coding 100291, where -1 is
+"Do not know" and -3 "Prefer not to answer") holds codes among its numbers; it is refused unless
+``special_codes=`` says which values are codes (they become NaN, counted in ``source["special_codes"]``).
+Imaging-derived phenotypes have no data-coding.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,7 +46,8 @@ NUMERIC_VALUE_TYPES = ("Continuous", "Integer")
 ARRAY_POLICIES = ("refuse", "features")
 UNPARSED_POLICIES = ("error", "token")
 MISSING_POLICIES = ("error", "skip")
-DICTIONARY_COLUMNS = ("FieldID", "Field", "Category", "ValueType", "Units")
+DICTIONARY_COLUMNS = ("FieldID", "Field", "Category", "ValueType", "Units", "Coding")
+SPECIAL_CODE_POLICIES = ("negative_to_nan",)
 UNPARSED_MEASURE = "value"
 
 _LEGACY_COLUMN = re.compile(r"(\d+)-(\d+)\.(\d+)")  # 25782-2.0
@@ -269,6 +276,7 @@ def ukb_fields(
     rules: str | os.PathLike | Sequence[Mapping] | None = None,
     extra_rules: str | os.PathLike | Sequence[Mapping] | None = None,
     arrays: str = "refuse",
+    special_codes: str | Mapping[int | str, Sequence[float]] | None = None,
     unparsed: str = "error",
     missing_fields: str = "error",
     id_column: str = DEFAULT_ID_COLUMN,
@@ -304,11 +312,28 @@ def ukb_fields(
     * Value types: only ``Continuous`` and ``Integer`` fields; categorical, text, date and compound fields are
       refused naming the field (read categories with ``measures_table`` and ``categorical=``). A value that is
       not a number is an error naming the column (as in the table) and the subject; empty is missing.
+    * ``special_codes``: a numeric field with a data-coding (the dictionary's ``Coding`` not empty) mixes codes
+      with its numbers (coding 100291 of 1160 "Sleep duration": -1 "Do not know", -3 "Prefer not to answer";
+      look a coding up at ``biobank.ndph.ox.ac.uk/showcase/coding.cgi?id=<coding>``). Such a field is refused,
+      naming it, its title and its coding, unless ``special_codes`` says what its codes are:
+
+      - ``{coding: [values]}`` (e.g. ``{100291: [-1, -3]}``; in a data config ``special_codes: {100291: [-1,
+        -3]}``): in the fields of that coding the listed values become NaN (missing). A coded field whose
+        coding is not listed is still refused; a negative value that its coding's list leaves out is an error
+        naming the column and subject (UK Biobank's codes are negative: list it). ``{coding: []}`` declares
+        that a coding has no codes to remove (its negative values are still refused).
+      - ``"negative_to_nan"``: in every coded field, every negative value becomes NaN (all of UK Biobank's
+        special codes are negative; codes that stand for a quantity, such as -10 "Less than one", are lost).
+
+      Fields without a data-coding (every imaging-derived phenotype) are read as they are in both cases. How
+      many values of each code became NaN is kept, per column, in ``source["special_codes"]``. A dictionary
+      without a ``Coding`` column is refused (it cannot say which fields hold codes).
     * Subject IDs: duplicated or missing ``eid`` values are an error naming the file.
     """
     check_choice(arrays, ARRAY_POLICIES, "arrays")
     check_choice(unparsed, UNPARSED_POLICIES, "unparsed")
     check_choice(missing_fields, MISSING_POLICIES, "missing_fields")
+    codes = _special_codes(special_codes)
     if isinstance(instance, bool) or not isinstance(instance, (int, np.integer)) or instance < 0:
         raise AdapterError(f"instance must be a visit number (0, 1, 2, 3), got {instance!r}")
     instance = int(instance)
@@ -322,6 +347,7 @@ def ukb_fields(
     by_field = _columns_by_field(header, id_column)
     located = _locate(chosen, by_field, meta, instance, missing_fields, file)
     _check_value_types(located, meta, dictionary_file)
+    coded = _coded_fields(located, meta, codes, dictionary_file, file)
     if arrays == "refuse":
         several = {f: cols for f, cols in located.items() if len(cols) > 1}
         if several:
@@ -338,9 +364,12 @@ def ukb_fields(
     if len(df) == 0:
         raise AdapterError(f"{what} has no rows (header only?): it needs one row per subject", file=file)
     ids = normalize_ids(df[id_column], file=file, column=id_column)
-    frame = {id_column: ids}
+    frame, removed = {id_column: ids}, {}
     for column, (field, token, measure) in targets.items():
-        frame[f"{token}{_SEPARATOR}{measure}"] = _numbers(df[column], column, field, meta, ids, file)
+        numbers = _numbers(df[column], column, field, meta, ids, file)
+        if field in coded:
+            numbers, removed[column] = _remove_codes(numbers, coded[field], codes, column, field, meta, ids, file)
+        frame[f"{token}{_SEPARATOR}{measure}"] = numbers
     modality = idp_table(
         pd.DataFrame(frame), id_column=id_column, layout="region_measure", separator=_SEPARATOR, name=name
     )
@@ -353,6 +382,13 @@ def ukb_fields(
         "fields": list(dict.fromkeys(field for field, _, _ in targets.values())),
         "columns": {column: f"{token}{_SEPARATOR}{measure}" for column, (_, token, measure) in targets.items()},
     }
+    if removed:
+        modality.source["special_codes"] = removed
+        log.info(
+            "%s: special codes made NaN: %s",
+            file or "table",
+            "; ".join(f"{c} (coding {r['coding']}): {r['to_nan'] or 'none'}" for c, r in removed.items()),
+        )
     return modality
 
 
@@ -410,6 +446,14 @@ def _locate(chosen, by_field, meta, instance: int, missing_fields: str, file) ->
     located, missing = {}, []
     for field in chosen:
         at = sorted((array or 0, column) for inst, array, column in by_field.get(field, []) if inst == instance)
+        for (array, first), (again, second) in zip(at, at[1:], strict=False):
+            if array == again:  # p26856_i2 and p26856_i2_a0, or 26856-2.0 and p26856_i2: two exports joined?
+                first, second = sorted((first, second), key=lambda c: (not _LEGACY_COLUMN.fullmatch(c), len(c), c))
+                raise AdapterError(
+                    f"field {field} ({_title(meta, field)!r}) is spelled twice at instance {instance} (array"
+                    f" {array}): columns {first!r} and {second!r}; keep one of them (drop the other column)",
+                    file=file,
+                )
         if at:
             located[field] = at
         else:
@@ -453,6 +497,95 @@ def _check_value_types(located, meta: pd.DataFrame, file) -> None:
                 " leave it out with exclude_fields=",
                 file=file,
             )
+
+
+def _special_codes(special_codes) -> str | dict[str, list[float]] | None:
+    """``special_codes`` checked: None, a policy name, or coding (text) -> the values that become NaN."""
+    if special_codes is None or isinstance(special_codes, str):
+        if special_codes is not None:
+            check_choice(special_codes, SPECIAL_CODE_POLICIES, "special_codes")
+        return special_codes
+    if not isinstance(special_codes, Mapping):
+        raise AdapterError(
+            "special_codes must be 'negative_to_nan' or a mapping {coding: [values that become NaN]}"
+            f" (e.g. {{100291: [-1, -3]}}), got {type(special_codes).__name__} {special_codes!r:.80}"
+        )
+    checked = {}
+    for coding, values in special_codes.items():
+        numbers = values if isinstance(values, (list, tuple)) else None
+        if numbers is None or not all(
+            isinstance(v, (int, float, np.integer, np.floating))
+            and not isinstance(v, (bool, np.bool_))
+            and math.isfinite(v)
+            for v in numbers
+        ):
+            raise AdapterError(
+                f"special_codes[{coding}] must be a list of numbers (the values of coding {coding} that become NaN,"
+                f" e.g. [-1, -3]), got {values!r:.80}"
+            )
+        checked[_field_id(coding)] = [float(v) for v in numbers]
+    return checked
+
+
+def _coding(meta: pd.DataFrame, field: str) -> str | None:
+    value = meta.at[field, "Coding"]
+    if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+        return None
+    return _field_id(value)
+
+
+def _coded_fields(located, meta: pd.DataFrame, codes, dictionary_file, file) -> dict[str, str]:
+    """FieldID -> data-coding of the located fields that have one; refused where ``codes`` does not cover it."""
+    if "Coding" not in meta.columns:
+        raise AdapterError(
+            "data dictionary has no Coding column, so it cannot tell which fields hold special codes (-1 'Do not"
+            " know', -3 'Prefer not to answer', ...); use the showcase's Data_Dictionary_Showcase.tsv, or add a"
+            " Coding column (empty for fields without a data-coding)",
+            file=dictionary_file,
+        )
+    coded = {field: coding for field in located if (coding := _coding(meta, field)) is not None}
+    uncovered = [f for f, c in coded.items() if codes is None or (isinstance(codes, dict) and c not in codes)]
+    if uncovered:
+        described = "; ".join(
+            f"field {f} ({_title(meta, f)!r}, {str(meta.at[f, 'ValueType']).strip()}) has data-coding {coded[f]}"
+            for f in uncovered[:3]
+        ) + (f" (and {len(uncovered) - 3} more)" if len(uncovered) > 3 else "")
+        example = coded[uncovered[0]]
+        raise AdapterError(
+            f"{described}: its special codes (such as -1 'Do not know', -3 'Prefer not to answer') would be read"
+            f" as numbers; say which values are codes (they become NaN): special_codes={{{example}: [-1, -3]}}"
+            f" after checking showcase coding.cgi?id={example}, or special_codes='negative_to_nan'; or leave the"
+            " field out with exclude_fields=",
+            file=file,
+        )
+    return coded
+
+
+def _code_text(value: float) -> str:
+    return f"{value:g}"
+
+
+def _remove_codes(numbers: np.ndarray, coding: str, codes, column: str, field: str, meta, ids, file):
+    """The column with its special codes made NaN, and {coding, to_nan: {code: count}} for ``source``."""
+    if codes == "negative_to_nan":
+        hit = numbers < 0
+    else:
+        listed = codes[coding]
+        hit = np.isin(numbers, listed)
+        stray = np.flatnonzero((numbers < 0) & ~hit)
+        if len(stray):
+            row = int(stray[0])
+            raise AdapterError(
+                f"value {_code_text(numbers[row])} of field {field} ({_title(meta, field)!r}) is negative but not one"
+                f" of special_codes[{coding}] {[float(v) if v % 1 else int(v) for v in listed]} (UK Biobank's codes"
+                f" are negative; {len(stray)} such value(s)): add it to the list if coding {coding} defines it",
+                file=file,
+                column=column,
+                subject=str(ids[row]),
+            )
+    found, counts = np.unique(numbers[hit], return_counts=True)
+    numbers = np.where(hit, np.nan, numbers)
+    return numbers, {"coding": coding, "to_nan": {_code_text(v): int(n) for v, n in zip(found, counts, strict=True)}}
 
 
 def _targets(located, meta, title_rules, unparsed: str, file) -> dict[str, tuple[str, str, str]]:

@@ -42,9 +42,12 @@ FIELDS = [
     (21003, "Age when attended assessment centre", 100024, "Integer"),
     (31, "Sex", 100094, "Categorical single"),
     (25785, "Volume of grey matter in Insular Cortex (right)", 1101, "Continuous"),  # not in the table
+    (1160, "Sleep duration", 100057, "Integer"),  # data-coding 100291: -1 "Do not know", -3 "Prefer not to answer"
+    (20016, "Fluid intelligence score", 100027, "Integer"),
 ]
+CODING = {31: 9, 1160: 100291}  # as in the showcase: IDPs (and 20016) have no data-coding
 TITLE = {field: title for field, title, _, _ in FIELDS}
-IN_TABLE = [f for f, _, _, _ in FIELDS if f not in (25785, 4080, 31)]
+IN_TABLE = [f for f, _, _, _ in FIELDS if f not in (25785, 4080, 31, 1160, 20016)]
 N = 6
 EIDS = [str(1000001 + i) for i in range(N)]
 
@@ -66,7 +69,7 @@ def dictionary_frame() -> pd.DataFrame:
             "Sexed": "Unisex",
             "Instances": 2,
             "Array": 2 if field == 4080 else 1,
-            "Coding": 9 if field == 31 else "",
+            "Coding": CODING.get(field, ""),
             "Notes": 'Derived from "aseg.stats by FreeSurfer',  # a stray quote, as in the real file's notes
             "Link": f"http://biobank.ndph.ox.ac.uk/showcase/field.cgi?id={field}",
         }
@@ -300,6 +303,30 @@ def test_two_fields_with_one_region_and_measure_are_refused(main_csv, dictionary
         ukb_fields(main_csv, dictionary=dictionary, categories=[192, 196])
 
 
+def test_a_field_spelled_twice_is_refused_naming_both_columns(tmp_path, dictionary):
+    df = table()
+    df["p26856_i2"] = df.pop("26856-2.0")
+    df["p26856_i2_a0"] = values(26856, 2) + 1  # RAP: the bare spelling and the array-0 spelling in one table
+    df["p25011_i3"] = df["25011-3.0"]  # spelled twice at another instance: never read at instance 2
+    path = tmp_path / "twice.csv"
+    df.to_csv(path, index=False)
+    for arrays in ("refuse", "features"):
+        with pytest.raises(
+            AdapterError,
+            match=r"twice.csv: field 26856 \('Mean thickness of insula \(right hemisphere\)'\) is spelled twice at"
+            r" instance 2 \(array 0\): columns 'p26856_i2' and 'p26856_i2_a0'",
+        ):
+            ukb_fields(path, dictionary=dictionary, categories=[192], arrays=arrays)
+    with pytest.raises(AdapterError, match=r"field 25011 .* columns '25011-2.0' and 'p25011_i2'"):
+        ukb_fields(df.assign(p25011_i2=df["25011-2.0"]), dictionary=dictionary, fields=[25011])
+    modality = ukb_fields(path, dictionary=dictionary, fields=[25011])  # spelled twice at instance 3 only
+    np.testing.assert_allclose(modality.values[:5, 0, 0], values(25011, 2)[:5], rtol=1e-6)
+    with pytest.raises(
+        AdapterError, match=r"field 25011 .* instance 3 \(array 0\): columns '25011-3.0' and 'p25011_i3'"
+    ):
+        ukb_fields(path, dictionary=dictionary, fields=[25011], instance=3)
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 def test_missing_fields_are_named_or_skipped(main_csv, dictionary, caplog):
     with pytest.raises(
@@ -339,6 +366,53 @@ def test_text_in_a_numeric_field_names_column_and_subject(tmp_path, dictionary):
     df.to_csv(path, index=False)
     with pytest.raises(AdapterError, match=rf"column '25012-2.0': subject {EIDS[0]}: non-numeric"):
         ukb_fields(path, dictionary=dictionary, fields=[25012])
+
+
+def coded_table(tmp_path):
+    df = table()
+    df["1160-2.0"] = [7, -3, -1, 8, np.nan, 6]  # sleep duration, hours/day; -1 and -3 are its coding's codes
+    df["20016-2.0"] = [6, 8, 0, 13, 9, np.nan]  # no data-coding: read as it is
+    path = tmp_path / "coded.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_a_numeric_field_with_a_data_coding_needs_special_codes(tmp_path, dictionary):
+    path = coded_table(tmp_path)
+    refused = r"coded.csv: field 1160 \('Sleep duration', Integer\) has data-coding 100291: .*special_codes="
+    with pytest.raises(AdapterError, match=refused):
+        ukb_fields(path, dictionary=dictionary, fields=[1160, 20016], unparsed="token")
+    with pytest.raises(AdapterError, match=refused):  # another coding's codes do not cover this one
+        ukb_fields(path, dictionary=dictionary, fields=[1160], unparsed="token", special_codes={100290: [-1]})
+    uncoded = ukb_fields(path, dictionary=dictionary, fields=[20016], unparsed="token")
+    np.testing.assert_array_equal(uncoded.values[:5, 0, 0], [6, 8, 0, 13, 9])
+    expected = [7, np.nan, np.nan, 8, np.nan, 6]
+    for codes in ({100291: [-1, -3]}, {"100291": [-3, -1]}, "negative_to_nan"):
+        modality = ukb_fields(path, dictionary=dictionary, fields=[1160, 20016], unparsed="token", special_codes=codes)
+        np.testing.assert_array_equal(modality.values[:, 0, 0], expected)
+        np.testing.assert_array_equal(modality.values[:5, 1, 0], [6, 8, 0, 13, 9])
+        assert modality.source["special_codes"] == {"1160-2.0": {"coding": "100291", "to_nan": {"-1": 1, "-3": 1}}}
+    with pytest.raises(
+        AdapterError,
+        match=rf"coded.csv: column '1160-2.0': subject {EIDS[1]}: value -3 of field 1160 \('Sleep duration'\) is"
+        r" negative but not one of special_codes\[100291\] \[-1\]",
+    ):
+        ukb_fields(path, dictionary=dictionary, fields=[1160], unparsed="token", special_codes={100291: [-1]})
+    frame = dictionary_frame()  # a DataFrame dictionary whose Coding column is numbers, NaN when empty
+    frame["Coding"] = pd.to_numeric(frame["Coding"]).astype(float)
+    with pytest.raises(AdapterError, match=r"field 1160 \('Sleep duration', Integer\) has data-coding 100291"):
+        ukb_fields(path, dictionary=frame, fields=[1160, 20016], unparsed="token")
+    ukb_fields(path, dictionary=frame, fields=[20016, 25011], unparsed="token")
+    with pytest.raises(AdapterError, match=r"data dictionary has no Coding column"):
+        ukb_fields(path, dictionary=frame.drop(columns=["Coding"]), fields=[20016], unparsed="token")
+    for bad, message in (
+        ("negative", r"special_codes='negative': choose one of 'negative_to_nan'"),
+        ({100291: -1}, r"special_codes\[100291\] must be a list of numbers"),
+        ({100291: ["-1"]}, r"special_codes\[100291\] must be a list of numbers"),
+        ([-1, -3], r"special_codes must be 'negative_to_nan' or a mapping"),
+    ):
+        with pytest.raises(AdapterError, match=message):
+            ukb_fields(path, dictionary=dictionary, fields=[1160], unparsed="token", special_codes=bad)
 
 
 def test_duplicate_eids_and_bad_dictionaries(tmp_path, dictionary):
@@ -385,3 +459,30 @@ def test_a_data_config_builds_a_cohort_and_its_cache_key_covers_the_dictionary(t
     edited.to_csv(dictionary, sep="\t", index=False, quoting=3)
     cohort, again = build_cached_cohort(participants="participants.csv", modalities=modalities, **settings)
     assert again != key and cohort.modalities["subcortical"].token_names[2] == "brain_stem"
+
+
+def test_the_shipped_rules_file_is_an_input_of_the_cache_key(tmp_path, dictionary, main_csv, monkeypatch):
+    """Without rules=, the tokens depend on the shipped rules file: editing it (or a new version of the package)
+    must not reuse tokens built with the old rules."""
+    import data_adapters.ukb
+    from data_adapters.registry import input_files
+    from mot_neuro.data.sources import build_cached_cohort
+
+    kwargs = {"path_or_df": str(main_csv), "dictionary": str(dictionary)}
+    assert input_files("ukb_fields", kwargs) == [str(main_csv), str(dictionary), str(RULES_FILE)]
+    own = tmp_path / "my_rules.tsv"
+    own.write_text(RULES_FILE.read_text())
+    assert input_files("ukb_fields", dict(kwargs, rules=str(own))) == [str(main_csv), str(dictionary), str(own)]
+    listed = dict(kwargs, rules=[{"measure": "volume", "pattern": "Volume of (?P<region>.+)"}])
+    assert input_files("ukb_fields", listed) == [str(main_csv), str(dictionary)]
+
+    monkeypatch.setattr(data_adapters.ukb, "RULES_FILE", own)  # the shipped file, as a later version edits it
+    pd.DataFrame({"eid": EIDS, "target": np.arange(N, dtype=float)}).to_csv(tmp_path / "participants.csv", index=False)
+    modalities = {"subcortical": {"adapter": "ukb_fields", "path_or_df": main_csv.name, "dictionary": dictionary.name,
+                                  "categories": [1102]}}  # fmt: skip
+    settings = dict(targets=["target"], confounds=[], cache_dir=tmp_path / "cache", base_dir=tmp_path)
+    cohort, key = build_cached_cohort(participants="participants.csv", modalities=modalities, **settings)
+    assert cohort.modalities["subcortical"].feature_names == ["volume"]
+    own.write_text(RULES_FILE.read_text().replace("\nvolume\tVolume of", "\nsubcortical_volume\tVolume of"))
+    cohort, again = build_cached_cohort(participants="participants.csv", modalities=modalities, **settings)
+    assert again != key and cohort.modalities["subcortical"].feature_names == ["subcortical_volume"]
