@@ -6,21 +6,47 @@
 window, region table or one per variant (:mod:`data_adapters.variant_groups`), ``source["token_features"]`` naming
 the variant in each slot.
 
-Dosage: the expected number of copies of the alleles other than the first one listed in the BGEN, from the
-genotype probabilities. For a biallelic variant that is the expected count of the second allele,
-``P(AB) + 2 P(BB)`` for a diploid sample and ``P(B)`` for a haploid one (phased data: the sum over haplotypes of
-``P(B)``). UK Biobank's imputed BGENs list the reference allele first, so the dosage counts the ALT allele: the
-allele ``plink2 --export bed`` writes as A1 and :func:`~data_adapters.gene.plink` counts, and the one
-:func:`~data_adapters.pgen.pgen` and :func:`~data_adapters.gene.vcf` count. A missing sample is NaN.
+Dosage: the expected number of copies of the alleles other than the first one listed in the variant's BGEN record,
+from the genotype probabilities. For a biallelic variant that is the expected count of the record's second allele,
+``P(AB) + 2 P(BB)`` for a diploid sample (phased data: the sum over both haplotypes of ``P(B)``). A haploid sample
+(males on chrX outside the PARs) gets ``2 P(B)``, on the same 0-2 scale as plink2, which stores a haploid call as
+a homozygous diploid one, so the values equal :func:`~data_adapters.pgen.pgen`'s and
+:func:`~data_adapters.gene.plink`'s for the same data (:func:`~data_adapters.gene.vcf` counts a haploid call 0 or
+1); ``min_maf``, ``min_info`` and :func:`variant_stats` count the true ploidy (a haploid sample is one allele). A
+missing sample is NaN.
+
+Which allele is counted: the second allele of the record. UK Biobank's imputed BGENs list the reference allele
+first, so there it is the ALT allele, the one :func:`~data_adapters.pgen.pgen` and :func:`~data_adapters.gene.vcf`
+count. :func:`~data_adapters.gene.plink` counts the ``.bim``'s A1 (5th column): after ``plink2 --bgen f.bgen
+ref-first ... --make-bed`` (or ``--export bed``; plink2 writes ALT as A1) A1 is this second allele and the values
+agree. Where A1 is the record's first allele instead (plink2 without ``ref-first`` takes the last allele as REF;
+plink 1.9's ``--make-bed`` makes the minor allele A1 unless ``--keep-allele-order``), ``gene.plink`` gives
+``2 - dosage``: compare the ``.bim``'s A1 with the BGEN's alleles (:func:`variant_stats` lists them).
 
 Filters: ``min_maf`` (minor allele frequency of the dosages) and ``min_info`` (the IMPUTE2 INFO measure, which
 QCTOOL writes into UK Biobank's ``ukb_imp_mfi`` files; formula in
-:func:`~data_adapters.genotype_blocks.variant_statistics`). :func:`variant_stats` gives both per variant.
+:func:`~data_adapters.genotype_blocks.variant_statistics`). :func:`variant_stats` gives both per variant. Both are
+computed over every sample of the file, not only the subjects a cohort later keeps (as UK Biobank's ``mfi``
+values are). At a multi-allelic site the frequency is that of all the non-first alleles together (the dosage
+divided by the ploidy) and the MAF is ``min(f, 1 - f)``: the first allele against the rest, not the rarest
+allele's frequency; ``source["n_multiallelic"]`` counts such sites.
 
-cbgen finds variants through a "metafile" index. One beside the data (``<file>.bgen.metafile``) is used when it is
-newer than the ``.bgen`` and matches it; otherwise one is built in a temporary folder and removed afterwards
-(``metafile=`` keeps it at a path of your choice, written to a temporary name and renamed when complete). Nothing
-is written beside the data unless asked. The ``.bgi`` SQLite index of bgenix is not used.
+Sample IDs: when the BGEN stores sample identifiers and a ``.sample`` is used, the stored IDs must equal the
+``.sample``'s ``ID_1`` or ``ID_2`` column (or ``ID_1_ID_2``), row by row: QCTOOL stores ``ID_1``, plink2 the IID
+(``ID_2``); UK Biobank's imputed BGENs store none and its ``.sample`` has ``ID_1 == ID_2``. Anything else is
+refused, naming the first row that differs.
+
+cbgen finds variants through a "metafile" index, built in a temporary folder and removed afterwards unless
+``metafile=`` names a path to keep it at. A metafile there is reused only when the small record written beside it
+when it was built (``<metafile>.source.json``: the BGEN's path, size, modification time and a hash of its first
+and last bytes, and the metafile's own size and time) matches this BGEN; a metafile this module did not build,
+or built for another file, is not reused (ours is rebuilt in place, another one left alone with a warning and the
+index built in a temporary folder). Nothing is written beside the data unless asked. The ``.bgi`` SQLite index
+of bgenix is not used.
+
+Every genotype block's declared sample and allele counts are checked before cbgen decodes it (cbgen sizes its
+buffer from the header's sample count). For zstd-compressed files that needs the ``zstandard`` module (``pip
+install zstandard``); without it such files are refused with that hint.
 
 Not supported (refused with the reason): layout 1 (BGEN v1.1: convert with ``qctool -ofiletype bgen_v1.2``) and
 uncompressed layout-2 files (cbgen misreads their blocks: recompress with ``qctool`` or ``plink2 --export
@@ -30,9 +56,12 @@ bgen-1.2``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import struct
 import tempfile
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +80,9 @@ __all__ = ["bgen", "variant_stats"]
 VARIANT_IDS = ("rsid", "varid", "position")
 _COMPRESSION = {1: "zlib", 2: "zstd"}
 _PROBABILITY_SLACK = 1e-6  # decoded probabilities this far outside [0, 1] are rounding, further is a bad block
+_RECORD_SUFFIX = ".source.json"  # beside a metafile we built: which BGEN it indexes
+_RECORD_FORMAT = "data_adapters.bgen metafile record v1"
+_FINGERPRINT_HEAD, _FINGERPRINT_TAIL = 1 << 20, 1 << 16  # bytes of the BGEN hashed into the record
 
 
 def bgen(
@@ -70,37 +102,45 @@ def bgen(
     variant_id: str = "rsid",
     metafile: str | os.PathLike | None = None,
 ) -> TokenizedModality:
-    """Genotype tokens from a BGEN v1.2/v1.3 file: dosages of the non-first allele(s) (see the module docstring).
+    """Genotype tokens from a BGEN v1.2/v1.3 file: dosages of the non-first allele(s) of each record, haploid
+    samples scaled to 0-2 (see the module docstring for the allele and its ``gene.plink`` equivalent).
 
     ``sample``: the Oxford ``.sample`` file (header ``ID_1 ID_2 ...``, then the column-type row ``0 0 ...``, as UK
     Biobank ships it); by default ``<name>.sample`` beside the ``.bgen``, else the sample IDs stored in the BGEN.
+    When the BGEN stores sample IDs too, they must match the ``.sample``'s rows (module docstring).
     Subject IDs: ``ID_2`` (``id_format="iid"``; a stored sample ID when there is no ``.sample``) or
     ``"{ID_1}_{ID_2}"`` (``"fid_iid"``), the columns plink2 reads as IID and FID. ``variant_id``: the ID a
     variant goes by in token names, ``token_features`` and ``variants=``: the ``"rsid"`` field (UK Biobank's
     rs numbers), the ``"varid"`` field, or ``"position"`` (``chrom:pos:allele1:allele2``, unique where rsIDs
-    repeat); an empty or ``.`` ID falls back to the next of these.
+    repeat); an empty or ``.`` ID falls back to the next of these. A warning names IDs that occur more than once
+    among the kept variants (their ``token_features`` entries cannot be told apart).
 
     ``grouping``, ``window_bp``, ``regions``, ``max_features_per_token`` and ``empty_groups``: as in
     :func:`data_adapters.gene.plink`. ``variants``: keep only these variant IDs (a file with one ID per line,
-    PLINK's ``--extract`` format, or a list). ``min_maf`` / ``min_info``: keep variants with minor allele
-    frequency / IMPUTE2 INFO at least this (a variant without any call fails both); they cost one more pass over
-    the candidate variants. Reading goes block by block (see :mod:`data_adapters.genotype_blocks` for memory).
+    PLINK's ``--extract`` format, or a list); every variant with a listed ID is kept. ``min_maf`` / ``min_info``:
+    keep variants with minor allele frequency / IMPUTE2 INFO at least this (a variant without any call fails
+    both), computed over all the file's samples (a multi-allelic site: the first allele against the rest); they
+    cost one more pass over the candidate variants. Reading goes block by block (see
+    :mod:`data_adapters.genotype_blocks` for memory). ``metafile``: where to keep cbgen's variant index (module
+    docstring).
     """
     check_choice(id_format, ("iid", "fid_iid"), "id_format")
     check_choice(variant_id, VARIANT_IDS, "variant_id")
     path = _bgen_path(path)
     header = _read_header(path)
     cbgen = _import_cbgen()
-    with cbgen.bgen_file(path) as reader:
-        subject_ids, sample_source = _subject_ids(path, sample, header, reader, id_format)
+    with cbgen.bgen_file(path) as reader, open(path, "rb") as raw:
+        subject_ids, sample_source, matched = _subject_ids(path, sample, header, reader, id_format)
         with _variant_index(cbgen, reader, path, header, metafile) as table:
-            blocks = _Blocks(reader, table, path, header)
+            blocks = _Blocks(reader, raw, table, path, header)
             variant_ids = _variant_ids(table, variant_id)
             source = {
                 "adapter": "bgen",
                 "files": [str(path)] + ([sample_source] if sample_source != "bgen" else []),
-                "dosage": "expected count of the alleles after the first (biallelic: the second allele, ALT in UK"
-                " Biobank's files; = PLINK A1 after plink2 --export bed); missing sample = NaN",
+                "dosage": "expected count of the alleles after the first of each BGEN record (biallelic: the second"
+                " allele, ALT in UK Biobank's files; equals gene.plink's A1 count when the .bim's A1 is that allele,"
+                " as after plink2 --bgen ref-first --make-bed, else 2 - dosage); haploid samples x2 (0-2 as"
+                " plink2); missing sample = NaN",
                 "samples_from": "the BGEN's sample identifiers" if sample_source == "bgen" else sample_source,
                 "id_format": id_format,
                 "variant_id": variant_id,
@@ -108,6 +148,8 @@ def bgen(
                 "compression": _COMPRESSION[header.compression],
                 "n_multiallelic": int((table.n_alleles > 2).sum()),
             }
+            if matched is not None:
+                source["stored_sample_ids_match"] = matched
             return genotype_tokens(
                 name=name,
                 subject_ids=subject_ids,
@@ -126,21 +168,30 @@ def bgen(
                 min_info=min_info,
                 file=path,
                 source=source,
+                duplicate_hint="pass variant_id='position' (chrom:pos:allele1:allele2 IDs)"
+                if variant_id != "position"
+                else "the file holds the same position and alleles more than once",
             )
 
 
 def variant_stats(
     path: str | os.PathLike, *, variant_id: str = "rsid", metafile: str | os.PathLike | None = None
 ) -> pd.DataFrame:
-    """One row per variant of a BGEN file, in file order: ``id``, ``chrom``, ``pos``, ``alleles``, ``alt_freq``
-    (mean dosage / ploidy over the samples with a call), ``maf`` and ``info`` (IMPUTE2 INFO), what
+    """One row per variant of a BGEN file, in file order: ``id``, ``chrom``, ``pos``, ``alleles`` (in the record's
+    order; the dosage counts all but the first), ``alt_freq`` (dosage / ploidy summed over the samples with a call,
+    haploid samples counting one allele; at a multi-allelic site all non-first alleles together), ``maf``
+    (``min(alt_freq, 1 - alt_freq)``) and ``info`` (IMPUTE2 INFO), over every sample of the file: what
     :func:`bgen`'s ``min_maf`` and ``min_info`` compare against. Read block by block."""
     check_choice(variant_id, VARIANT_IDS, "variant_id")
     path = _bgen_path(path)
     header = _read_header(path)
     cbgen = _import_cbgen()
-    with cbgen.bgen_file(path) as reader, _variant_index(cbgen, reader, path, header, metafile) as table:
-        blocks = _Blocks(reader, table, path, header)
+    with (
+        cbgen.bgen_file(path) as reader,
+        open(path, "rb") as raw,
+        _variant_index(cbgen, reader, path, header, metafile) as table,
+    ):
+        blocks = _Blocks(reader, raw, table, path, header)
         stats = block_statistics(np.arange(len(table.pos)), header.n_samples, blocks.sums)
         return pd.DataFrame(
             {
@@ -181,6 +232,15 @@ def _import_cbgen():
             f"cbgen could not create its cache folder on import ({err}): set BGEN_CACHE_HOME to a writable folder"
         ) from err
     return cbgen
+
+
+def _import_zstandard():
+    """The ``zstandard`` module, or None: the standard library has no zstd decoder before Python 3.14."""
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard
 
 
 def _read_header(path: Path) -> _Header:
@@ -224,6 +284,13 @@ def _read_header(path: Path) -> _Header:
         )
     if compression not in _COMPRESSION:
         raise AdapterError(f"unknown BGEN compression code {compression} (expected 1 zlib or 2 zstd)", file=path)
+    if compression == 2 and _import_zstandard() is None:
+        raise AdapterError(
+            "zstd-compressed BGEN: checking each genotype block's sample count before cbgen decodes it needs the"
+            " zstandard module (pip install zstandard), or recompress the file with zlib (qctool -g in.bgen -og"
+            " out.bgen -ofiletype bgen_v1.2 -bgen-compression zlib)",
+            file=path,
+        )
     if n_variants == 0 or n_samples == 0:
         raise AdapterError(
             f"BGEN header declares {n_variants} variants and {n_samples} samples: no genotypes", file=path
@@ -231,35 +298,54 @@ def _read_header(path: Path) -> _Header:
     return _Header(n_variants, n_samples, layout, compression, has_ids, offset + 4)
 
 
-def _read_probability_header(fh, block: int, n_samples: int, path: Path) -> tuple[int, int, int, int]:
-    """(samples, alleles, phased, bits) at the start of the genotype block at file position ``block``, zlib only:
-    cbgen decodes a bit depth outside 1-32 or a wrong sample count into plausible numbers without an error."""
+def _block_prefix(fh, block: int, wanted: int, compression: int, path: Path) -> bytes:
+    """The first ``wanted`` bytes of the probability data of the genotype block at file position ``block``,
+    decompressing only as much as that takes."""
     fh.seek(block)
     sizes = fh.read(8)
     if len(sizes) < 8:
         raise AdapterError(f"truncated genotype block at byte {block}", file=path)
     total, _ = struct.unpack("<II", sizes)
-    wanted = n_samples + 10  # N (4), K (2), ploidy bounds (2), ploidy per sample (N), phased (1), bits (1)
-    inflate, data, left = zlib.decompressobj(), b"", total - 4
+    if compression == 1:
+        inflate = zlib.decompressobj()
+
+        def feed(chunk: bytes, room: int) -> bytes:
+            return inflate.decompress(chunk, room)  # input past ``room`` output waits in unconsumed_tail
+
+        errors: tuple = (zlib.error,)
+    else:
+        zstandard = _import_zstandard()
+        unzstd = zstandard.ZstdDecompressor().decompressobj()
+
+        def feed(chunk: bytes, room: int) -> bytes:
+            return unzstd.decompress(chunk)
+
+        errors = (zstandard.ZstdError,)
+    data, left, size = b"", total - 4, 256
     try:
         while len(data) < wanted and left > 0:
-            chunk = fh.read(min(left, 1 << 16))
+            chunk = fh.read(min(left, size))
             if not chunk:
                 break
             left -= len(chunk)
-            data += inflate.decompress(chunk, wanted - len(data))
-    except zlib.error as err:
-        raise AdapterError(f"genotype block at byte {block} is not valid zlib data: {err}", file=path) from err
+            size = min(size * 4, 1 << 16)
+            data += feed(chunk, wanted - len(data))
+    except errors as err:
+        raise AdapterError(
+            f"genotype block at byte {block} is not valid {_COMPRESSION[compression]} data: {err}", file=path
+        ) from err
     if len(data) < wanted:
         raise AdapterError(f"genotype block at byte {block} is truncated", file=path)
-    samples, alleles = struct.unpack("<IH", data[:6])
-    return samples, alleles, data[wanted - 2], data[wanted - 1]
+    return data[:wanted]
 
 
 def _check_first_block(fh, block: int, header: _Header, n_alleles: int, path: Path) -> None:
-    if header.compression != 1:  # zstd: no decoder in the standard library; cbgen's own checks only
-        return
-    samples, alleles, phased, bits = _read_probability_header(fh, block, header.n_samples, path)
+    """The first genotype block's counts, bit depth and phased flag: cbgen decodes a bit depth outside 1-32 or a
+    wrong sample count into plausible numbers without an error (later blocks: :meth:`_Blocks._check_block`)."""
+    wanted = header.n_samples + 10  # N (4), K (2), ploidy bounds (2), ploidy per sample (N), phased (1), bits (1)
+    data = _block_prefix(fh, block, wanted, header.compression, path)
+    samples, alleles = struct.unpack("<IH", data[:6])
+    phased, bits = data[wanted - 2], data[wanted - 1]
     if samples != header.n_samples:
         raise AdapterError(
             f"the first variant's genotype block holds {samples} samples, the header {header.n_samples}", file=path
@@ -276,18 +362,26 @@ def _check_first_block(fh, block: int, header: _Header, n_alleles: int, path: Pa
 
 
 # ---------------------------------------------------------------------------------------------- samples
-def _subject_ids(path: Path, sample, header: _Header, reader, id_format: str) -> tuple[np.ndarray, str]:
-    """Subject IDs and where they came from (the .sample path, or "bgen")."""
+@dataclass(frozen=True)
+class _SampleFile:
+    id_1: np.ndarray
+    id_2: np.ndarray
+    line: np.ndarray  # the line of the file each sample is on (1-based)
+
+    def __len__(self) -> int:
+        return len(self.id_2)
+
+
+def _subject_ids(path: Path, sample, header: _Header, reader, id_format: str) -> tuple[np.ndarray, str, str | None]:
+    """Subject IDs, where they came from (the .sample path, or "bgen") and, when the BGEN stores sample IDs and
+    a .sample is used, the .sample column they equal."""
     if sample is None:
         beside = path.with_suffix(".sample")
         if beside.is_file():
             sample = beside
         elif header.has_sample_ids and id_format == "iid":
-            try:
-                stored = [s.decode() for s in reader.read_samples()]
-            except (RuntimeError, UnicodeDecodeError) as err:
-                raise AdapterError(f"cbgen could not read the stored sample identifiers: {err}", file=path) from err
-            return normalize_ids(stored, file=path, column="sample identifiers"), "bgen"
+            stored = _stored_sample_ids(reader, path)
+            return normalize_ids(stored, file=path, column="sample identifiers"), "bgen", None
         else:
             stored = "stores no sample IDs" if not header.has_sample_ids else "stores only one ID per sample"
             raise AdapterError(
@@ -303,17 +397,62 @@ def _subject_ids(path: Path, sample, header: _Header, reader, id_format: str) ->
             " to another BGEN (UK Biobank ships one .sample per application; check the file name)",
             file=sample,
         )
+    used = {"ID_2": table.id_2} if id_format == "iid" else {"ID_1": table.id_1, "ID_2": table.id_2}
+    for column, values in used.items():
+        missing = np.flatnonzero(values == "NA")
+        if len(missing):
+            raise AdapterError(
+                f"line {table.line[missing[0]]}: {column} is 'NA', a missing-value code, not a sample ID"
+                f" ({len(missing)} such line(s)); every sample needs its ID",
+                file=sample,
+            )
+    matched = _check_stored_ids(reader, path, table, sample) if header.has_sample_ids else None
     if id_format == "iid":
-        return normalize_ids(table["id_2"], file=sample, column="ID_2"), str(sample)
-    return normalize_ids(table["id_1"] + "_" + table["id_2"], file=sample, column="ID_1_ID_2"), str(sample)
+        return normalize_ids(table.id_2, file=sample, column="ID_2"), str(sample), matched
+    combined = table.id_1 + "_" + table.id_2
+    return normalize_ids(combined, file=sample, column="ID_1_ID_2"), str(sample), matched
 
 
-def _read_sample_file(path: Path) -> pd.DataFrame:
-    """ID_1 and ID_2 of an Oxford .sample file (v2: a header line, a column-type line, one line per sample)."""
+def _stored_sample_ids(reader, path: Path) -> np.ndarray:
+    try:
+        return np.array([s.decode().strip() for s in reader.read_samples()], dtype=object)
+    except (RuntimeError, UnicodeDecodeError) as err:
+        raise AdapterError(f"cbgen could not read the stored sample identifiers: {err}", file=path) from err
+
+
+def _check_stored_ids(reader, path: Path, table: _SampleFile, sample: Path) -> str:
+    """The .sample column the BGEN's stored sample IDs equal row by row (QCTOOL stores ID_1, plink2 the IID,
+    ID_2, or FID_IID); refused, naming the first differing row, when none does."""
+    stored = _stored_sample_ids(reader, path)
+    columns = {"ID_2": table.id_2, "ID_1": table.id_1, "ID_1_ID_2": table.id_1 + "_" + table.id_2}
+    for column, values in columns.items():
+        if np.array_equal(stored, values):
+            return column
+    first = {column: int(np.argmax(stored != columns[column])) for column in ("ID_2", "ID_1")}
+    column = max(first, key=first.get)  # the column that agrees longest; ID_2 on a tie
+    row = first[column]
+    same = set(stored.tolist()) == set(columns[column].tolist())
+    raise AdapterError(
+        f"line {table.line[row]} (sample {row + 1}): {column} is {columns[column][row]!r}, but {path.name} stores"
+        f" {stored[row]!r} as sample {row + 1}: the .sample lists "
+        + ("the same samples in another order" if same else "other samples")
+        + " than the BGEN (genotypes would go to the wrong subjects); use the .sample made with this BGEN",
+        file=sample,
+    )
+
+
+def _read_sample_file(path: Path) -> _SampleFile:
+    """ID_1 and ID_2 of an Oxford .sample file (v2: a header line, a column-type line, one line per sample),
+    whitespace-separated, blank lines skipped; IDs kept as written (``NA`` too: refused by the caller)."""
     if not path.is_file():
         raise AdapterError("sample file not found", file=path)
-    with open(path) as fh:
-        first, second = fh.readline().split(), fh.readline().split()
+    try:
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not part of "ID_1"
+            lines = fh.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise AdapterError(f"not a text .sample file (not UTF-8: {err})", file=path) from err
+    first = lines[0].split() if lines else []
+    second = lines[1].split() if len(lines) > 1 else []
     if [f.upper() for f in first[:2]] != ["ID_1", "ID_2"]:
         raise AdapterError(
             f"not an Oxford .sample file: the first line must start 'ID_1 ID_2', found {' '.join(first[:4])!r}",
@@ -324,18 +463,17 @@ def _read_sample_file(path: Path) -> pd.DataFrame:
             f"line 2 must be the column-type row starting '0 0' (e.g. '0 0 0 D'), found {' '.join(second[:4])!r}",
             file=path,
         )
-    try:
-        table = pd.read_csv(
-            path, sep=r"\s+", header=None, skiprows=2, usecols=[0, 1], names=["id_1", "id_2"], dtype=str
-        )
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame({"id_1": [], "id_2": []}, dtype=str)
-    except (ValueError, pd.errors.ParserError) as err:
-        raise AdapterError(f"could not parse the sample lines: {err}", file=path) from err
-    short = np.flatnonzero(table["id_2"].isna().to_numpy())
-    if len(short):
-        raise AdapterError(f"line {short[0] + 3}: a sample line needs ID_1 and ID_2", file=path)
-    return table
+    id_1, id_2, numbers = [], [], []
+    for number, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise AdapterError(f"line {number}: a sample line needs ID_1 and ID_2", file=path)
+        id_1.append(fields[0])
+        id_2.append(fields[1])
+        numbers.append(number)
+    return _SampleFile(np.array(id_1, dtype=object), np.array(id_2, dtype=object), np.array(numbers, dtype=np.int64))
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -375,19 +513,35 @@ def _variant_ids(table: _VariantTable, variant_id: str) -> np.ndarray:
 
 @contextlib.contextmanager
 def _variant_index(cbgen, reader, path: Path, header: _Header, metafile) -> Iterator[_VariantTable]:
-    """The variants of the file from a cbgen metafile: one beside the file or at ``metafile`` when it matches,
-    else a new one (at ``metafile``, or in a temporary folder removed afterwards)."""
+    """The variants of the file from a cbgen metafile: the one at ``metafile`` when its record says it indexes
+    this very file, else a new one (at ``metafile`` when that is ours or free, or in a temporary folder)."""
     first_block = _first_genotype_block(path, header)
     if reader.nvariants != header.n_variants or reader.nsamples != header.n_samples:
         raise AdapterError("cbgen reads other counts than the header declares", file=path)
-    candidates = [Path(metafile)] if metafile is not None else [path.with_name(path.name + ".metafile")]
-    for candidate in candidates:
-        table = _read_metafile(cbgen, candidate, path, header, first_block)
-        if table is not None:
-            yield table
-            return
-    if metafile is not None:
-        target = Path(metafile)
+    target = None if metafile is None else Path(metafile)
+    if target is not None and target.is_file():
+        fingerprint = _bgen_fingerprint(path)
+        record = _read_record(target)
+        if record is not None and _record_matches(record, target, fingerprint):
+            table = _read_metafile(cbgen, target, path, header, first_block)
+            if table is not None:
+                yield table
+                return
+        if record is None:  # not built here: leave it alone
+            warnings.warn(
+                f"{target}: not reused as the variant index of {path.name}: there is no record of which BGEN it"
+                f" indexes ({target.name}{_RECORD_SUFFIX}; it was not built by data_adapters.bgen); indexed in a"
+                " temporary folder instead (remove it, or pass another metafile=, to keep an index)",
+                stacklevel=4,
+            )
+            target = None
+        elif record.get("bgen", {}).get("path") != str(path.resolve()):
+            warnings.warn(
+                f"{target}: indexed another BGEN ({record.get('bgen', {}).get('path')}); rebuilt for {path.name}"
+                " (give each BGEN its own metafile=)",
+                stacklevel=4,
+            )
+    if target is not None:
         _create_metafile(reader, target, path)
         table = _read_metafile(cbgen, target, path, header, first_block)
         if table is None:
@@ -396,7 +550,7 @@ def _variant_index(cbgen, reader, path: Path, header: _Header, metafile) -> Iter
         return
     with tempfile.TemporaryDirectory(prefix="bgen-metafile-") as folder:
         target = Path(folder) / (path.name + ".metafile")
-        _create_metafile(reader, target, path)
+        _create_metafile(reader, target, path, record=False)
         table = _read_metafile(cbgen, target, path, header, first_block)
         if table is None:
             raise AdapterError("cbgen wrote a metafile that does not match the BGEN", file=path)
@@ -426,10 +580,47 @@ def _first_genotype_block(path: Path, header: _Header) -> tuple[int, int]:
     return block, n_alleles
 
 
-def _read_metafile(cbgen, metafile: Path, path: Path, header: _Header, first_block) -> _VariantTable | None:
-    """The variant table from ``metafile`` when it is at least as new as the BGEN and indexes it; else None."""
-    if not metafile.is_file() or metafile.stat().st_mtime < path.stat().st_mtime:
+def _bgen_fingerprint(path: Path) -> dict:
+    """What identifies a BGEN file cheaply: its size, modification time and a hash of its first and last bytes."""
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        digest.update(fh.read(_FINGERPRINT_HEAD))
+        if stat.st_size > _FINGERPRINT_HEAD:
+            fh.seek(max(_FINGERPRINT_HEAD, stat.st_size - _FINGERPRINT_TAIL))
+            digest.update(fh.read())
+    return {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "sha256_head_tail": digest.hexdigest(),
+    }
+
+
+def _record_path(metafile: Path) -> Path:
+    return metafile.with_name(metafile.name + _RECORD_SUFFIX)
+
+
+def _read_record(metafile: Path) -> dict | None:
+    """The record written beside a metafile built here, or None (none, unreadable, or someone else's)."""
+    try:
+        record = json.loads(_record_path(metafile).read_text())
+    except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) and record.get("format") == _RECORD_FORMAT else None
+
+
+def _record_matches(record: dict, metafile: Path, fingerprint: dict) -> bool:
+    """The record names this BGEN (size, time, hash; the path may differ: a moved pair) and this metafile."""
+    stat = metafile.stat()
+    indexed = record.get("bgen", {})
+    same_bgen = all(indexed.get(key) == fingerprint[key] for key in ("size", "mtime_ns", "sha256_head_tail"))
+    return same_bgen and record.get("metafile") == {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_metafile(cbgen, metafile: Path, path: Path, header: _Header, first_block) -> _VariantTable | None:
+    """The variant table from ``metafile`` when it indexes as many variants as the BGEN, from its first block;
+    else None."""
     try:
         with cbgen.bgen_metafile(metafile) as index:
             if index.nvariants != header.n_variants:
@@ -451,20 +642,40 @@ def _read_metafile(cbgen, metafile: Path, path: Path, header: _Header, first_blo
     )
 
 
-def _create_metafile(reader, target: Path, path: Path) -> None:
-    """cbgen's metafile at ``target``, written under a temporary name in the same folder and renamed when whole."""
+def _write_atomically(target: Path, write) -> os.stat_result:
+    """``write(temporary path)`` under a free temporary name in ``target``'s folder, then renamed to ``target``;
+    the stat of the written file (kept by the rename)."""
     temporary = None
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(handle)
-        os.unlink(temporary)  # a free name in the target's folder; cbgen creates the file itself
-        reader.create_metafile(temporary)
+        os.unlink(temporary)  # a free name in the target's folder; the writer creates the file itself
+        write(temporary)
+        stat = os.stat(temporary)
         os.replace(temporary, target)
-    except (RuntimeError, OSError) as err:
+        return stat
+    except BaseException:
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+        raise
+
+
+def _create_metafile(reader, target: Path, path: Path, *, record: bool = True) -> None:
+    """cbgen's metafile at ``target``, written under a temporary name in the same folder and renamed when whole;
+    then (``record``) the record of which BGEN it indexes beside it, written the same way."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fingerprint = _bgen_fingerprint(path) if record else None
+        stat = _write_atomically(target, reader.create_metafile)
+        if record:
+            content = {
+                "format": _RECORD_FORMAT,
+                "bgen": fingerprint,
+                "metafile": {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+            }
+            _write_atomically(_record_path(target), lambda name: Path(name).write_text(json.dumps(content)))
+    except (RuntimeError, OSError) as err:
         raise AdapterError(f"cbgen could not index the variants into {target}: {err}", file=path) from err
 
 
@@ -483,11 +694,32 @@ def _other_allele_counts(ploidy: int, n_alleles: int) -> np.ndarray:
 class _Blocks:
     """Block readers over the variants of one open BGEN (see :mod:`data_adapters.genotype_blocks`)."""
 
-    def __init__(self, reader, table: _VariantTable, path: Path, header: _Header):
-        self.reader, self.table, self.path, self.n = reader, table, path, header.n_samples
+    def __init__(self, reader, raw, table: _VariantTable, path: Path, header: _Header):
+        self.reader, self.raw, self.table, self.path = reader, raw, table, path
+        self.n, self.compression = header.n_samples, header.compression
+
+    def _check_block(self, index: int) -> None:
+        """The sample and allele counts the variant's genotype block declares, before cbgen decodes it: cbgen
+        fills a buffer sized by the header's sample count with as many samples as the block declares."""
+        data = _block_prefix(self.raw, int(self.table.offset[index]), 6, self.compression, self.path)
+        samples, alleles = struct.unpack("<IH", data)
+        if samples != self.n:
+            raise AdapterError(
+                f"variant {self._name(index)}: its genotype block holds {samples} samples, the header {self.n} (a"
+                " corrupt file, or BGENs of different sample sets joined together)",
+                file=self.path,
+            )
+        if alleles != self.table.n_alleles[index]:
+            raise AdapterError(
+                f"variant {self._name(index)}: its genotype block has {alleles} alleles, its record"
+                f" {self.table.n_alleles[index]} (a corrupt block)",
+                file=self.path,
+            )
 
     def _variant(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per sample: expected count of the non-first alleles (NaN without a call), its variance, ploidy."""
+        """Per sample: expected count of the non-first alleles (NaN without a call), its variance, ploidy (the
+        true one: 1 for a haploid sample; 0 without a call)."""
+        self._check_block(index)
         try:
             genotype = self.reader.read_genotype(int(self.table.offset[index]))
         except RuntimeError as err:
@@ -537,12 +769,15 @@ class _Blocks:
         )
 
     def dosages(self, indices: np.ndarray) -> np.ndarray:
+        """Expected counts [N, k]; a haploid sample's doubled (0-2, as plink2 stores a haploid call)."""
         out = np.empty((self.n, len(indices)), dtype=np.float32, order="F")
         for j, index in enumerate(indices):
-            out[:, j] = self._variant(index)[0]
+            expected, _, ploidy = self._variant(index)
+            out[:, j] = np.where(ploidy == 1, 2.0 * expected, expected)
         return out
 
     def sums(self, indices: np.ndarray) -> dict:
+        """Per variant over the called samples: expected counts, their variances and ploidies, at true ploidy."""
         dosage, variance, ploidy = (np.empty(len(indices)) for _ in range(3))
         for j, index in enumerate(indices):
             expected, spread, sample_ploidy = self._variant(index)

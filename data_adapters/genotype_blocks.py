@@ -14,7 +14,9 @@ Memory: the result ``values`` is ``[N, T, F]`` float32 (every kept variant of a 
 :func:`~data_adapters.gene.plink`: ``4 x N x (kept variants + padding)`` bytes), plus one block of about
 ``token_fill._BLOCK_VALUES`` values (64 MB of float32) while reading; never a samples x all-variants matrix of the
 file (a reader adds its own per-variant buffers: cbgen decodes one variant's probabilities as float64 at a time).
-Filters cost one more pass over the candidate variants (statistics only, block by block).
+Filters cost one more pass over the candidate variants (statistics only, block by block), over every sample of the
+file (not only the subjects a cohort keeps later); at a multi-allelic site the frequency is that of all the counted
+(non-first / non-REF) alleles together, so the MAF is the first allele's against the rest.
 """
 
 from __future__ import annotations
@@ -110,8 +112,13 @@ def genotype_tokens(
     min_info: float | None,
     file: Path,
     source: dict,
+    duplicate_hint: str = "give the variants unique IDs",
 ) -> TokenizedModality:
-    """The token modality of one genotype file: list, filters, grouping, then the values read in blocks."""
+    """The token modality of one genotype file: list, filters, grouping, then the values read in blocks.
+
+    Variant IDs that occur more than once among the kept variants (common rsIDs at multi-allelic sites split into
+    biallelic records) are kept, with a warning that says how to tell them apart (``duplicate_hint``): their
+    ``token_features`` entries are the same string. A listed ID of ``variants=`` keeps every variant with it."""
     n_in_file = len(variant_ids)
     _check_threshold(min_maf, "min_maf", 0.5)
     _check_threshold(min_info, "min_info", 1.0)
@@ -160,6 +167,7 @@ def genotype_tokens(
         len(subject_ids), groups, lambda columns: read_dosages(candidates[columns])
     )
     kept_ids = variant_ids[candidates]
+    _warn_duplicated_ids(kept_ids, listed if variants is not None else None, file, duplicate_hint, notes)
     source = {**source, **notes, **grouping_notes}
     source["token_features"] = {t: kept_ids[g].tolist() for t, g in zip(token_names, groups, strict=True)}
     return TokenizedModality(
@@ -171,6 +179,21 @@ def genotype_tokens(
         feature_mask=feature_mask,
         source=source,
     )
+
+
+def _warn_duplicated_ids(kept_ids: np.ndarray, listed: set | None, file: Path, hint: str, notes: dict) -> None:
+    counts = pd.Series(kept_ids.astype(str)).value_counts(sort=False)
+    repeated = counts[counts > 1]
+    if repeated.empty:
+        return
+    examples = ", ".join(f"{i} x{c}" for i, c in repeated.iloc[:5].items())
+    notes["n_duplicated_variant_ids"] = len(repeated)
+    said = f"{file}: {len(repeated)} variant ID(s) occur more than once among the kept variants ({examples})"
+    if listed is not None:
+        chosen = [i for i in repeated.index if i in listed]
+        if chosen:
+            said += f"; {len(chosen)} of them are IDs of the variant list, which keeps every variant with the ID"
+    warnings.warn(f"{said}: their token_features entries cannot be told apart; {hint}", stacklevel=4)
 
 
 def _check_threshold(value, argument: str, largest: float) -> None:
@@ -192,7 +215,11 @@ def _apply_filters(candidates, filters: dict, n_samples: int, read_sums, file: P
         passes = statistic >= threshold  # NaN (no call) fails
         removed[argument] = int((~passes).sum())
         keep &= passes
-    notes["filters"] = {**{k: float(v) for k, v in filters.items()}, "removed": removed}
+    notes["filters"] = {
+        **{k: float(v) for k, v in filters.items()},
+        "removed": removed,
+        "computed_over": f"all {n_samples} samples of the file",
+    }
     if not keep.any():
         said = ", ".join(f"{k}={v:g} fails {removed[k]}" for k, v in filters.items())
         raise AdapterError(f"no variant left after the filters: of {len(candidates)} variants, {said}", file=file)

@@ -5,13 +5,25 @@ one feature per variant, variants grouped by chromosome, window, region table or
 of variants (memory: see :mod:`data_adapters.genotype_blocks`).
 
 Dosage: the number of non-REF alleles, ``2 - `` the REF dosage pgenlib decodes: a stored dosage where the file has
-one (plink2 imports BGEN/VCF dosages at 1/16384 resolution), else the hard call. For a biallelic variant that is
-the ALT dosage, what ``plink2 --export bed`` writes as A1 and :func:`~data_adapters.gene.plink` counts; at a
-multi-allelic site it counts every ALT allele, as :func:`~data_adapters.gene.vcf` does. A missing call is NaN.
+one (plink2 imports BGEN/VCF dosages at 1/16384 resolution), else the hard call; plink2 stores a haploid call
+(males on chrX) as a homozygous diploid one, so it is 0 or 2, as :func:`~data_adapters.bgen.bgen` gives. For a
+biallelic variant that is the ALT dosage, the allele :func:`~data_adapters.gene.vcf` counts.
+:func:`~data_adapters.gene.plink` counts the ``.bim``'s A1: ``plink2 --make-bed`` / ``--export bed`` write ALT as
+A1, so the values agree; plink 1.9's ``--make-bed`` (without ``--keep-allele-order``) makes the minor allele A1,
+and where that is REF, ``gene.plink`` gives ``2 - dosage`` (compare the ``.bim``'s A1 with the ``.pvar``'s ALT).
+At a multi-allelic site the dosage counts every ALT allele, as :func:`~data_adapters.gene.vcf` does. A missing
+call is NaN.
+
+``min_maf``: the frequency is the dosage over twice the called samples, over every sample of the file (not only
+the subjects a cohort keeps later); at a multi-allelic site that is all ALT alleles together, so the MAF is REF's
+frequency against the rest.
 
 ``.pvar``: optional ``##`` lines, then the header ``#CHROM POS ID REF ALT`` (more columns are ignored); a ``.``
-ID becomes ``chrom:pos:ref:alt``. ``.psam``: the header ``#IID ...`` or ``#FID IID ...``. Compressed
-``.pvar.zst`` is not read: decompress it (``plink2 --zst-decompress``) first.
+ID becomes ``chrom:pos:ref:alt``. ``.psam``: the header ``#IID ...`` or ``#FID IID ...``. Both are read
+tab-separated when their header line holds a tab (as plink2 writes them: a value may hold a space), else split on
+whitespace. Compressed ``.pvar.zst`` is not read: decompress it (``plink2 --zst-decompress``) first. A PLINK 1
+``.bed`` renamed ``.pgen`` is refused (its header holds no sample count to check the ``.psam`` against): read it
+with :func:`~data_adapters.gene.plink`, or convert it with ``plink2 --bfile <prefix> --make-pgen``.
 """
 
 from __future__ import annotations
@@ -44,16 +56,21 @@ def pgen(
     empty_groups: str = "drop",
     variants: str | os.PathLike | list[str] | None = None,
     min_maf: float | None = None,
+    variant_id: str = "id",
 ) -> TokenizedModality:
     """Genotype tokens from PLINK 2 files (``path``: the prefix, or the .pgen, .pvar or .psam path).
 
-    Values: non-REF dosages (see the module docstring), missing NaN. Subject IDs: the ``.psam`` IID
-    (``id_format="iid"``) or ``"{FID}_{IID}"`` (``"fid_iid"``, needs a FID column). ``grouping``, ``window_bp``,
-    ``regions``, ``max_features_per_token`` and ``empty_groups``: as in :func:`data_adapters.gene.plink`.
-    ``variants``: keep only these variant IDs (one per line, PLINK's ``--extract`` format, or a list).
-    ``min_maf``: keep variants whose minor allele frequency (from the dosages) is at least this (one more pass).
+    Values: non-REF dosages (see the module docstring for the allele and its ``gene.plink`` equivalent), missing
+    NaN. Subject IDs: the ``.psam`` IID (``id_format="iid"``) or ``"{FID}_{IID}"`` (``"fid_iid"``, needs a FID
+    column). ``grouping``, ``window_bp``, ``regions``, ``max_features_per_token`` and ``empty_groups``: as in
+    :func:`data_adapters.gene.plink`. ``variant_id``: the ``.pvar`` ID (``"id"``; ``chrom:pos:ref:alt`` where it is
+    ``.``) or always ``chrom:pos:ref:alt`` (``"position"``, unique where IDs repeat); a warning names IDs that occur
+    more than once among the kept variants. ``variants``: keep only these variant IDs (one per line, PLINK's
+    ``--extract`` format, or a list); every variant with a listed ID is kept. ``min_maf``: keep variants whose
+    minor allele frequency (from the dosages, over all the file's samples) is at least this (one more pass).
     """
     check_choice(id_format, ("iid", "fid_iid"), "id_format")
+    check_choice(variant_id, ("id", "position"), "variant_id")
     pgen_path, pvar_path, psam_path = _pgen_paths(path)
     samples = _read_psam(psam_path)
     if id_format == "iid":
@@ -71,10 +88,12 @@ def pgen(
         source = {
             "adapter": "pgen",
             "files": [str(pgen_path), str(pvar_path), str(psam_path)],
-            "dosage": "number of non-REF alleles (2 - REF dosage; biallelic: ALT = PLINK A1 after plink2 --export"
-            " bed); stored dosage where present, else the hard call; missing = NaN",
+            "dosage": "number of non-REF alleles (2 - REF dosage; biallelic: the ALT allele, gene.plink's A1 after"
+            " plink2 --make-bed; where the .bim's A1 is REF, as plink 1.9 --make-bed may make it, gene.plink gives"
+            " 2 - dosage); stored dosage where present, else the hard call (haploid calls 0/2); missing = NaN",
             "pgen_mode": f"{mode:#04x}",
             "id_format": id_format,
+            "variant_id": variant_id,
             "n_multiallelic": int((n_alleles > 2).sum()),
         }
         return genotype_tokens(
@@ -82,7 +101,7 @@ def pgen(
             subject_ids=subject_ids,
             chrom=pvar["chrom"].to_numpy(dtype=object),
             pos=pvar["pos"].to_numpy(),
-            variant_ids=pvar["id"].to_numpy(dtype=object),
+            variant_ids=pvar["id" if variant_id == "id" else "position"].to_numpy(dtype=object),
             read_dosages=blocks.dosages,
             read_sums=blocks.sums,
             grouping=grouping,
@@ -95,6 +114,9 @@ def pgen(
             min_info=None,
             file=pgen_path,
             source=source,
+            duplicate_hint="pass variant_id='position' (chrom:pos:ref:alt IDs)"
+            if variant_id == "id"
+            else "the .pvar lists the same position and alleles more than once",
         )
     finally:
         reader.close()
@@ -121,19 +143,22 @@ def _pgen_paths(path: str | os.PathLike) -> tuple[Path, Path, Path]:
     return paths  # type: ignore[return-value]
 
 
-def _header_line(path: Path, what: str) -> tuple[int, list[str]]:
-    """(number of ``##`` lines before it, fields of) the first line not starting with ``##``."""
+def _header_line(path: Path, what: str) -> tuple[int, list[str], str]:
+    """(number of ``##`` lines before it, fields of, separator of) the first line not starting with ``##``: a tab
+    when it holds one (plink2 writes tab-separated files, and a value may hold a space), else any whitespace."""
     skipped = 0
     with open(path) as fh:
         for line in fh:
             if not line.startswith("##"):
-                return skipped, line.split()
+                separator = "\t" if "\t" in line else r"\s+"
+                fields = [f.strip() for f in line.rstrip("\r\n").split("\t")] if separator == "\t" else line.split()
+                return skipped, fields, separator
             skipped += 1
     raise AdapterError(f"{what} file is empty", file=path)
 
 
 def _read_pvar(path: Path) -> pd.DataFrame:
-    skipped, header = _header_line(path, ".pvar")
+    skipped, header, separator = _header_line(path, ".pvar")
     needed = ["#CHROM", "POS", "ID", "REF", "ALT"]
     if not header or header[0] != "#CHROM" or not set(needed) <= set(header):
         raise AdapterError(
@@ -144,7 +169,14 @@ def _read_pvar(path: Path) -> pd.DataFrame:
         )
     try:
         table = pd.read_csv(
-            path, sep=r"\s+", skiprows=skipped, header=0, usecols=needed, dtype=str, keep_default_na=False
+            path,
+            sep=separator,
+            skiprows=skipped,
+            header=0,
+            usecols=needed,
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,  # a row with more fields than the header must not turn its first ones into an index
         )
     except (ValueError, pd.errors.ParserError) as err:
         raise AdapterError(f"could not parse the .pvar: {err}", file=path) from err
@@ -167,13 +199,14 @@ def _read_pvar(path: Path) -> pd.DataFrame:
             "chrom": table["#CHROM"],
             "pos": position.to_numpy(dtype=np.int64),
             "id": ids,
+            "position": table["#CHROM"] + ":" + table["POS"] + ":" + table["REF"] + ":" + table["ALT"],
             "n_alleles": table["ALT"].str.count(",").to_numpy(dtype=np.int64) + 2,
         }
     )
 
 
 def _read_psam(path: Path) -> pd.DataFrame:
-    skipped, header = _header_line(path, ".psam")
+    skipped, header, separator = _header_line(path, ".psam")
     if header[:1] == ["#IID"]:
         columns = {"#IID": "IID"}
     elif header[:2] == ["#FID", "IID"]:
@@ -186,7 +219,14 @@ def _read_psam(path: Path) -> pd.DataFrame:
         )
     try:
         table = pd.read_csv(
-            path, sep=r"\s+", skiprows=skipped, header=0, usecols=list(columns), dtype=str, keep_default_na=False
+            path,
+            sep=separator,
+            skiprows=skipped,
+            header=0,
+            usecols=list(columns),
+            dtype=str,
+            keep_default_na=False,
+            index_col=False,
         )
     except (ValueError, pd.errors.ParserError) as err:
         raise AdapterError(f"could not parse the .psam: {err}", file=path) from err
@@ -204,8 +244,13 @@ def _check_pgen_header(path: Path, n_samples: int, n_variants: int, psam: Path, 
             f"not a .pgen file: it must start with bytes 6c 1b, found {head[:2].hex(' ') or 'nothing'}", file=path
         )
     mode = head[2]
-    if mode == 0x01:  # a PLINK 1 .bed (variant-major) under another name: pgenlib reads it, the counts come from us
-        return mode
+    if mode == 0x01:  # a PLINK 1 .bed (variant-major): no counts to check the .psam against
+        raise AdapterError(
+            "a PLINK 1 .bed under the .pgen name (storage mode 0x01): its header holds no sample count, so a .psam"
+            " with a sample too few or too many would shift or drop genotypes unnoticed; read the .bed/.bim/.fam"
+            f" with gene.plink, or convert it: plink2 --bfile {path.with_suffix('')} --make-pgen --out <new prefix>",
+            file=path,
+        )
     if mode not in _STORED_COUNTS or len(head) < 11:
         raise AdapterError(f"unsupported .pgen storage mode {mode:#04x} (or a truncated header)", file=path)
     file_variants, file_samples = np.frombuffer(head[3:11], dtype="<u4")

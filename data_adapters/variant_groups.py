@@ -3,7 +3,9 @@
 Shared by the genotype readers (:func:`data_adapters.gene.plink` and :func:`~data_adapters.gene.vcf`). Region
 tables (``regions=``) have one row per region with columns ``name``, ``chrom``, ``start``, ``end`` (aliases
 ``gene``/``region``, ``chr``/``chromosome``; case-insensitive); coordinates are 1-based and inclusive. Chromosome
-names are compared after dropping a ``chr`` prefix and mapping PLINK's numeric codes 23/24/25/26 to X/Y/XY/MT.
+names are compared after dropping a ``chr`` prefix, dropping leading zeros of numeric names (UK Biobank's imputed
+BGENs write ``01``..``09``) and mapping PLINK's numeric codes 23/24/25/26 to X/Y/XY/MT; token names use the
+normalised name (``chr1``, ``chrX``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ def _normalize_chromosome(value) -> str:
     if text.lower().startswith("chr"):
         text = text[3:]
     text = text.upper()
+    if text.isdigit() and text.isascii():  # "01" (UK Biobank's imputed BGENs), "chr01": the number itself
+        text = str(int(text))
     return _CHROM_ALIASES.get(text, text)
 
 

@@ -10,7 +10,8 @@ The format, as the BGEN specification (v1.2/1.3) defines it; every integer is li
   the identifier.
 * Per variant: identifying data (uint16-length-prefixed variant ID, rsID and chromosome; uint32 position; uint16
   number of alleles ``K``; per allele a uint32 length and the allele), then the genotype block: its length ``C``
-  (uint32), with compression the uncompressed length ``D`` (uint32), then the (compressed) probability data:
+  (uint32), with compression the uncompressed length ``D`` (uint32), then the (compressed: zlib, or zstd as a frame of
+  stored blocks, :func:`zstd_frame`) probability data:
   ``N`` (uint32), ``K`` (uint16), min and max ploidy (uint8 each), one byte per sample (bits 0-5 ploidy, bit 7
   missing), phased (uint8), bits per probability ``B`` (uint8), then the probabilities packed ``B`` bits each,
   least significant bit first. Per sample, unphased: the probabilities of the ``binom(ploidy + K - 1, K - 1)``
@@ -116,6 +117,18 @@ def _probability_data(variant: Variant, n: int, bits: int, bits_field: int | Non
     return header + _pack(flat, bits), stored_probabilities
 
 
+def zstd_frame(data: bytes) -> bytes:
+    """``data`` as a Zstandard frame (RFC 8878) of raw (stored, uncompressed) blocks, which any zstd decoder
+    reads: the magic number, a frame header declaring a single segment of ``len(data)`` bytes (4-byte content
+    size), then blocks of at most 128 KiB, each with a 3-byte header (bit 0: last block, bits 1-2: type 0 raw,
+    bits 3-23: size). The standard library has no zstd writer before Python 3.14."""
+    out = struct.pack("<IB", 0xFD2FB528, (2 << 6) | (1 << 5)) + struct.pack("<I", len(data))
+    chunks = [data[i : i + (1 << 17)] for i in range(0, len(data), 1 << 17)] or [b""]
+    for k, chunk in enumerate(chunks):
+        out += (len(chunk) << 3 | (k == len(chunks) - 1)).to_bytes(3, "little") + chunk
+    return out
+
+
 def _string(text: str, length_format: str = "<H") -> bytes:
     data = text.encode()
     return struct.pack(length_format, len(data)) + data
@@ -159,10 +172,13 @@ def write_bgen(
         if compression == 1:
             packed = zlib.compress(data)
             genotype = struct.pack("<II", len(packed) + 4, len(data)) + packed
+        elif compression == 2:
+            packed = zstd_frame(data)
+            genotype = struct.pack("<II", len(packed) + 4, len(data)) + packed
         elif compression == 0:
             genotype = struct.pack("<I", len(data)) + data
         else:
-            raise ValueError("this writer knows compression 0 (none) and 1 (zlib)")
+            raise ValueError("this writer knows compression 0 (none), 1 (zlib) and 2 (zstd)")
         blocks.append(ident + genotype)
     offset = len(header) + len(sample_block)
     Path(path).write_bytes(struct.pack("<I", offset) + header + sample_block + b"".join(blocks))

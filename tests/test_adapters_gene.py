@@ -136,6 +136,22 @@ def test_plink_no_variant_in_any_region_is_an_error():
         plink(BED_DATA / "small", grouping="region", regions=regions)
 
 
+def test_chromosome_names_with_leading_zeros_are_one_chromosome():
+    # UK Biobank's imputed BGENs name chromosomes 01..09; .bim/.pvar files and region tables say 1, chr1
+    from data_adapters.variant_groups import group_variants
+
+    chrom = np.array(["01", "chr01", "1", "10", "chr023", "X"], dtype=object)
+    pos = np.array([5, 6, 7, 1, 2, 3])
+    ids = np.array([f"v{i}" for i in range(6)], dtype=object)
+    options = {"window_bp": None, "max_features_per_token": None, "empty_groups": "drop", "file": "f"}
+    names, groups, _ = group_variants(chrom, pos, ids, grouping="chromosome", regions=None, **options)
+    assert names == ["chr1", "chr10", "chrX"]
+    assert [g.tolist() for g in groups] == [[0, 1, 2], [3], [4, 5]]
+    regions = pd.DataFrame({"name": ["G1", "G10"], "chrom": ["chr1", "010"], "start": [1, 1], "end": [6, 9]})
+    names, groups, _ = group_variants(chrom, pos, ids, grouping="region", regions=regions, **options)
+    assert names == ["G1", "G10"] and [g.tolist() for g in groups] == [[0, 1], [3]]
+
+
 def test_plink_fid_iid_subject_ids():
     modality = plink(BED_DATA / "small", id_format="fid_iid")
     assert list(modality.subject_ids) == ["fid1_iid1", "fid1_iid2", "fid2_iid3"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from bgen_files import Variant, diploid_probabilities, write_bgen, write_sample
+from bgen_files import Variant, diploid_probabilities, write_bgen, write_sample, zstd_frame
 
 bed_reader = pytest.importorskip("bed_reader")
 pytest.importorskip("cbgen")
@@ -144,11 +144,11 @@ def test_haploid_phased_and_multiallelic_samples(tmp_path):
     path, stored = written(tmp_path, variants, n, bits=16)
     columns = by_variant(bgen(path, grouping="snp"))
     p = stored[0]
-    expected = np.where(ploidy == 1, p[:, 1], p[:, 1] + 2 * p[:, 2])
+    expected = np.where(ploidy == 1, 2 * p[:, 1], p[:, 1] + 2 * p[:, 2])  # haploid: 0-2, as plink2 stores it
     np.testing.assert_allclose(columns["haploid"], expected, atol=1e-6)
     assert np.isnan(columns["haploid"][4])
     h = stored[1]
-    expected = h[:, 1] + np.where(ploidy == 1, 0.0, h[:, 3])  # P(second allele), summed over haplotypes
+    expected = np.where(ploidy == 1, 2 * h[:, 1], h[:, 1] + h[:, 3])  # P(second allele), summed over haplotypes
     np.testing.assert_allclose(columns["phased"], expected, atol=1e-6)
     t = stored[2]
     non_first = t @ np.array([0, 1, 2, 1, 2, 2])  # copies of C or T in AA, AB, BB, AC, BC, CC
@@ -246,6 +246,7 @@ def test_sample_ids_from_the_sample_file_or_the_bgen(tmp_path):
     write_bgen(path, variants, 4, samples=["s1", "s2", "s3", "s4"])
     assert bgen(path).subject_ids.tolist() == ["s1", "s2", "s3", "s4"]  # no .sample: the stored IDs
     one_line_error(lambda: bgen(path, id_format="fid_iid"), "stores only one ID per sample", "ukb22828_c1_b0_v3.sample")
+    write_bgen(path, variants, 4)  # UK Biobank's imputed BGENs store no sample IDs
     sample = tmp_path / "ukb22828_c1_b0_v3_s4.sample"  # UK Biobank's naming: not the BGEN's name
     write_sample(sample, ["1", "2", "3", "-1"], ["1001", "1002", "1003", "-1"])  # -1: a withdrawn participant
     assert bgen(path, sample=sample).subject_ids.tolist() == ["1001", "1002", "1003", "-1"]
@@ -253,6 +254,35 @@ def test_sample_ids_from_the_sample_file_or_the_bgen(tmp_path):
     shutil.copy(sample, path.with_suffix(".sample"))  # beside, with the BGEN's name: found by default
     modality = bgen(path)
     assert modality.subject_ids.tolist()[0] == "1001" and modality.source["files"][1].endswith(".sample")
+    assert "stored_sample_ids_match" not in modality.source
+
+
+def test_stored_sample_ids_must_match_the_sample_file(tmp_path):
+    variants = random_variants(np.random.default_rng(12), 4, 2)
+    path = tmp_path / "cohort.bgen"
+    write_bgen(path, variants, 4, samples=["s1", "s2", "s3", "s4"])
+    sample = path.with_suffix(".sample")
+    # plink2 stores the IID (ID_2), QCTOOL the ID_1 column; either matching row by row is the same sample order
+    for id_1, id_2, column in [
+        (["f1", "f2", "f3", "f4"], ["s1", "s2", "s3", "s4"], "ID_2"),
+        (["s1", "s2", "s3", "s4"], ["1", "2", "3", "4"], "ID_1"),
+    ]:
+        write_sample(sample, id_1, id_2)
+        modality = bgen(path)
+        assert modality.subject_ids.tolist() == id_2 and modality.source["stored_sample_ids_match"] == column
+    write_bgen(path, variants, 4, samples=["f1_s1", "f2_s2", "f3_s3", "f4_s4"])  # plink2's FID_IID
+    write_sample(sample, ["f1", "f2", "f3", "f4"], ["s1", "s2", "s3", "s4"])
+    assert bgen(path, id_format="fid_iid").source["stored_sample_ids_match"] == "ID_1_ID_2"
+    write_bgen(path, variants, 4, samples=["s1", "s2", "s3", "s4"])
+    write_sample(sample, ["s1", "s2", "s4", "s3"])  # rows 3 and 4 swapped: their genotypes would be swapped
+    one_line_error(
+        lambda: bgen(path),
+        r"line 5 \(sample 3\): ID_2 is 's4', but cohort\.bgen stores 's3' as sample 3: the \.sample lists the same"
+        " samples in another order",
+        "cohort.sample",
+    )
+    write_sample(sample, ["x1", "x2", "x3", "x4"])
+    one_line_error(lambda: bgen(path, sample=sample), r"line 3 \(sample 1\).*lists other samples", "cohort.sample")
 
 
 def test_metafile_written_nowhere_by_default_or_once_where_asked(tmp_path, monkeypatch):
@@ -263,7 +293,8 @@ def test_metafile_written_nowhere_by_default_or_once_where_asked(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left beside the data
     index = tmp_path / "index" / "cohort.metafile"
     assert_same_modality(bgen(path, metafile=index), first)
-    assert sorted(p.name for p in index.parent.iterdir()) == ["cohort.metafile"]  # no temporary file left
+    # no temporary file left; beside the index, the record of which BGEN it indexes
+    assert sorted(p.name for p in index.parent.iterdir()) == ["cohort.metafile", "cohort.metafile.source.json"]
 
     def no_new_index(*args, **kwargs):
         raise AssertionError("the metafile should have been reused")
@@ -410,3 +441,225 @@ def test_bgen_and_pgen_modules_import_no_torch_and_no_reader_until_called():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_sample_file_with_na_ids_or_a_byte_order_mark(small):
+    path, _ = small
+    sample = path.with_suffix(".sample")
+    header = "ID_1 ID_2 missing sex\n0 0 0 D\n"
+    sample.write_text(header + "1 1 0 1\n2 NA 0 2\n3 3 0 1\n4 4 0 2\n")
+    one_line_error(lambda: bgen(path), r"line 4: ID_2 is 'NA', a missing-value code, not a sample ID", "cohort.sample")
+    sample.write_text(header + "1 1 0 1\nNA 2 0 2\n3 3 0 1\n4 4 0 2\n")
+    assert bgen(path).subject_ids.tolist() == ["1", "2", "3", "4"]  # ID_1 is not used for "iid"
+    one_line_error(lambda: bgen(path, id_format="fid_iid"), "line 4: ID_1 is 'NA'", "cohort.sample")
+    sample.write_bytes(("\ufeff" + header + "1 1 0 1\n\n2 2 0 2\r\n3 3 0 1\n4 4 0 2\n").encode())  # BOM, blank, CRLF
+    assert bgen(path).subject_ids.tolist() == ["1", "2", "3", "4"]
+    sample.write_text(header + "1 1 0 1\n\n2 2 0 2\n3\n4 4 0 2\n")
+    one_line_error(lambda: bgen(path), "line 6: a sample line needs ID_1 and ID_2", "cohort.sample")
+
+
+def joined_bgen(folder: Path, n_first: int, n_second: int, **options) -> Path:
+    """A BGEN whose header and first variant are of a file of ``n_first`` samples, followed by the variant of a
+    file of ``n_second`` samples: the genotype block of the second variant declares another sample count."""
+    first = write_bgen(
+        folder / "a.bgen", [Variant("1", 100, "rs1", diploid_probabilities(np.zeros(n_first)))], n_first, **options
+    )
+    write_bgen(
+        folder / "b.bgen", [Variant("1", 200, "rs2", diploid_probabilities(np.ones(n_second)))], n_second, **options
+    )
+    a, b = (folder / "a.bgen").read_bytes(), (folder / "b.bgen").read_bytes()
+    offset_a, offset_b = int.from_bytes(a[:4], "little"), int.from_bytes(b[:4], "little")
+    head = bytearray(a[: offset_a + 4])
+    head[8:12] = (2).to_bytes(4, "little")  # two variants
+    path = folder / "joined.bgen"
+    path.write_bytes(bytes(head) + a[offset_a + 4 :] + b[offset_b + 4 :])
+    write_sample(path.with_suffix(".sample"), [f"s{i}" for i in range(n_first)])
+    assert first
+    return path
+
+
+def test_every_genotype_block_sample_count_is_checked_before_decoding(tmp_path):
+    # cbgen sizes its buffer by the header's sample count and fills it with the block's: past its end for 6 of 4
+    path = joined_bgen(tmp_path, 4, 6)
+    match = r"variant 1:200 \(rs2\): its genotype block holds 6 samples, the header 4"
+    one_line_error(lambda: bgen(path), match, "joined.bgen")
+    one_line_error(lambda: variant_stats(path), match, "joined.bgen")
+    one_line_error(lambda: bgen(path, variants=["rs1", "rs2"], grouping="snp"), match, "joined.bgen")
+    assert bgen(path, variants=["rs1"]).source["token_features"] == {"chr1": ["rs1"]}  # only the read blocks
+
+
+class FakeZstandard:
+    """Just enough of the ``zstandard`` module to decode ``zstd_frame``'s raw-block frames, streaming."""
+
+    class ZstdError(Exception):
+        pass
+
+    class ZstdDecompressor:
+        def decompressobj(self):
+            return FakeZstandard.Stream()
+
+    class Stream:
+        def __init__(self):
+            self.buffer, self.done = b"", 0
+
+        def decompress(self, chunk: bytes) -> bytes:
+            self.buffer += chunk
+            if not self.buffer.startswith(b"\x28\xb5\x2f\xfd"[: len(self.buffer)]):
+                raise FakeZstandard.ZstdError("unknown frame descriptor")
+            out, at = b"", 9  # magic, frame header descriptor, 4-byte content size
+            while at + 3 <= len(self.buffer):
+                size = int.from_bytes(self.buffer[at : at + 3], "little") >> 3
+                out += self.buffer[at + 3 : at + 3 + size]
+                at += 3 + size
+            new, self.done = out[self.done :], len(out)
+            return new
+
+
+def test_zstd_blocks_are_checked_with_zstandard_or_refused_without(tmp_path, monkeypatch):
+    assert zstd_frame(b"abc")[:4] == bytes.fromhex("28b52ffd")
+    rng = np.random.default_rng(13)
+    variants = random_variants(rng, 6, 5)
+    path, stored = written(tmp_path, variants, 6, compression=2, bits=16)
+    monkeypatch.setattr(bgen_module, "_import_zstandard", lambda: None)
+    one_line_error(lambda: bgen(path), r"zstd-compressed BGEN: .*pip install zstandard", "cohort.bgen")
+    monkeypatch.setattr(bgen_module, "_import_zstandard", lambda: FakeZstandard)
+    columns = by_variant(bgen(path))
+    for variant, probabilities in zip(variants, stored, strict=True):
+        np.testing.assert_allclose(columns[variant.rsid], probabilities[:, 1] + 2 * probabilities[:, 2], atol=1e-6)
+    joined = joined_bgen(tmp_path, 4, 6, compression=2)
+    one_line_error(lambda: bgen(joined), "its genotype block holds 6 samples, the header 4", "joined.bgen")
+
+
+def test_chromosomes_with_leading_zeros_as_uk_biobank_writes_them(tmp_path):
+    calls = np.array([0, 1, 2, 0.0])
+    variants = [Variant(c, 100 + j, f"rs{j}", diploid_probabilities(calls)) for j, c in enumerate(["01", "01", "10"])]
+    path, _ = written(tmp_path, variants, 4)
+    assert bgen(path).token_names == ["chr1", "chr10"]
+    regions = pd.DataFrame({"name": ["G1"], "chrom": ["chr1"], "start": [1], "end": [1000]})
+    assert bgen(path, grouping="region", regions=regions).source["token_features"] == {"G1": ["rs0", "rs1"]}
+
+
+def test_chrx_haploid_males_give_the_values_of_the_same_calls_in_pgen(tmp_path):
+    # plink2 stores a male's chrX call as a homozygous diploid one (0 or 2); BGEN stores it haploid (ploidy 1)
+    pgenlib = pytest.importorskip("pgenlib")
+    from data_adapters.pgen import pgen
+
+    sex = np.array([1, 2, 1, 2, 2, 1])
+    ploidy = np.where(sex == 1, 1, 2)
+    calls = np.array([[1, 2, 0, 1, 0, np.nan], [0, 0, 1, 2, 1, 1], [1, 1, 1, 2, 2, 0]])  # copies of the 2nd allele
+    variants = []
+    for j, row in enumerate(calls):
+        probabilities = np.full((6, 3), np.nan)
+        for i, c in enumerate(row):
+            if not np.isnan(c):
+                probabilities[i, : ploidy[i] + 1] = np.eye(ploidy[i] + 1)[int(c)]
+        variants.append(Variant("X", 1000 * (j + 1), f"rsX{j}", probabilities, ploidy=ploidy))
+    path, _ = written(tmp_path, variants, 6)
+    prefix = tmp_path / "same"
+    diploid = np.where(ploidy == 1, 2 * calls, calls)  # what plink2 --make-pgen writes for these samples
+    with pgenlib.PgenWriter(bytes(prefix.with_suffix(".pgen")), 6, variant_ct=3, nonref_flags=False) as writer:
+        writer.append_biallelic_batch(np.where(np.isnan(diploid), -9, diploid).astype(np.int8))
+    prefix.with_suffix(".pvar").write_text(
+        "#CHROM\tPOS\tID\tREF\tALT\n" + "".join(f"X\t{1000 * (j + 1)}\trsX{j}\tA\tG\n" for j in range(3))
+    )
+    prefix.with_suffix(".psam").write_text("#IID\tSEX\n" + "".join(f"{1000 + i}\t{s}\n" for i, s in enumerate(sex)))
+    ours, reference = bgen(path), pgen(prefix)
+    assert ours.source["token_features"] == reference.source["token_features"]
+    np.testing.assert_array_equal(ours.subject_ids, reference.subject_ids)
+    np.testing.assert_array_equal(ours.values, reference.values)
+    table = variant_stats(path)  # frequencies count a male's chrX once
+    alleles = np.where(np.isnan(calls), 0, ploidy).sum(axis=1)
+    np.testing.assert_allclose(table["alt_freq"], np.nansum(calls, axis=1) / alleles)
+
+
+def test_a_bed_whose_a1_is_the_first_bgen_allele_gives_two_minus_the_dosage(tmp_path):
+    # the documented conversion: gene.plink counts A1; where A1 is the record's first allele (its copies are
+    # 2 - the second allele's), gene.plink gives 2 - the BGEN dosage
+    with open_bed(BED_DATA / "small.bed") as reader:
+        calls = reader.read(dtype=np.float64)
+        chrom, sid, pos, a1, a2 = reader.chromosome, reader.sid, reader.bp_position, reader.allele_1, reader.allele_2
+        iid = reader.iid
+    variants = [
+        Variant(str(chrom[j]), int(pos[j]), str(sid[j]), diploid_probabilities(2 - calls[:, j]), alleles=(a1[j], a2[j]))
+        for j in range(calls.shape[1])
+    ]
+    path = tmp_path / "swapped.bgen"
+    write_bgen(path, variants, calls.shape[0])
+    write_sample(path.with_suffix(".sample"), list(iid))
+    reference = plink(BED_DATA / "small")
+    ours = bgen(path)
+    assert ours.source["token_features"] == reference.source["token_features"]
+    mask = reference.feature_mask[None, :, :]
+    np.testing.assert_array_equal(np.where(mask, ours.values, 0), np.where(mask, 2 - reference.values, 0))
+    assert "2 - dosage" in ours.source["dosage"]
+
+
+def test_duplicated_variant_ids_are_kept_with_a_warning(tmp_path):
+    calls = np.array([0, 1, 2, 0.0])
+    variants = [  # one rsID for the two biallelic records of a multi-allelic site, as in UK Biobank's files
+        Variant("1", 600, "rsDup", diploid_probabilities(calls)),
+        Variant("1", 600, "rsDup", diploid_probabilities(2 - calls), alleles=("A", "T")),
+        Variant("1", 700, "rs7", diploid_probabilities(calls)),
+    ]
+    path, _ = written(tmp_path, variants, 4)
+    with pytest.warns(
+        UserWarning, match=r"1 variant ID\(s\) occur more than once .*\(rsDup x2\).*variant_id='position'"
+    ):
+        modality = bgen(path)
+    assert modality.source["token_features"] == {"chr1": ["rsDup", "rsDup", "rs7"]}
+    assert modality.source["n_duplicated_variant_ids"] == 1
+    with pytest.warns(
+        UserWarning, match="1 of them are IDs of the variant list, which keeps every variant with the ID"
+    ):
+        assert bgen(path, variants=["rsDup"]).source["token_features"] == {"chr1": ["rsDup", "rsDup"]}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert bgen(path, variant_id="position").source["token_features"] == {
+            "chr1": ["1:600:A:G", "1:600:A:T", "1:700:A:G"]
+        }
+        bgen(path, variants=["rs7"])
+
+
+def test_multiallelic_maf_is_the_first_allele_against_the_rest_over_all_samples(tmp_path):
+    p = np.zeros((4, 6))
+    p[:, 4] = 1  # genotype C/G (colex order AA, AB, BB, AC, BC, CC): no copy of the first allele
+    path, _ = written(tmp_path, [Variant("1", 500, "rsM", p, alleles=("A", "C", "G"))], 4)
+    row = variant_stats(path).iloc[0]
+    assert row.alt_freq == 1.0 and row.maf == 0.0  # documented: not the rarer ALT's frequency (0.5)
+    modality = bgen(path, min_info=0.0)
+    assert modality.source["filters"]["computed_over"] == "all 4 samples of the file"
+    assert modality.source["n_multiallelic"] == 1
+
+
+def test_a_metafile_is_reused_only_for_the_bgen_it_was_built_for(tmp_path, monkeypatch):
+    calls = np.array([0, 1, 2, 0.0])
+    chunks = []
+    for k in (1, 2):  # same shape, other variants: offsets and counts agree
+        path = tmp_path / f"chunk{k}.bgen"
+        write_bgen(
+            path, [Variant(str(k), 1000 * k + j, f"rs{k}{j}", diploid_probabilities(calls)) for j in range(3)], 4
+        )
+        write_sample(path.with_suffix(".sample"), ["a", "b", "c", "d"])
+        chunks.append(path)
+    shared = tmp_path / "index.metafile"
+    assert bgen(chunks[0], metafile=shared).source["token_features"] == {"chr1": ["rs10", "rs11", "rs12"]}
+    with pytest.warns(UserWarning, match="indexed another BGEN"):
+        second = bgen(chunks[1], metafile=shared)
+    assert second.source["token_features"] == {"chr2": ["rs20", "rs21", "rs22"]}
+
+    cbgen = pytest.importorskip("cbgen")
+    built = []
+    real = cbgen.bgen_file.create_metafile
+    monkeypatch.setattr(cbgen.bgen_file, "create_metafile", lambda self, name: built.append(name) or real(self, name))
+    bgen(chunks[1], metafile=shared)
+    assert built == []  # the record matches chunk2 now: reused
+    chunks[1].write_bytes(chunks[1].read_bytes())  # rewritten (a new modification time): rebuilt in place
+    bgen(chunks[1], metafile=shared)
+    assert len(built) == 1
+    foreign = tmp_path / "foreign.metafile"  # a metafile this module did not build (no record): left alone
+    shutil.copy(shared, foreign)
+    with pytest.warns(UserWarning, match="no record of which BGEN it indexes"):
+        assert bgen(chunks[0], metafile=foreign).token_names == ["chr1"]
+    assert len(built) == 2 and not foreign.with_name("foreign.metafile.source.json").exists()

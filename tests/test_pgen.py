@@ -92,16 +92,20 @@ def test_prefix_or_any_of_the_three_files(some_missing, suffix):
     assert pgen(prefix + suffix).source["files"] == [prefix + ext for ext in (".pgen", ".pvar", ".psam")]
 
 
-def test_a_plink1_bed_under_the_pgen_name(tmp_path):
-    # pgenlib reads a variant-major .bed as a .pgen (storage mode 0x01, no counts in the header)
+def test_a_plink1_bed_under_the_pgen_name_is_refused(tmp_path):
+    # pgenlib would read a variant-major .bed as a .pgen (storage mode 0x01), but its header holds no sample count:
+    # a .psam one sample short gave shifted genotypes without an error
     shutil.copy(BED_DATA / "some_missing.bed", tmp_path / "old.pgen")
     bim = pd.read_csv(BED_DATA / "some_missing.bim", sep="\t", header=None, dtype=str)
     fam = pd.read_csv(BED_DATA / "some_missing.fam", sep="\t", header=None, dtype=str)
     write_pvar(tmp_path / "old.pvar", bim[0], bim[3], bim[1], bim[5], bim[4], meta=False)
-    write_psam(tmp_path / "old.psam", fam[1])
-    modality = pgen(tmp_path / "old")
-    assert modality.source["pgen_mode"] == "0x01"
-    assert_same_modality(modality, plink(BED_DATA / "some_missing"))
+    for iids in (fam[1], fam[1][:-1]):
+        write_psam(tmp_path / "old.psam", iids)
+        one_line_error(
+            lambda: pgen(tmp_path / "old"),
+            r"a PLINK 1 \.bed under the \.pgen name \(storage mode 0x01\).*gene\.plink.*plink2 --bfile .* --make-pgen",
+            "old.pgen",
+        )
 
 
 def test_stored_dosages_are_read_at_plink2_resolution(tmp_path):
@@ -304,3 +308,41 @@ def test_a_data_config_builds_bgen_and_pgen_modalities_and_keys_every_file(tmp_p
     assert input_files("bgen", {"path": str(data / "imputed.bgen")}) == [
         str(data / n) for n in ("imputed.bgen", "imputed.sample")
     ]
+
+
+def test_psam_and_pvar_values_with_spaces_stay_in_their_column(tmp_path):
+    # plink2 writes tab-separated files; a .psam column such as a centre name may hold a space
+    path = tmp_path / "s.pgen"
+    with pgenlib.PgenWriter(bytes(path), 4, variant_ct=3, nonref_flags=False) as writer:
+        writer.append_biallelic_batch(np.array([[0, 1, 2, 0], [2, 2, 1, 0], [0, 0, 0, 1]], np.int8))
+    path.with_suffix(".psam").write_text(
+        "#FID\tIID\tSEX\tCENTRE\n" + "".join(f"F{i}\tS{i}\t1\t{'New York' if i else 'Leeds'}\n" for i in range(4))
+    )
+    rows = [("1", "10", "rs1", "A", "G"), ("2", "20", "rs2", "C", "T"), ("3", "30", "rs3", "G", "A")]
+    path.with_suffix(".pvar").write_text(
+        "#CHROM\tPOS\tID\tREF\tALT\tINFO\n" + "".join("\t".join(r) + "\tNOTE=a b\n" for r in rows)
+    )
+    modality = pgen(path, id_format="fid_iid")
+    assert modality.subject_ids.tolist() == ["F0_S0", "F1_S1", "F2_S2", "F3_S3"]
+    assert modality.source["token_features"] == {"chr1": ["rs1"], "chr2": ["rs2"], "chr3": ["rs3"]}
+    np.testing.assert_array_equal(modality.values[:, :, 0], [[0, 2, 0], [1, 2, 0], [2, 1, 0], [0, 0, 1]])
+    path.with_suffix(".psam").write_text("#IID SEX\nS0 1\n S1 2\nS2  1\nS3 2\n")  # no tab: split on whitespace
+    assert pgen(path).subject_ids.tolist() == ["S0", "S1", "S2", "S3"]
+
+
+def test_duplicated_variant_ids_are_kept_with_a_warning(tmp_path):
+    path = tmp_path / "d.pgen"
+    with pgenlib.PgenWriter(bytes(path), 4, variant_ct=3, nonref_flags=False) as writer:
+        writer.append_biallelic_batch(np.array([[0, 1, 2, 0], [2, 2, 1, 0], [0, 0, 0, 1]], np.int8))
+    write_psam(path.with_suffix(".psam"), ["a", "b", "c", "d"])
+    write_pvar(path.with_suffix(".pvar"), ["1"] * 3, [10, 10, 20], ["rsD", "rsD", "rs2"], "AAC", "GTT")
+    with pytest.warns(UserWarning, match=r"\(rsD x2\).*variant_id='position'"):
+        assert pgen(path).source["token_features"] == {"chr1": ["rsD", "rsD", "rs2"]}
+    with pytest.warns(UserWarning, match="1 of them are IDs of the variant list"):
+        pgen(path, variants=["rsD"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        modality = pgen(path, variant_id="position", grouping="snp")
+    assert modality.token_names == ["1:10:A:G", "1:10:A:T", "1:20:C:T"]
