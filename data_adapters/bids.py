@@ -18,7 +18,12 @@ entities they differ in: choose with those entities, never a silent pick.
 
 The folder walk is a small reader of the BIDS naming rules (measured faster than pybids' ``BIDSLayout`` on
 thousands of files: ``benchmarks/bids_index.py``); only ``sub-*`` folders are read (``derivatives/``,
-``sourcedata/``, ``code/`` are not).
+``sourcedata/``, ``code/`` are not). Folders that are symbolic links are followed (DataLad datasets link
+folders), each folder read once (a link loop is not walked twice). BIDS extensions are lower case: an image
+named ``...T1w.NII.GZ`` breaks the naming rules like any other bad name (an error, or skipped and counted with
+``invalid_names='skip'``), never skipped silently. Column names of ``participants.tsv`` are read without
+surrounding spaces. The same file name in two datatype folders (``anat/`` and ``extra/``) is an error naming
+the folders: the query cannot choose a folder.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from .tables import read_table, require_id_column
 PARTICIPANT_ID = "participant_id"
 IMAGE_EXTENSIONS = (".nii.gz", ".nii")
 INVALID_NAMES = ("error", "skip")
+FOLDER = "datatype folder"
 QUERY_ENTITIES = {"session": "ses", "task": "task", "acq": "acq", "run": "run", "space": "space", "desc": "desc"}
 """Argument of :func:`bids_manifest` -> BIDS entity key."""
 _LABEL = re.compile(r"[A-Za-z0-9]+")
@@ -52,6 +58,9 @@ def parse_bids_name(name: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> 
     ``".nii.gz"``). A name that breaks the BIDS naming rules raises a ValueError saying which rule."""
     extension = next((e for e in sorted(extensions, key=len, reverse=True) if name.endswith(e)), None)
     if extension is None:
+        cased = next((e for e in sorted(extensions, key=len, reverse=True) if name.lower().endswith(e.lower())), None)
+        if cased is not None:
+            raise ValueError(f"extension {name[-len(cased) :]!r} is not {cased!r}: BIDS extensions are lower case")
         raise ValueError(f"extension is not one of {list(extensions)}")
     parts = name[: -len(extension)].split("_")
     if len(parts) < 2:
@@ -112,17 +121,30 @@ def _query(*, session, task, acq, run, space, desc, suffix, entities) -> dict[st
 
 def _scan(root: Path, invalid_names: str, extensions: Sequence[str]) -> tuple[list, int]:
     """Every image under the ``sub-*`` folders: (subject ID, entities, suffix, path); and the number of image
-    files whose names break the rules (skipped when ``invalid_names='skip'``, else the first is an error)."""
+    files whose names break the rules (skipped when ``invalid_names='skip'``, else the first is an error).
+
+    Folders that are symbolic links are followed (DataLad and git-annex datasets link folders and files); a
+    folder reached twice (a link loop, or two links to one folder) is read once. An image extension in
+    another case (``.NII.GZ``) is a name that breaks the rules (BIDS extensions are lower case), not skipped
+    silently."""
     found, skipped = [], 0
+    lowered = tuple(e.lower() for e in extensions)
     with os.scandir(root) as top:
         subject_dirs = sorted(e.path for e in top if e.name.startswith("sub-") and e.is_dir())
     for subject_dir in subject_dirs:
         folder_label = os.path.basename(subject_dir)[4:]
-        for folder, dirs, files in os.walk(subject_dir):
-            dirs.sort()
+        visited = {os.path.realpath(subject_dir)}
+        for folder, dirs, files in os.walk(subject_dir, followlinks=True):
+            walked = []
+            for d in sorted(dirs):
+                real = os.path.realpath(os.path.join(folder, d))
+                if real not in visited:
+                    visited.add(real)
+                    walked.append(d)
+            dirs[:] = walked
             session_folder = _session_folder(folder, subject_dir)
             for name in sorted(files):
-                if not name.endswith(tuple(extensions)):
+                if not name.lower().endswith(lowered):
                     continue
                 path = os.path.join(folder, name)
                 try:
@@ -151,7 +173,8 @@ def _session_folder(folder: str, subject_dir: str) -> str | None:
 
 
 def read_participants(path: str | os.PathLike) -> list[str]:
-    """The ``participant_id`` values of a ``participants.tsv``, checked to be ``sub-<label>``."""
+    """The ``participant_id`` values of a ``participants.tsv``, checked to be ``sub-<label>`` (header names and
+    values are read without surrounding spaces)."""
     path = Path(path)
     if not path.is_file():
         raise AdapterError(
@@ -160,6 +183,9 @@ def read_participants(path: str | os.PathLike) -> list[str]:
             file=path,
         )
     df, file = read_table(path, id_column=PARTICIPANT_ID, what="participants table")
+    # a header written by hand may pad its names ("participant_id "); two names equal once stripped are
+    # refused by read_table
+    df.columns = [str(c).strip() for c in df.columns]
     require_id_column(df, PARTICIPANT_ID, file)
     if len(df) == 0:
         raise AdapterError("participants.tsv has no rows", file=file)
@@ -268,27 +294,40 @@ def _entity_columns(entities: dict, suffix: str) -> dict:
 
 
 def _ambiguity(matches: list, query: dict) -> str:
-    """Why several files match one subject: the files and the entities whose values differ among them."""
+    """Why several files match one subject: the files and the entities whose values differ among them (and
+    the datatype folders holding them, when those differ: the same name in ``anat/`` and ``func/``)."""
     labels = [
-        {**ents, "suffix": suffix, "extension": "." + os.path.basename(path).split(".", 1)[1]}
+        {
+            **ents,
+            "suffix": suffix,
+            "extension": "." + os.path.basename(path).split(".", 1)[1],
+            FOLDER: os.path.basename(os.path.dirname(path)),
+        }
         for ents, suffix, path in matches
     ]
     keys = dict.fromkeys(k for lab in labels for k in lab)
     differ = {k: list(dict.fromkeys(lab.get(k, "(absent)") for lab in labels)) for k in keys}
     differ = {k: v for k, v in differ.items() if len(v) > 1}
-    names = [os.path.basename(path) for _, _, path in matches]
+    if len(differ) > 1:
+        differ.pop(FOLDER, None)  # the entities tell them apart: the folder is no choice
+    names = [os.path.relpath(path, os.path.dirname(os.path.dirname(path))) for _, _, path in matches]
+    names = [os.path.basename(path) for _, _, path in matches] if FOLDER not in differ else names
     shown = ", ".join(f"{k} {'/'.join(v)}" for k, v in differ.items())
     asked = ", ".join(f"{k}={v!r}" for k, v in query.items()) or "no entities"
     argument = {v: k for k, v in QUERY_ENTITIES.items()}
     hint = ", ".join(
         f"{argument[k]}=" if k in argument else "suffix=" if k == "suffix" else f"entities={{{k!r}: ...}}"
         for k in differ
-        if k != "extension"
+        if k not in ("extension", FOLDER)
     )
-    return (
-        f"{len(matches)} images match {asked}: {names[:5]}; they differ in {shown}: choose one with"
-        f" {hint or 'extensions='} (false: the entity must be absent)"
-    )
+    if FOLDER in differ:
+        choose = (
+            "the query cannot choose a folder: one of them is misplaced (BIDS keeps an image in the folder of"
+            " its datatype); move or remove it"
+        )
+    else:
+        choose = f"choose one with {hint or 'extensions='} (false: the entity must be absent)"
+    return f"{len(matches)} images match {asked}: {names[:5]}; they differ in {shown}: {choose}"
 
 
 def bids_files(root: str | os.PathLike, kwargs: Mapping) -> list[Path]:

@@ -28,13 +28,30 @@ layout of ``aparcstats2table``); :func:`freesurfer_stats` tokenizes it exactly a
 
 Subject IDs are the subject folder names (``sub-01`` in fMRIPrep's ``sourcedata/freesurfer``). Subjects are
 the folders of ``SUBJECTS_DIR`` holding a ``stats`` folder (``fsaverage*`` and hidden folders skipped), or an
-explicit list (``subjects=``: IDs, or a file with one per line, as ``--subjectsfile``).
+explicit list (``subjects=``: IDs, or a file with one per line, as ``--subjectsfile``). Folders of FreeSurfer's
+longitudinal stream are not subjects of a search: a base template (``recon-all -base <base>``: its folder holds
+a ``base-tps`` file, FastSurfer's ``base-tps.fastsurfer``) and a longitudinal run (``recon-all -long <tp>
+<base>`` writes ``<tp>.long.<base>``) would each be a second row of a person already there as a cross-sectional
+time point. They are skipped with a warning giving their count; to read them (the ``.long.`` runs of a
+longitudinal study, say) list them with ``subjects=``, which is read as given.
+
+Values FreeSurfer writes as ``nan`` (it does where a measure is undefined, e.g. the intensity statistics of an
+empty structure) are read as missing values, and each call warns once with the number of such values and of
+the files holding them (also in ``source["nan_values"]`` and ``source["nan_files"]``).
+
+Structures are those the files list, as ``aparcstats2table`` keeps every row (it drops none by default).
+FreeSurfer 6 and 7 do not write ``unknown`` or ``corpuscallosum`` rows in ``?h.aparc.stats`` (the 34
+Desikan-Killiany regions only), but older versions (5.x) may: when present in every subject's files they are
+tokens (``lh_unknown``, ``lh_corpuscallosum``), as they are columns of ``aparcstats2table``'s output; mixing
+versions that differ there is refused (or, with ``different_regions='absent'``, the rows are absent where not
+written). Drop such tokens downstream if they are not wanted.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +88,10 @@ ASEG_MEASURES = {
 UNIT_FEATURES = {"mm^3": "volume", "mm^2": "area", "mm": "thickness"}
 """Feature of a global measure token by its unit; other units give ``value``."""
 HEMISPHERES = ("lh", "rh")
+LONGITUDINAL_RUN = ".long."
+"""In a folder name, the mark of a longitudinal run (``recon-all -long <tp> <base>`` writes ``<tp>.long.<base>``)."""
+LONGITUDINAL_BASE_FILES = ("base-tps", "base-tps.fastsurfer")
+"""A file of a longitudinal base (template) folder (``recon-all -base``; FastSurfer's long stream)."""
 DIFFERENT_REGIONS = ("error", "absent")
 SEPARATOR = "_"
 
@@ -232,21 +253,44 @@ def _check_measures(measures, known: Mapping[str, str], argument: str) -> dict[s
 
 def freesurfer_subjects(subjects_dir: str | os.PathLike, subjects=None) -> list[str]:
     """The subjects of ``subjects_dir``: ``subjects`` (IDs, or a file of one ID per line) if given, else every
-    folder holding a ``stats`` folder, sorted (``fsaverage*`` and hidden folders are templates, not subjects)."""
+    folder holding a ``stats`` folder, sorted (``fsaverage*`` and hidden folders are templates, not subjects;
+    longitudinal folders are skipped with a warning, see the module docstring)."""
+    found, longitudinal = _subjects(subjects_dir, subjects)
+    _warn_longitudinal(longitudinal, subjects_dir)
+    return found
+
+
+def _is_base(folder: str) -> bool:
+    """A longitudinal base (template) folder: ``recon-all -base`` writes ``base-tps`` (FastSurfer:
+    ``base-tps.fastsurfer``), its time points one per line."""
+    return any(os.path.isfile(os.path.join(folder, name)) for name in LONGITUDINAL_BASE_FILES)
+
+
+def _subjects(subjects_dir, subjects) -> tuple[list[str], list[str]]:
+    """The subjects (see :func:`freesurfer_subjects`) and the longitudinal folders left out of a search."""
     root = Path(subjects_dir)
     if not root.is_dir():
         raise AdapterError("SUBJECTS_DIR not found (or not a folder)", file=root)
     if subjects is None:
-        found = sorted(
-            entry.name
+        candidates = sorted(
+            (entry.name, entry.path)
             for entry in os.scandir(root)
             if entry.is_dir()
             and not entry.name.startswith((".", "fsaverage"))
             and os.path.isdir(os.path.join(entry.path, "stats"))
         )
+        longitudinal = [name for name, path in candidates if LONGITUDINAL_RUN in name or _is_base(path)]
+        found = [name for name, _ in candidates if name not in set(longitudinal)]
         if not found:
-            raise AdapterError("no subject folder with a stats/ folder (is this a FreeSurfer SUBJECTS_DIR?)", file=root)
-        return found
+            skipped = (
+                f" ({len(longitudinal)} longitudinal folder(s) skipped: {longitudinal[:3]}; list them with subjects=)"
+                if longitudinal
+                else ""
+            )
+            raise AdapterError(
+                f"no subject folder with a stats/ folder (is this a FreeSurfer SUBJECTS_DIR?){skipped}", file=root
+            )
+        return found, longitudinal
     if isinstance(subjects, (str, os.PathLike)):
         listing = Path(subjects)
         if not listing.is_file():
@@ -263,14 +307,25 @@ def freesurfer_subjects(subjects_dir: str | os.PathLike, subjects=None) -> list[
     bad = [s for s in ids if s in (".", "..") or "/" in s or os.sep in s]
     if bad:
         raise AdapterError(f"subject {bad[0]!r} is not a folder name of SUBJECTS_DIR", file=file)
-    return [str(s) for s in ids]
+    return [str(s) for s in ids], []
+
+
+def _warn_longitudinal(longitudinal: list[str], root, stacklevel: int = 3) -> None:
+    if longitudinal:
+        runs = sum(LONGITUDINAL_RUN in name for name in longitudinal)
+        warnings.warn(
+            f"{root}: {len(longitudinal)} longitudinal folder(s) are not subjects and were skipped"
+            f" ({len(longitudinal) - runs} base template(s) with a base-tps file, {runs} '<tp>.long.<base>'"
+            f" run(s)): {longitudinal[:5]}; to read them, list the subjects with subjects=",
+            stacklevel=stacklevel,
+        )
 
 
 def stats_files(subjects_dir: str | os.PathLike, kwargs: Mapping) -> list[Path]:
     """Every stats file that :func:`freesurfer_stats` with these keyword arguments reads (those that exist):
     what a cache key must cover."""
     settings = {k: kwargs[k] for k in ("subjects", "segmentation", "parcellation", "hemispheres") if k in kwargs}
-    subjects = freesurfer_subjects(subjects_dir, settings.get("subjects"))
+    subjects, _ = _subjects(subjects_dir, settings.get("subjects"))  # the reading warns, not the cache key
     segmentation, parcellation = settings.get("segmentation", "aseg"), settings.get("parcellation", "aparc")
     names = _file_names(segmentation, parcellation, settings.get("hemispheres", HEMISPHERES))
     root = Path(subjects_dir)
@@ -383,10 +438,12 @@ def _collect(
         hemispheres = [hemispheres]
     plans = _plans(segmentation, parcellation, measures, aseg_measures, list(hemispheres))
     root = Path(subjects_dir)
-    subject_list = freesurfer_subjects(root, subjects)
+    subject_list, longitudinal = _subjects(root, subjects)
+    _warn_longitudinal(longitudinal, root, stacklevel=4)
     read, n_missing = _read_all(root, subject_list, plans, missing_files)
     columns: dict[tuple[str, str], np.ndarray] = {}  # (region, measure) -> values per subject
     measure_names: dict[str, None] = {}
+    nan_values: dict[str, list[str]] = {}  # file -> "<structure> <measure>" written as nan there
     for plan in plans:
         regions = _region_order(read, subject_list, plan, different_regions)
         for measure, wanted in plan.measures.items():
@@ -398,12 +455,25 @@ def _collect(
                     continue
                 values = stats.values(stats.column(measure, wanted, subject), subject)
                 block[row] = [values.get(region, math.nan) for region in regions]
+                written = [f"{name} {measure}" for name, value in values.items() if math.isnan(value)]
+                if written:
+                    nan_values.setdefault(str(stats.path), []).extend(written)
             for r, region in enumerate(regions):
                 columns[f"{plan.prefix}{region}", measure] = block[:, r]
     if global_measures:
-        for (token, feature), values in _global_columns(read, subject_list, plans, global_measures).items():
+        globals_read = _global_columns(read, subject_list, plans, global_measures, nan_values)
+        for (token, feature), values in globals_read.items():
             measure_names[feature] = None
             columns[token, feature] = values
+    n_nan = sum(len(v) for v in nan_values.values())
+    if n_nan:
+        file, what = next(iter(nan_values.items()))
+        warnings.warn(
+            f"{n_nan} value(s) in {len(nan_values)} stats file(s) are written as nan and are read as missing"
+            f" (FreeSurfer writes nan where a measure is undefined, e.g. the intensity of an empty structure);"
+            f" first: {what[0]} in {file}",
+            stacklevel=3,
+        )
     # region-major order: a region's measures side by side, as the tokens and features will be
     region_rank = {region: i for i, region in enumerate(dict.fromkeys(region for region, _ in columns))}
     measure_rank = {m: i for i, m in enumerate(measure_names)}
@@ -413,13 +483,17 @@ def _collect(
         "files": [str(f.path) for s in subject_list for f in (read[s][k.kind] for k in plans) if f is not None],
         "stats_files": _names(plans),
         "missing_files": n_missing,
+        "nan_values": n_nan,
+        "nan_files": len(nan_values),
+        "longitudinal_skipped": len(longitudinal),
         "subjects": len(subject_list),
     }
     return table, list(measure_names), info
 
 
-def _global_columns(read, subjects, plans, global_measures) -> dict[tuple[str, str], np.ndarray]:
-    """(token, feature) -> values per subject of the global measures asked for."""
+def _global_columns(read, subjects, plans, global_measures, nan_values) -> dict[tuple[str, str], np.ndarray]:
+    """(token, feature) -> values per subject of the global measures asked for (those written as nan are
+    added to ``nan_values``: file -> what)."""
     out = {}
     for plan, measure, token in _global_names(read, subjects, plans, global_measures):
         values = np.full(len(subjects), np.nan)
@@ -435,6 +509,8 @@ def _global_columns(read, subjects, plans, global_measures) -> dict[tuple[str, s
                     subject=subject,
                 )
             _, values[row], units = stats.measures[measure]
+            if math.isnan(values[row]):
+                nan_values.setdefault(str(stats.path), []).append(f"# Measure {measure}")
         feature = UNIT_FEATURES.get(units, "value")
         out[token, feature] = values
     return out
@@ -488,7 +564,8 @@ def freesurfer_stats(
     """One token per FreeSurfer region (see the module docstring), its measures as features.
 
     ``subjects_dir``: a FreeSurfer ``SUBJECTS_DIR``. ``subjects``: IDs or a file of one ID per line (default:
-    every folder with a ``stats`` folder, ``fsaverage*`` skipped). ``segmentation``: the ``<name>.stats`` of
+    every folder with a ``stats`` folder, ``fsaverage*`` and longitudinal base and ``.long.`` folders skipped).
+    ``segmentation``: the ``<name>.stats`` of
     ``mri_segstats`` to read (``"aseg"``; None: none), with ``aseg_measures``. ``parcellation``: the
     ``?h.<name>.stats`` to read (``"aparc"``, ``"aparc.a2009s"``, ``"aparc.DKTatlas"``; None: none), with
     ``measures`` for both ``hemispheres``. ``global_measures``: False, True (every ``# Measure`` of the

@@ -189,3 +189,19 @@ def write_subjects_dir(root: Path, subjects: list[str], seed: int = 0, parcellat
             write_aparc(stats / f"{hemi}.{parcellation}.stats", rng, hemi=hemi, subject=subject)
     (root / "fsaverage" / "surf").mkdir(parents=True, exist_ok=True)
     return root
+
+
+def set_field(path: Path, structure: str, column: str, text: str) -> None:
+    """Write ``text`` (``nan``, say) into ``column`` of ``structure``'s row of a stats file, found by the file's
+    ``# ColHeaders`` line."""
+    lines = path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("# ColHeaders")).split()[2:]
+    at = header.index("StructName")
+    for i, line in enumerate(lines):
+        fields = line.split()
+        if not line.startswith("#") and len(fields) == len(header) and fields[at] == structure:
+            fields[header.index(column)] = text
+            lines[i] = " ".join(fields)
+            path.write_text("\n".join(lines) + "\n")
+            return
+    raise KeyError(structure)

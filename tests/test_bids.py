@@ -192,6 +192,65 @@ def test_bad_datasets_are_named(dataset, tmp_path):
         bids_manifest(tmp_path / "nowhere")
 
 
+def test_symlinked_session_and_subject_folders_are_walked_and_link_loops_read_once(tmp_path):
+    # DataLad datasets link folders: a session folder kept elsewhere, a subject folder that is a link
+    root = write_dataset(tmp_path / "bids", sessions=())  # participants.tsv only
+    elsewhere = tmp_path / "annex"
+    rng = np.random.default_rng(4)
+    save_image(elsewhere / "sub-01-ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz", rng)
+    (root / "sub-01").mkdir()
+    (root / "sub-01" / "ses-1").symlink_to(elsewhere / "sub-01-ses-1", target_is_directory=True)
+    save_image(elsewhere / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz", rng)
+    (root / "sub-02").symlink_to(elsewhere / "sub-02", target_is_directory=True)
+    save_image(root / "sub-03" / "ses-1" / "anat" / "sub-03_ses-1_T1w.nii.gz", rng)
+    (root / "sub-03" / "ses-1" / "anat" / "loop").symlink_to(root / "sub-03", target_is_directory=True)
+    table = bids_manifest(root, suffix="T1w")  # before: sub-01's linked session folder was not walked
+    assert table["participant_id"].tolist() == SUBJECTS
+    assert [Path(p).name for p in table["path"]] == [f"{s}_ses-1_T1w.nii.gz" for s in SUBJECTS]
+    assert table["path"][0] == str(root / "sub-01" / "ses-1" / "anat" / "sub-01_ses-1_T1w.nii.gz")
+
+
+def test_an_upper_case_extension_is_an_invalid_name_not_silently_skipped(dataset, tmp_path):
+    image = dataset / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_T1w.nii.gz"
+    shouting = image.rename(image.with_name("sub-02_ses-1_T1w.NII.GZ"))
+    with pytest.raises(AdapterError) as err:  # before: sub-02 had no image, without a word
+        bids_manifest(dataset, session="1", suffix="T1w", desc=False)
+    message = str(err.value)
+    assert message.startswith(f"{shouting}: subject sub-02: not a BIDS file name") and "\n" not in message
+    assert "extension '.NII.GZ' is not '.nii.gz': BIDS extensions are lower case" in message
+    skipped = regions_from_bids(
+        dataset,
+        small_atlas(tmp_path),
+        session="1",
+        suffix="T1w",
+        desc=False,
+        invalid_names="skip",
+        missing_files="absent",
+    )
+    assert skipped.source["invalid_names_skipped"] == 1 and skipped.source["missing_files"] == 1
+    with pytest.raises(ValueError, match="lower case"):
+        parse_bids_name("sub-01_T1w.Nii")
+
+
+def test_the_same_name_in_two_datatype_folders_is_refused_naming_the_folders(dataset):
+    rng = np.random.default_rng(5)
+    save_image(dataset / "sub-01" / "ses-1" / "extra" / "sub-01_ses-1_T1w.nii.gz", rng)
+    with pytest.raises(AdapterError) as err:
+        bids_manifest(dataset, session="1", suffix="T1w", desc=False)
+    message = str(err.value)  # before: "they differ in : choose one with extensions="
+    assert "['anat/sub-01_ses-1_T1w.nii.gz', 'extra/sub-01_ses-1_T1w.nii.gz']" in message
+    assert "they differ in datatype folder anat/extra: the query cannot choose a folder" in message
+    assert "extensions=" not in message and "\n" not in message
+
+
+def test_participants_header_names_are_read_without_surrounding_spaces(dataset):
+    (dataset / "participants.tsv").write_text(
+        "participant_id \t age\r\n" + "".join(f" {s} \t30\r\n" for s in SUBJECTS), encoding="utf-8-sig"
+    )
+    table = bids_manifest(dataset, session="1", suffix="T1w", desc=False)  # before: 'participant_id' not found
+    assert table["participant_id"].tolist() == SUBJECTS
+
+
 def test_parse_bids_name_rules():
     entities, suffix, extension = parse_bids_name("sub-01_ses-pre_task-rest_run-2_space-MNI_desc-preproc_bold.nii.gz")
     assert entities == {"sub": "01", "ses": "pre", "task": "rest", "run": "2", "space": "MNI", "desc": "preproc"}

@@ -6,12 +6,21 @@ pybids); ``freesurfer_files`` writes them in FreeSurfer 7's documented format.""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from freesurfer_files import APARC_COLUMNS, ASEG_STRUCTURES, DK_REGIONS, write_aparc, write_aseg, write_subjects_dir
+from freesurfer_files import (
+    APARC_COLUMNS,
+    ASEG_STRUCTURES,
+    DK_REGIONS,
+    set_field,
+    write_aparc,
+    write_aseg,
+    write_subjects_dir,
+)
 
 from data_adapters.core import AdapterError
 from data_adapters.freesurfer import freesurfer_stats, freesurfer_table, read_stats, stats_files
@@ -201,6 +210,69 @@ def test_bad_stats_files_are_one_line_errors_naming_file_and_subject(subjects_di
     path.write_text(good)
     with pytest.raises(AdapterError, match=r"no subject folder with a stats/ folder"):
         freesurfer_stats(subjects_dir / "fsaverage")
+
+
+def test_nan_values_are_missing_with_one_warning_counting_values_and_files(subjects_dir):
+    set_field(subjects_dir / "sub-02" / "stats" / "lh.aparc.stats", "bankssts", "ThickAvg", "nan")
+    set_field(subjects_dir / "sub-02" / "stats" / "lh.aparc.stats", "insula", "ThickAvg", "nan")
+    set_field(subjects_dir / "sub-03" / "stats" / "aseg.stats", "CSF", "normMean", "nan")  # not read: no warning
+    set_field(subjects_dir / "sub-03" / "stats" / "aseg.stats", "Left-Hippocampus", "Volume_mm3", "nan")
+    with pytest.warns(UserWarning) as record:  # before: no word, the values silently missing
+        modality = freesurfer_stats(subjects_dir, measures=["thickness"])
+    messages = [str(w.message) for w in record if "nan" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert messages[0].startswith("3 value(s) in 2 stats file(s) are written as nan and are read as missing")
+    assert modality.source["nan_values"] == 3 and modality.source["nan_files"] == 2
+    token = {t: i for i, t in enumerate(modality.token_names)}
+    volume, thickness = modality.feature_names.index("volume"), modality.feature_names.index("thickness")
+    assert np.isnan(modality.values[1, token["lh_bankssts"], thickness])
+    assert np.isnan(modality.values[2, token["Left-Hippocampus"], volume])
+    assert np.isfinite(modality.values[[0, 2], token["lh_bankssts"], thickness]).all()
+    # the wide table still equals aparcstats2table's (which reads nan as nan)
+    with pytest.warns(UserWarning, match=r"^2 value\(s\) in 1 stats file\(s\) are written as nan"):
+        table = freesurfer_table(subjects_dir, segmentation=None, measures="thickness", hemispheres=["lh"])
+    expected = aparcstats2table(subjects_dir, SUBJECTS, "lh", "thickness")
+    np.testing.assert_array_equal(table.drop(columns="subject").to_numpy(), expected.to_numpy())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        freesurfer_stats(subjects_dir, subjects=["sub-01"])  # no nan read: no warning
+
+
+def test_longitudinal_base_and_long_folders_are_skipped_with_a_count_unless_listed(tmp_path):
+    root = write_subjects_dir(tmp_path / "fs", ["sub-01", "sub-02", "sub-01.long.base01", "base01", "base02"])
+    (root / "base01" / "base-tps").write_text("sub-01\nsub-01_ses-2\n")  # recon-all -base
+    (root / "base02" / "base-tps.fastsurfer").write_text("sub-02\n")  # FastSurfer's long stream
+    with pytest.warns(UserWarning, match=r"3 longitudinal folder\(s\) are not subjects and were skipped \(2 base"
+                      r" template\(s\) with a base-tps file, 1 '<tp>.long.<base>' run\(s\)\)"):  # fmt: skip
+        modality = freesurfer_stats(root)  # before: 5 subjects, persons counted twice
+    assert modality.subject_ids.tolist() == ["sub-01", "sub-02"]
+    assert modality.source["longitudinal_skipped"] == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        listed = freesurfer_stats(root, subjects=["sub-01.long.base01", "base01"])  # read as given
+        files = stats_files(root, {})  # a cache key does not warn
+    assert listed.subject_ids.tolist() == ["sub-01.long.base01", "base01"]
+    assert sorted({f.parent.parent.name for f in files}) == ["sub-01", "sub-02"]
+    longitudinal_only = write_subjects_dir(tmp_path / "long", ["sub-01.long.base01"])
+    with pytest.raises(AdapterError, match=r"no subject folder .*\(1 longitudinal folder\(s\) skipped"):
+        freesurfer_stats(longitudinal_only)
+
+
+def test_unknown_and_corpuscallosum_rows_are_kept_as_aparcstats2table_keeps_them(tmp_path):
+    # FreeSurfer 5.x wrote them into ?h.aparc.stats (6 and 7 do not); aparcstats2table drops no row
+    rng = np.random.default_rng(9)
+    root = tmp_path / "fs5"
+    for subject in SUBJECTS:
+        write_aseg(root / subject / "stats" / "aseg.stats", rng, subject=subject)
+        for hemi in ("lh", "rh"):
+            regions = ["unknown", *DK_REGIONS[:3], "corpuscallosum", *DK_REGIONS[3:]]
+            write_aparc(
+                root / subject / "stats" / f"{hemi}.aparc.stats", rng, hemi=hemi, subject=subject, regions=regions
+            )
+    table = freesurfer_table(root, segmentation=None, measures="area", hemispheres=["lh"])
+    expected = aparcstats2table(root, SUBJECTS, "lh", "area")
+    assert list(table.columns) == ["subject", *expected.columns] and "lh_unknown_area" in table.columns
+    np.testing.assert_array_equal(table.drop(columns="subject").to_numpy(), expected.to_numpy())
 
 
 def test_read_stats_parses_measures_and_rows(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -211,13 +212,72 @@ def test_a_site_unseen_in_training_is_refused_naming_it_unless_the_subject_has_n
     pre = fitted(moved, train)
     with pytest.raises(AdapterError, match=r"4 subject\(s\).*\['d'\].*stratify: site instead of group: site"):
         pre.transform("brain", held_out[:4])
-    with pytest.raises(AdapterError, match="no 'site' value"):
+    with pytest.raises(AdapterError, match="no 'site' value") as err:
         pre.transform("brain", held_out[4:5])
+    # a missing site is no split problem: the message says to fill it in, naming the column and the count
+    assert "1 subject(s)" in str(err.value) and "fill in the missing sites in column 'site'" in str(err.value)
+    assert "stratify" not in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(AdapterError, match=r"4 subject\(s\).*\['d'\].*; and 1 subject\(s\).*no 'site' value"):
+        pre.transform("brain", held_out[:5])
     no_scan = held_out[~moved.modalities["brain"].present[held_out].any(axis=1)]
     table.loc[no_scan, "site"] = "d"
     moved = build_cohort(table, dict(cohort.modalities), targets=["y"], join="outer")
     values, missing = fitted(moved, train).transform("brain", no_scan)  # nothing to harmonise: no error
     assert missing.all()
+
+
+def test_a_training_site_whose_subjects_all_lack_the_modality_is_not_harmonised_nor_refused():
+    cohort = make_cohort()
+    train = train_rows()
+    held_out = np.setdiff1d(np.arange(N), train)
+    brain = cohort.modalities["brain"]
+    site = cohort.participants["site"].to_numpy()
+    values, present = np.array(brain.values), np.array(brain.present)
+    no_scan = np.isin(np.arange(N), train) & (site == "c")  # site c trains, but without a brain scan
+    values[no_scan], present[no_scan] = np.nan, False
+    lacking = TokenizedModality(
+        name="brain", values=values, present=present, token_names=TOKENS, subject_ids=brain.subject_ids
+    )
+    changed = build_cohort(
+        cohort.participants.reset_index(), {**cohort.modalities, "brain": lacking}, targets=["y"], join="outer"
+    )
+    pre = fitted(changed, train)  # before: "site(s) ['c'] have fewer than 2 training subjects"
+    state = pre.state_dict()["harmonize"]["brain"]
+    assert state["sites"] == ["a", "b"] and set(state["n_fit_per_site"]) == {"a", "b"}
+    values, missing = pre.transform("brain", train[site[train] == "c"])  # nothing to harmonise: no error
+    assert missing.all()
+    # a held-out subject of site c with a scan has no estimate: refused as of an unseen site
+    scanned = held_out[(site[held_out] == "c") & present[held_out].any(axis=1)]
+    with pytest.raises(AdapterError) as err:
+        pre.transform("brain", scanned)
+    assert (
+        f"{len(scanned)} subject(s) with modality 'brain' data have site(s) ['c'], not among the training rows'"
+        in str(err.value)
+    )
+    assert "the training subjects of those sites all lack modality 'brain'" in str(err.value)
+    assert "stratify" not in str(err.value)  # site c is in training: no split advice
+    assert state["sites_without_data"] == ["c"]
+    ab = held_out[site[held_out] != "c"]
+    assert np.isfinite(pre.transform("brain", ab)[0]).any()
+
+
+def test_an_integer_coded_covariate_is_warned_about_unless_declared_categorical(caplog):
+    cohort = make_cohort()
+    table = cohort.participants.reset_index()
+    table["ethnicity_code"] = np.arange(N) * 7 % 4 + 1  # codes 1..4, read as numbers
+    coded = build_cohort(table, dict(cohort.modalities), targets=["y"], join="outer")
+    settings = {**HARMONIZE, "covariates": ["age", "ethnicity_code"]}
+    caplog.set_level(logging.WARNING)
+    fitted(coded, train_rows(), harmonize=settings)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned  # not age (continuous)
+    assert "'ethnicity_code' holds 4 distinct whole numbers" in warned[0]
+    assert "harmonize.categorical_covariates: [ethnicity_code]" in warned[0] and "\n" not in warned[0]
+    caplog.clear()
+    pre = fitted(coded, train_rows(), harmonize={**settings, "categorical_covariates": ["ethnicity_code"]})
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    kinds = {c["name"]: c["kind"] for c in pre.state_dict()["harmonize"]["brain"]["covariates"]}
+    assert kinds == {"age": "numeric", "ethnicity_code": "categorical"}
 
 
 @pytest.mark.parametrize(

@@ -96,18 +96,24 @@ def fit_confounds(
     return specs
 
 
-def _warn_if_codes(column: str, values: np.ndarray) -> None:
-    """Log a numeric confound whose training values look like category codes (:data:`FEW_CODES`)."""
+def _warn_if_codes(
+    column: str, values: np.ndarray, *, role: str = "confound", option: str = "categorical_confounds"
+) -> None:
+    """Log a numeric confound whose training values look like category codes (:data:`FEW_CODES`). ``role``
+    and ``option`` name the column's role and the option declaring categories (ComBat's covariates:
+    ``"harmonize covariate"``, ``"harmonize.categorical_covariates"``)."""
     distinct = np.unique(values[~np.isnan(values)])
     # two levels are not warned about: with the intercept, the number and one centred dummy span one space
     if 3 <= len(distinct) <= FEW_CODES and bool(np.all(distinct == np.round(distinct))):
         log.warning(
-            "confound %r holds %d distinct whole numbers (%s) and is regressed as one number, a linear trend"
+            "%s %r holds %d distinct whole numbers (%s) and is regressed as one number, a linear trend"
             " across them; if they are codes (site, assessment centre, scanner, batch) declare them with the"
-            " data option categorical_confounds: [%s]",
+            " data option %s: [%s]",
+            role,
             column,
             len(distinct),
             ", ".join(number_label(v) for v in distinct[:3]) + (", ..." if len(distinct) > 3 else ""),
+            option,
             column,
         )
 

@@ -8,7 +8,9 @@ Data option (``NeuroOmicsDataModule(harmonize=...)``)::
 subject's site or scanner; ``covariates`` are participants columns whose effects ComBat preserves (never a
 target: harmonising with the outcome in the model would leak it into the inputs); ``categorical_covariates``
 (optional, a subset of ``covariates``) declares integer-coded categories, as ``categorical_confounds`` does
-(text and boolean columns are categories anyway, other numbers one continuous column each);
+(text and boolean columns are categories anyway, other numbers one continuous column each; a numeric covariate
+not declared whose training values are 3 to 30 distinct whole numbers, such as ``ethnicity_code`` 1..4, is
+logged as likely codes, as an undeclared confound is);
 ``modalities`` names the modalities harmonised (required: genotypes, say, must not be). ``batch`` and
 ``covariates`` may be any column of the cohort's participants table: the cohort keeps every participants
 column, not only targets and confounds, so they need not be listed under ``confounds`` (list them there only to
@@ -41,7 +43,11 @@ cases"; the counts, overall and per site, are logged and kept in the state as ``
 later), so subjects left out of the fit are harmonised wherever they are observed. A missing covariate of a row
 being harmonised takes the training mean (continuous) or the training average of the categories (categorical),
 as does a category unseen in the training rows; a missing or unseen *site* cannot be harmonised and is refused
-(one line naming the sites), unless the row has no observed value of the modality (nothing to harmonise).
+(one line naming the unseen sites, or the batch column and the number of subjects without a site: fill them in
+or drop those subjects), unless the row has no observed value of the modality (nothing to harmonise). The sites
+ComBat fits are those of the training subjects with any observed value of the modality: a site whose training
+subjects all lack the modality has nothing to harmonise and is left out (a held-out subject of that site with
+data is then refused as of an unseen site).
 
 Refused with one line each: an unknown method or key, a covariate that is a target or the batch column, a
 modality not in the cohort, a batch or covariate column not in participants, fewer than 2 sites in the fit rows,
@@ -69,6 +75,7 @@ from data_adapters.core import AdapterError
 from data_adapters.io import release_pages
 
 from .column_values import category_labels, is_numeric
+from .confounds import _warn_if_codes
 from .slot_statistics import blocks, numeric_slots
 
 log = logging.getLogger(__name__)
@@ -292,27 +299,35 @@ def fit_modality_combat(
     check_columns(participants, settings)
     sites = category_labels(participants[settings["batch"]].iloc[rows])
     covariates = covariate_values(participants, rows, settings)
+    for covariate, column in covariates.items():
+        if column.dtype != object:  # a number: codes (ethnicity 1..4) would be one linear column
+            _warn_if_codes(covariate, column, role="harmonize covariate", option="harmonize.categorical_covariates")
     keep = _observed(sites)
     for column in covariates.values():
         keep &= _observed(column)
+    with_data = np.zeros(len(rows), dtype=bool)  # any observed value of the modality
     parts = []
     for block in blocks(len(rows), block_rows):
         raw = np.asarray(modality.values[rows[block]]).reshape(len(rows[block]), -1)[:, slots].astype(np.float64)
         present = np.asarray(modality.present[rows[block]])[:, tokens]
         release_pages(modality.values, modality.present)
-        complete = present.all(axis=1) & np.isfinite(raw).all(axis=1)
-        keep[block] &= complete
+        observed = present & np.isfinite(raw)
+        with_data[block] = observed.any(axis=1)
+        keep[block] &= observed.all(axis=1)
         parts.append(raw[keep[block]])
     values = np.concatenate(parts) if parts else np.zeros((0, len(slots)))
     fit_sites = sites[keep].astype(str)
     labels, counts = np.unique(fit_sites, return_counts=True)
     per_site = {str(s): int(c) for s, c in zip(labels, counts, strict=True)}
-    all_sites = sorted({str(s) for s in sites[_observed(sites)]})
+    # the sites to harmonise: those of training subjects with data (a site whose subjects all lack the
+    # modality has nothing to harmonise; a held-out subject of it with data is refused as of an unseen site)
+    all_sites = sorted({str(s) for s in sites[_observed(sites) & with_data]})
+    without_data = sorted({str(s) for s in sites[_observed(sites)]} - set(all_sites))
     small = [s for s in all_sites if per_site.get(s, 0) < 2]
     if len(all_sites) < 2:
         raise AdapterError(
-            f"harmonize: ComBat needs at least 2 sites, but the training rows of modality {name!r} hold only"
-            f" {all_sites} in column {settings['batch']!r}"
+            f"harmonize: ComBat needs at least 2 sites, but the training rows of modality {name!r} with data hold"
+            f" only {all_sites} in column {settings['batch']!r}"
         )
     if small:
         raise AdapterError(
@@ -343,6 +358,7 @@ def fit_modality_combat(
         n_train=len(rows),
         n_fit=int(keep.sum()),
         n_fit_per_site=per_site,
+        sites_without_data=without_data,
     )
     log.info(
         "harmonize: ComBat on modality %r fitted on %d of %d training subjects (complete cases), per site %s",
@@ -369,6 +385,7 @@ class CombatApplier:
         self.batch = state["batch"]
         self.slots = np.asarray(state["slots"], dtype=np.int64)
         self.sites = list(state["sites"])
+        self.without_data = set(state.get("sites_without_data", ()))  # training sites all lacking the modality
         self.gamma = np.asarray(state["gamma"], dtype=np.float64)
         self.scale = np.sqrt(np.asarray(state["delta"], dtype=np.float64))
         self.sd = np.sqrt(np.asarray(state["var_pooled"], dtype=np.float64))
@@ -406,17 +423,28 @@ class CombatApplier:
         labels = self.labels[rows]
         unseen = sorted({str(s) for s in labels if s is not None})
         n_missing = int(sum(s is None for s in labels))
-        what = f"site(s) {unseen[:5]}" + (f" (and {len(unseen) - 5} more)" if len(unseen) > 5 else "")
-        if not unseen:
-            what = f"no {self.batch!r} value"
-        elif n_missing:
-            what += f", or no {self.batch!r} value"
-        raise AdapterError(
-            f"harmonize: {len(rows)} subject(s) with modality {self.name!r} data have {what}, not among the"
-            f" training rows' sites {self.sites[:5]}: ComBat has no estimate for them. Split with"
-            f" stratify: {self.batch} instead of group: {self.batch} so that every site trains, or leave those"
-            " subjects out"
-        )
+        n_unseen = len(rows) - n_missing
+        said = []
+        if unseen:
+            what = f"site(s) {unseen[:5]}" + (f" (and {len(unseen) - 5} more)" if len(unseen) > 5 else "")
+            why = (
+                f"the training subjects of those sites all lack modality {self.name!r}, so ComBat has no estimate"
+                " for them; leave those subjects out of the modality, or give the sites' training subjects data"
+                if set(unseen) <= self.without_data
+                else f"ComBat has no estimate for them. Split with stratify: {self.batch} instead of group:"
+                f" {self.batch} so that every site trains, or leave those subjects out"
+            )
+            said.append(
+                f"{n_unseen} subject(s) with modality {self.name!r} data have {what}, not among the training rows'"
+                f" sites {self.sites[:5]}: {why}"
+            )
+        if n_missing:
+            said.append(
+                f"{n_missing} subject(s) with modality {self.name!r} data have no {self.batch!r} value (missing"
+                f" in participants column {self.batch!r}): ComBat cannot harmonise a subject of unknown site;"
+                f" fill in the missing sites in column {self.batch!r}, or drop those subjects"
+            )
+        raise AdapterError("harmonize: " + "; and ".join(said))
 
 
 class _HarmonizedValues:
