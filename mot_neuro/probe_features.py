@@ -3,7 +3,8 @@
 * embeddings files (``mot-neuro embed``): the pooled embedding, and the per-modality ones side by side (late
   fusion), read with :func:`mot_neuro.embeddings_format.read_embedding_matrices`;
 * early fusion: the raw input features of the experiment's cohort, preprocessed by the fold's FoldPreprocessor;
-* the fold's targets (as the model sees them), splits and groups, from the experiment's DataModule.
+* the fold's targets (as the model sees them), splits and groups (with relatedness, the families the splits
+  kept whole), from the experiment's DataModule.
 
 No torch or Lightning at import: only the functions that build the experiment's DataModule import them (through
 :func:`mot_neuro.experiment.lightning_cli`).
@@ -80,8 +81,17 @@ def _fold_labels(datamodule) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[
 
 
 def _fold_groups(datamodule) -> pd.Series | None:
-    """Subject ID -> the data config's ``group`` (the column the splits keep whole), or None without one."""
+    """Subject ID -> the group the splits keep whole, for the fold's subjects: the data config's ``group``, or
+    with ``relatedness`` the DataModule's ``split_groups`` (related subjects, and the subjects sharing a group
+    value with them, one group); None without either."""
     column = datamodule.hparams.group
+    fold = datamodule.splits.fold(datamodule.hparams.fold)
+    subjects = np.concatenate([fold[part] for part in _SPLIT_PARTS])
+    if datamodule.hparams.relatedness is not None:
+        labels = datamodule.split_groups  # the labels the splits were made with
+        name = f"{column} + relatedness" if column else "relatedness"
+        groups = pd.Series(labels.to_numpy(object), index=_ids(labels.index), name=name)
+        return groups[groups.index.isin(subjects)]
     if not column:
         return None
     participants = datamodule.cohort.participants
@@ -89,8 +99,7 @@ def _fold_groups(datamodule) -> pd.Series | None:
         raise ValueError(f"data.group {column!r} is not a column of the participants table")
     # as strings, exactly as the DataModule groups its splits
     groups = pd.Series(participants[column].astype(str).to_numpy(object), index=_ids(participants.index), name=column)
-    fold = datamodule.splits.fold(datamodule.hparams.fold)
-    return groups[groups.index.isin(np.concatenate([fold[part] for part in _SPLIT_PARTS]))]
+    return groups[groups.index.isin(subjects)]
 
 
 def _modality_columns(name: str, modality, values: np.ndarray, missing: np.ndarray) -> pd.DataFrame:

@@ -127,19 +127,144 @@ def test_relatedness_combined_with_a_group_column(tmp_path):
     expected = len({root(s) for s in parent})
     assert expected < len(parent)  # the families do join sites here
     assert counts["groups"] == expected == len(np.unique(labels))
-    splits = make_splits(IDS, groups=SITES, relatedness=rel, n_folds=3, seed=0)
+    # here the families join most sites into one group of most of the cohort: folds of it would be absurd
+    assert np.bincount(labels).max() > N / 2
+    with pytest.raises(AdapterError, match=r"the largest family .*and the group column\) holds \d+ subjects"):
+        make_splits(IDS, groups=SITES, relatedness=rel, n_folds=3, seed=0)
+    # a finer grouping (40 groups of 3) joined with the families: kept whole, folds of sensible sizes
+    fine = np.arange(N) // 3
+    splits = make_splits(IDS, groups=fine, relatedness=rel, n_folds=3, seed=0)
     assert crossing_pairs(splits) == 0
-    assert groups_crossing(splits, np.array(IDS), SITES) == []
-    assert splits.settings["groups"] == "array" and splits.settings["related_groups"]["groups"] == counts["groups"]
+    assert groups_crossing(splits, np.array(IDS), fine) == []
+    fine_counts = related_groups(np.array(IDS), rel, fine)[1]
+    assert splits.settings["groups"] == "array" and splits.settings["related_groups"]["groups"] == fine_counts["groups"]
 
 
 def test_a_pairs_table_relates_every_listed_pair(tmp_path):
     path = tmp_path / "pairs.txt"
     path.write_text("ID1 ID2\n" + "".join(f"{eid(a)} {eid(b)}\n" for a, b in related_pairs()))
-    rel = read_relatedness(path, threshold=0.3)  # no Kinship column: the threshold does not apply
+    rel = read_relatedness(path)  # no Kinship column: no threshold applies
     assert rel.threshold is None and rel.n_pairs == len(related_pairs())
     splits = make_splits(IDS, relatedness=rel, seed=5)
     assert crossing_pairs(splits) == 0 and splits.settings["relatedness"]["threshold"] is None
+    # a pairs table with family IDs too (KING/PLINK style)
+    with_fid = tmp_path / "pairs_fid.txt"
+    with_fid.write_text("FID1 ID1 FID2 ID2\n" + "".join(f"F{a} {eid(a)} F{b} {eid(b)}\n" for a, b in related_pairs()))
+    assert read_relatedness(with_fid).n_pairs == len(related_pairs())
+
+
+def test_a_threshold_given_for_a_file_without_kinship_is_refused(tmp_path):
+    path = tmp_path / "pairs.txt"
+    path.write_text("ID1 ID2\n" + "".join(f"{eid(a)} {eid(b)}\n" for a, b in related_pairs()))
+    for call in (
+        lambda: read_relatedness(path, threshold=0.3),
+        lambda: make_splits(IDS, relatedness={"path": str(path), "threshold": 0.0442}),  # even the default value
+    ):
+        with pytest.raises(AdapterError, match=r"no Kinship column .* threshold .* cannot apply") as err:
+            call()
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "header, row, what",
+    [
+        # KING --ibdseg: no kinship coefficient; read as a pairs table it related every pair whatever the threshold
+        (
+            "FID1\tID1\tFID2\tID2\tMaxIBD1\tMaxIBD2\tIBD1Seg\tIBD2Seg\tPropIBD\tInfType",
+            "{a}\t{a}\t{b}\t{b}\t10\t0\t0.02\t0\t0.01\tUN",
+            "ibdseg",
+        ),
+        ("ID1 ID2 HetHet IBS0 Kinship_coef", "{a} {b} 0.1 0.0 -0.2", "renamed"),
+    ],
+)
+def test_a_header_with_other_columns_but_no_kinship_is_refused(tmp_path, header, row, what):
+    path = tmp_path / "rel.txt"
+    path.write_text(header + "\n" + "".join(row.format(a=eid(i), b=eid(i + 1)) + "\n" for i in range(0, 40, 2)))
+    for threshold in (None, 0.177):
+        with pytest.raises(AdapterError, match=r"no kinship column: a kinship table needs one named Kinship") as err:
+            read_relatedness(path, threshold=threshold)
+        message = str(err.value)
+        assert str(path) in message and "\n" not in message and "KINSHIP" in message
+        assert ("--ibdseg" in message) == (what == "ibdseg")
+
+
+def test_plink2_king_tables_and_a_byte_order_mark_are_read(tmp_path):
+    plink2 = tmp_path / "plink2.kin0"
+    lines = ["#FID1\tIID1\tFID2\tIID2\tNSNP\tHETHET\tIBS0\tKINSHIP"]
+    lines += [f"{eid(a)}\t{eid(a)}\t{eid(b)}\t{eid(b)}\t1000\t0.1\t0.0\t0.25" for a, b in related_pairs()]
+    lines.append(f"{eid(5)}\t{eid(5)}\t{eid(70)}\t{eid(70)}\t1000\t0.1\t0.0\t0.01")  # below the threshold
+    plink2.write_text("\n".join(lines) + "\n")
+    rel = read_relatedness(plink2)
+    assert rel.n_pairs == len(related_pairs()) and rel.counts["below_threshold"] == 1
+    assert rel.threshold == pytest.approx(0.0442)
+    assert crossing_pairs(make_splits(IDS, relatedness=rel, seed=1)) == 0
+    bom = tmp_path / "bom.dat"
+    bom.write_text("ID1 ID2 Kinship\n" + f"{eid(0)} {eid(1)} 0.3\n", encoding="utf-8-sig")
+    assert read_relatedness(bom).n_pairs == 1
+
+
+@pytest.mark.parametrize(
+    "write, style, why",
+    [
+        (lambda i: f"sub-{eid(i)}", "'sub-#######' in the file", "prefix 'sub-'"),
+        (lambda i: f"0{eid(i)}", "'0#######' in the file", "leading zeros"),
+    ],
+)
+def test_a_relatedness_file_of_ids_written_otherwise_is_refused(tmp_path, write, style, why):
+    path = tmp_path / "rel.dat"
+    lines = [f"{write(a)} {write(b)} 0.1 0.0 0.25" for a, b in related_pairs()]
+    path.write_text("ID1 ID2 HetHet IBS0 Kinship\n" + "\n".join(lines) + "\n")
+    with pytest.raises(AdapterError, match=r"none of its \d+ ID\(s\) is a subject of the cohort") as err:
+        make_splits(IDS, relatedness=str(path))
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message and style in message and why in message
+    assert "'#######' in the cohort" in message and eid(related_pairs()[0][0]) not in message  # styles, never IDs
+    # some pairs written as the cohort does, the others otherwise: those relatives would be split, refused too
+    path.write_text(
+        "ID1 ID2 Kinship\n"
+        + f"{eid(0)} {eid(1)} 0.3\n"
+        + "".join(f"{write(a)} {write(b)} 0.3\n" for a, b in related_pairs()[:3])
+    )
+    with pytest.raises(AdapterError, match=r"\d+ of its \d+ ID\(s\) are cohort subjects written otherwise"):
+        make_splits(IDS, relatedness=str(path))
+
+
+def test_a_relatedness_file_of_another_cohort_is_refused_but_outsiders_are_fine(tmp_path):
+    other = tmp_path / "other.dat"
+    other.write_text("ID1 ID2 Kinship\n" + "".join(f"{2_000_000 + i} {2_000_001 + i} 0.3\n" for i in range(0, 20, 2)))
+    with pytest.raises(AdapterError, match=r"none of its 20 ID\(s\) .*written alike: another cohort's"):
+        make_splits(IDS, relatedness=str(other))
+    # most of the file outside the cohort, written alike (a biobank-wide file and a subset cohort): accepted
+    mostly = tmp_path / "mostly.dat"
+    mostly.write_text(other.read_text() + f"{eid(0)} {eid(1)} 0.3\n")
+    splits = make_splits(IDS, relatedness=str(mostly))
+    assert splits.settings["related_groups"]["ids_not_in_cohort"] == 20
+
+
+def test_saved_splits_with_a_relatedness_file_of_ids_written_otherwise_are_refused(tmp_path):
+    path = tmp_path / "rel.dat"
+    path.write_text("ID1 ID2 Kinship\n" + "".join(f"sub-{eid(a)} sub-{eid(b)} 0.3\n" for a, b in related_pairs()))
+    splits_file = tmp_path / "splits.json"
+    rel = read_relatedness(path)
+    splits = make_splits(IDS, seed=3)  # as an older version made them with this file: nobody related
+    splits.settings["relatedness"] = rel.settings()
+    splits.save(splits_file)
+    with pytest.raises(AdapterError, match="none of its .* is a subject of the cohort"):
+        load_or_make_splits(splits_file, IDS, seed=3, relatedness=str(path))
+
+
+@pytest.mark.parametrize("scheme", ["kfold", "holdout"])
+def test_a_family_too_large_for_the_folds_is_refused(tmp_path, scheme):
+    giant = tmp_path / "giant.dat"  # one chain of 80 relatives in a cohort of 120
+    giant.write_text("ID1 ID2 Kinship\n" + "".join(f"{eid(i)} {eid(i + 1)} 0.1\n" for i in range(79)))
+    with pytest.raises(
+        AdapterError, match=r"the largest family .* holds 80 subjects .*higher kinship threshold"
+    ) as err:
+        make_splits(IDS, scheme=scheme, relatedness=str(giant), seed=0)
+    message = str(err.value)
+    assert "\n" not in message and ("scheme: holdout" in message) == (scheme == "kfold")
+    # closer relatives only (the chain's links at 0.1 fall below 0.177): fine
+    assert make_splits(IDS, scheme=scheme, relatedness={"path": str(giant), "threshold": 0.177}, seed=0)
 
 
 def test_saved_splits_are_refused_for_another_file_or_threshold_or_a_crossing_pair(tmp_path):

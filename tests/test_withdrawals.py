@@ -103,6 +103,77 @@ def test_a_bad_withdrawals_file_gets_one_line_naming_file_and_line(tmp_path, con
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_quoted_ids_are_read_without_their_quotes(tmp_path):
+    path = tmp_path / "quoted.csv"
+    path.write_text('"eid"\n"1000004"\n\'1000017\'\n""\n')
+    assert read_withdrawals(path).ids == {"1000004", "1000017"}
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "eid\n", "# withdrawn 2026-11\n\n", '""\n'])
+def test_a_withdrawals_file_listing_no_id_is_refused(tmp_path, content):
+    path = tmp_path / "withdrawn.csv"
+    path.write_text(content)
+    with pytest.raises(AdapterError, match="withdrawals file lists no ID") as err:
+        read_withdrawals(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def _cache_folders(tmp_path) -> list[Path]:
+    return list((tmp_path / "cache").glob("cohort-*")) if (tmp_path / "cache").exists() else []
+
+
+@pytest.mark.parametrize(
+    "write, style, why",
+    [
+        (lambda sid: f"sub-{sid}", "'sub-#######' in the file", "prefix 'sub-'"),
+        (lambda sid: f"0{sid}", "'0#######' in the file", "leading zeros"),
+    ],
+)
+def test_withdrawals_written_otherwise_than_the_cohort_are_refused(tmp_path, files, write, style, why):
+    path = tmp_path / "withdrawn.csv"
+    path.write_text("".join(write(sid) + "\n" for sid in WITHDRAWN_PARTICIPANTS))
+    with pytest.raises(AdapterError, match=r"none of its 3 ID\(s\) is a subject of the cohort") as err:
+        prepared(**data_settings(files, tmp_path, withdrawals=str(path)))
+    message = str(err.value)
+    assert message.startswith(str(path)) and "\n" not in message and style in message and why in message
+    assert "'#######' in the cohort" in message and not any(sid in message for sid in WITHDRAWN_PARTICIPANTS)
+    assert not _cache_folders(tmp_path)  # refused before the cohort was cached
+    # one written as the cohort does, two otherwise: those two would stay in, refused whatever the share found
+    path.write_text("\n".join([WITHDRAWN_PARTICIPANTS[0], *map(write, WITHDRAWN_PARTICIPANTS[1:])]) + "\n")
+    with pytest.raises(
+        AdapterError, match=r"2 of its 3 ID\(s\) are cohort subjects written otherwise \(1 found"
+    ) as err:
+        prepared(**data_settings(files, tmp_path, withdrawals=str(path)))
+    assert style.replace("in the file", "in the file for those") in str(err.value)
+
+
+def test_withdrawals_written_otherwise_are_refused_for_a_cached_cohort_too(tmp_path, files, monkeypatch):
+    from mot_neuro.data import sources
+
+    path = tmp_path / "withdrawn.csv"
+    path.write_text("".join(f"sub-{sid}\n" for sid in WITHDRAWN_PARTICIPANTS))
+    settings = data_settings(files, tmp_path)
+    cohort_settings = {k: settings[k] for k in ("participants", "modalities", "targets", "confounds", "cache_dir")}
+    # a cache built before this check existed: loading it must refuse the file too, and leave the cache alone
+    monkeypatch.setattr(sources, "_check_withdrawn", lambda cohort, withdrawn: None)
+    sources.build_cached_cohort(**cohort_settings, withdrawals=str(path))
+    monkeypatch.undo()
+    assert len(_cache_folders(tmp_path)) == 1
+    with pytest.raises(AdapterError, match=r"none of its 3 ID\(s\) is a subject of the cohort"):
+        sources.build_cached_cohort(**cohort_settings, withdrawals=str(path))
+    assert len(_cache_folders(tmp_path)) == 1
+
+
+def test_withdrawals_none_of_them_in_the_cohort_but_written_alike_are_logged(tmp_path, files, caplog):
+    path = tmp_path / "withdrawn.csv"  # UK Biobank lists the whole biobank's withdrawals: often none of a subset
+    path.write_text("\n".join(NOWHERE) + "\n")
+    caplog.set_level(logging.INFO)
+    data = prepared(**data_settings(files, tmp_path, withdrawals=str(path)))
+    assert set(data.cohort.subject_ids) == set(IDS)
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "none of the 2 ID(s)" in said and "written alike" in said and not any(sid in said for sid in NOWHERE)
+
+
 def test_a_missing_withdrawals_file_is_refused_before_the_build(tmp_path, files):
     settings = data_settings(files, tmp_path, withdrawals=str(tmp_path / "nowhere.csv"))
     with pytest.raises(AdapterError, match="withdrawals file not found"):
@@ -198,6 +269,18 @@ def test_a_saved_cohort_folder_keeps_its_rows_but_no_split_loader_or_embedding_h
     assert set(targets.index) == kept
 
 
+def test_a_saved_cohort_folder_refuses_withdrawals_written_otherwise(tmp_path, files):
+    full = prepared(**data_settings(files, tmp_path, splits_file=str(tmp_path / "full.json")))
+    path = tmp_path / "withdrawn.csv"
+    path.write_text("".join(f"sub-{sid}\n" for sid in WITHDRAWN_PARTICIPANTS))
+    settings = {"targets": ["target"], "confounds": ["age"], "n_folds": 3, "val_fraction": 0.15, "batch_size": 16}
+    with pytest.raises(AdapterError, match=r"none of its 3 ID\(s\) .*'sub-#######' in the file") as err:
+        prepared(
+            cohort_dir=str(full.cohort_dir), splits_file=str(tmp_path / "s.json"), withdrawals=str(path), **settings
+        )
+    assert str(err.value).startswith(str(path)) and not (tmp_path / "s.json").exists()
+
+
 # ====================================================================== the CLI's data config
 def test_both_options_from_a_data_yaml_through_the_cli(tmp_path, files, monkeypatch):
     from mot_neuro.experiment import lightning_cli
@@ -235,6 +318,27 @@ def test_both_options_from_a_data_yaml_through_the_cli(tmp_path, files, monkeypa
     cli = lightning_cli([*again, "--data.splits_file", str(tmp_path / "default.json")], run=False)
     assert cli.datamodule.hparams.relatedness == str(rel)
     assert cli.datamodule.splits.settings["relatedness"]["threshold"] == pytest.approx(0.0442)
+
+
+def test_the_probes_keep_the_families_of_the_splits_whole(tmp_path, files):
+    from mot_neuro.probe_features import _fold_groups
+
+    rel = tmp_path / "ukb_rel.dat"
+    families = [[IDS[0], IDS[1], IDS[2]], [IDS[10], IDS[11]], [IDS[20], WITHDRAWN_PARTICIPANTS[1]]]
+    lines = [f"{a} {b} 0.1 0.0 0.25" for family in families for a, b in zip(family, family[1:], strict=False)]
+    rel.write_text("ID1 ID2 HetHet IBS0 Kinship\n" + "\n".join(lines) + "\n")
+    data = prepared(**data_settings(files, tmp_path, relatedness=str(rel), withdrawals=str(files["withdrawals"])))
+    assert data.hparams.group is None
+    groups = _fold_groups(data)  # the inner CV and the cluster bootstrap of the probes keep these whole
+    assert set(groups.index) == split_ids(data.splits) == set(IDS) - set(WITHDRAWN_PARTICIPANTS)
+    for family in families[:2]:
+        assert groups[family].nunique() == 1
+    assert groups[families[0][0]] != groups[families[1][0]]
+    assert groups.nunique() == len(groups) - 3  # everyone else a group of one; the withdrawn relative is gone
+    assert groups.map(type).eq(str).all()
+    # without relatedness or group: none, as before
+    plain = prepared(**data_settings(files, tmp_path, splits_file=str(tmp_path / "plain.json")))
+    assert plain.split_groups is None and _fold_groups(plain) is None
 
 
 @pytest.mark.slow  # a (one-batch) fit through the CLI

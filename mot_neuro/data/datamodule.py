@@ -37,9 +37,9 @@ from mot_neuro.model.tokenizers import ModalitySpec
 from .batches import SPLIT_CODES, CohortBatches, ResumableLoader, RowBatches
 from .harmonize import check_harmonize
 from .preprocess import FoldPreprocessor, check_categorical_confounds, class_labels, decide_targets
-from .relatedness import check_relatedness_option
+from .relatedness import as_relatedness, check_relatedness_option
 from .sources import build_cached_cohort, check_modality_names
-from .splits import SCHEMES, Splits, fraction_problems, held_out_problem, load_or_make_splits
+from .splits import SCHEMES, Splits, fraction_problems, held_out_problem, load_or_make_splits, split_group_labels
 from .withdrawals import read_withdrawals
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                     f" {list(participants.columns)}; list it under confounds or targets"
                 )
             groups = participants[hp.group].astype(str)
+        relatedness = as_relatedness(hp.relatedness)  # read once: for the splits and for their group labels
         self.splits: Splits = load_or_make_splits(
             hp.splits_file,
             participants.index.to_numpy().astype(str),
@@ -299,9 +300,12 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             stratify=stratify,
             groups=groups,
             seed=hp.split_seed,
-            relatedness=hp.relatedness,
+            relatedness=relatedness,
             withdrawn=None if self.withdrawn is None else self.withdrawn.ids,
         )
+        # subject ID -> the group the splits keep whole (text; related subjects joined with the group column), for
+        # whoever must keep them whole too (the probes' inner CV and cluster bootstrap); None without either
+        self.split_groups = split_group_labels(participants.index.to_numpy().astype(str), groups, relatedness)
         position = {sid: i for i, sid in enumerate(self.cohort.subject_ids)}
         fold = self.splits.fold(hp.fold)
         self.rows = {stage: np.sort(np.array([position[s] for s in fold[stage]], dtype=np.int64)) for stage in STAGES}
@@ -343,6 +347,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         ids = self.cohort.subject_ids
         withdrawn = np.isin(ids, np.asarray(sorted(self.withdrawn.ids), dtype=str))
         counts = {**self.withdrawn.counts(ids), "in_participants": int(withdrawn.sum())}
+        self.withdrawn.check_ids(ids[~withdrawn], found=counts["found"])  # IDs written otherwise are refused
         self.cohort.build_info["withdrawn"] = counts  # in memory only: tracked with the cohort's match counts
         log.info(
             "withdrawals: %d withdrawn ID(s) found in the saved cohort and left out of its splits and loaders,"

@@ -156,11 +156,15 @@ def build_cached_cohort(
     key = fingerprint(inputs, settings, stat_index=Path(cache_dir) / STAT_INDEX)
     folder = Path(cache_dir) / f"cohort-{key}"
     try:
-        return _report_withdrawn(load_cohort(folder, mmap=True)), key
+        cached = load_cohort(folder, mmap=True)
     except AdapterError:
+        cached = None
         if folder.exists():
             log.warning("cache %s is not usable; rebuilding it", folder)
             shutil.rmtree(folder, ignore_errors=True)
+    if cached is not None:
+        _check_withdrawn(cached, withdrawn)  # outside the try: a refused file is no unusable cache
+        return _report_withdrawn(cached), key
     log.info("building the cohort into %s", folder)
     built = {m: function(**kwargs, name=m) for m, (function, kwargs) in calls.items()}
     cohort = build_cohort(
@@ -173,8 +177,16 @@ def build_cached_cohort(
         min_match=min_match,
         exclude=None if withdrawn is None else withdrawn.ids,
     )
+    _check_withdrawn(cohort, withdrawn)  # before saving: a refused file leaves no cache behind
     save_cohort(cohort, folder)
     return _report_withdrawn(load_cohort(folder, mmap=True)), key
+
+
+def _check_withdrawn(cohort: Cohort, withdrawn) -> None:
+    """Refuse a withdrawals file whose IDs are written otherwise than the cohort's (:mod:`.withdrawals`): the
+    subjects left in are checked against it, with the count of its IDs found in the inputs before they left."""
+    if withdrawn is not None:
+        withdrawn.check_ids(cohort.subject_ids, found=cohort.build_info["withdrawn"]["found"])
 
 
 def _report_withdrawn(cohort: Cohort) -> Cohort:

@@ -9,7 +9,9 @@ Two schemes:
 
 ``groups`` (site, family) keep the subjects of one group inside one of train/val/test; so does ``relatedness``
 (a kinship file, :mod:`~mot_neuro.data.relatedness`) for relatives, joined with ``groups`` into connected
-components. ``stratify`` keeps
+components. Grouped folds whose train, val or test part is far from its target size (a val or test part more than
+twice or under half its size, a train part under half; :func:`_far_from_target`) are refused, naming the largest
+group: one family holding most of the cohort makes folds whose metrics mislead. ``stratify`` keeps
 the distribution of a target about equal across sets: a continuous target is cut into ``n_bins`` quantile
 bins, a missing value is a stratum of its own, and strata too small to spread over the sets are merged with
 the next smallest one (so scikit-learn never has to warn about them).
@@ -241,6 +243,7 @@ def make_splits(
     else:
         outer = [_pick(everyone, max(1, round(test_fraction * n)), strata, group_codes, _random_state(seed), "test")]
 
+    n_test = n / n_folds if scheme == "kfold" else max(1, round(test_fraction * n))
     folds = []
     for k, test in enumerate(outer):
         rest = np.setdiff1d(everyone, test)
@@ -252,6 +255,16 @@ def make_splits(
                     f"fold {k} has an empty {part} set ({n} subjects, {n_groups} groups); use fewer folds, other"
                     " fractions or more subjects"
                 )
+        if group_codes is not None:
+            _check_balance(
+                k,
+                (len(train), len(val), len(test)),
+                (n - n_test - n_val, n_val, n_test),
+                group_codes,
+                related=None if relatedness is None else relatedness.path,
+                grouped=groups is not None,
+                scheme=scheme,
+            )
         folds.append(
             {part: sorted(ids[members].tolist()) for part, members in zip(PARTS, (train, val, test), strict=True)}
         )
@@ -259,6 +272,62 @@ def make_splits(
     if related_counts is not None:
         settings["related_groups"] = related_counts  # counts only; not compared when the file is reused
     return Splits(scheme=scheme, folds=folds, settings=settings)
+
+
+def _far_from_target(part: str, size: int, target: float) -> bool:
+    """Whether a part of a grouped fold is far from its target size: a val or test part more than twice its
+    target or under half of it, a train part under half of it (2 subjects of slack either way, for small sets
+    of whole groups). Grouped k-folds of families and sites stay well inside these bounds."""
+    if size < target / 2 - 2:
+        return True
+    return part != "train" and size > 2 * target + 2
+
+
+def _check_balance(
+    k: int, sizes: tuple, targets: tuple, group_codes: np.ndarray, *, related: str | None, grouped: bool, scheme: str
+) -> None:
+    """Refuse a grouped fold whose train, val or test part is far from its target size (:func:`_far_from_target`):
+    groups too large for the sets (one family holding most of the cohort) make folds whose metrics mislead."""
+    for part, size, target in zip(PARTS, sizes, targets, strict=True):
+        if not _far_from_target(part, size, target):
+            continue
+        largest = int(np.bincount(group_codes).max())
+        kind = (
+            "family (related subjects joined through relatedness" + (" and the group column)" if grouped else ")")
+            if related
+            else "group"
+        )
+        advice = (
+            [
+                "a higher kinship threshold (relatedness.threshold: 0.0884 keeps second degree and closer together,"
+                " 0.177 first degree)"
+            ]
+            if related
+            else ["a finer grouping"]
+        )
+        if scheme == "kfold":
+            advice += ["scheme: holdout", "fewer folds"]
+        raise AdapterError(
+            f"fold {k}: the {part} part holds {size} subjects where about {round(target)} were asked"
+            f" (train/val/test {sizes[0]}/{sizes[1]}/{sizes[2]} of {sum(sizes)}): the largest {kind} holds {largest}"
+            f" subjects and must stay in one part; use {', '.join(advice[:-1]) + ' or ' if len(advice) > 1 else ''}"
+            f"{advice[-1]}",
+            file=related,  # the relatedness file, whose families these are
+        )
+
+
+def split_group_labels(subject_ids, groups=None, relatedness=None) -> pd.Series | None:
+    """Subject ID -> the group its splits keep whole (as text), as :func:`make_splits` groups them: the
+    ``groups`` value, or with ``relatedness`` the connected component of related pairs and shared ``groups``
+    values; None without either."""
+    if groups is None and relatedness is None:
+        return None
+    ids = _check_ids(subject_ids)
+    if relatedness is None:
+        return pd.Series(_aligned(groups, ids, "groups").astype(str).to_numpy(object), index=ids.astype(object))
+    codes = None if groups is None else _group_codes(groups, ids)
+    labels, _ = related_groups(ids, as_relatedness(relatedness), codes)
+    return pd.Series(labels.astype(str).astype(object), index=ids.astype(object))
 
 
 def _log_related(counts: dict) -> None:
@@ -568,6 +637,7 @@ def _check_saved(splits: Splits, path: Path, ids: np.ndarray, asked: dict) -> No
             )
     if asked["relatedness"] is not None:
         relatedness = as_relatedness(asked["relatedness"])
+        relatedness.check_ids(ids)  # splits made with a file of other IDs kept no relative together
         crossing = related_pairs_crossing(splits.folds, ids, relatedness)
         if crossing:
             k, count = crossing[0]
