@@ -25,8 +25,11 @@ from .preprocess import FoldPreprocessor
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 """Code of each split in ``batch["split"]`` (int8); -1 marks a row in none of the fold's splits."""
-PRELOAD_BYTES = 64 << 20
-"""A loader's rows are preprocessed once and kept in memory (per worker) when they take at most this much."""
+PRELOAD_BYTES = 16 << 20
+"""A loader's rows are preprocessed once and kept in memory (per worker) when they take at most this much: small
+cohorts, where reading and preprocessing per batch is a visible share of a short step. Kept small because a
+biobank-size run holds its training and validation loaders at once (at 64 MB the 10,000 validation rows of
+``benchmarks/scale.py``'s 100,000-subject cohort were preloaded and its training peak rose by ~50 MB)."""
 
 
 def _take(batch, at: torch.Tensor):
