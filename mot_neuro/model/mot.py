@@ -61,6 +61,10 @@ class MoTBlock(nn.Module):
     (with small towers, per-tower elementwise ops cost more than the matmuls).
     """
 
+    attention_probe: Callable[..., None] | None = None
+    """``probe(q, k, v, attn_mask, is_causal, out)`` after attention; ``None`` except inside
+    :func:`mot_neuro.model.attention_maps.record_attention`: the inputs and output of the block's SDPA call."""
+
     def __init__(self, cfg: MoTConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -188,7 +192,7 @@ class MoTBlock(nn.Module):
         """Global attention over the ``[B, S, 3 * dim]`` sequence, every modality at once: ``[B, heads, S,
         head_dim]`` (the route puts it back in stream order)."""
         q, k, v = qkv.unflatten(-1, (3, self.cfg.n_heads, self.cfg.head_dim)).permute(2, 0, 3, 1, 4)
-        return F.scaled_dot_product_attention(
+        out = F.scaled_dot_product_attention(
             q,
             k,
             v,
@@ -196,6 +200,9 @@ class MoTBlock(nn.Module):
             dropout_p=self.cfg.attention_dropout if self.training else 0.0,
             is_causal=route.is_causal,
         )
+        if self.attention_probe is not None:  # set only inside attention_maps.record_attention
+            self.attention_probe(q, k, v, route.attn_mask, route.is_causal, out)
+        return out
 
     def _attn_out(self, towers: Towers, attn: torch.Tensor) -> torch.Tensor:
         """Per tower: output projection [-> norm]."""
