@@ -178,12 +178,9 @@ def main(argv=None) -> dict:
             shutil.rmtree(root)
     finally:
         shutil.rmtree(parent, ignore_errors=True)
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from machine import cpu_name
+
+    cpu = cpu_name()
     summary = {
         "benchmark": "bids_index",
         "machine": {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version()},

@@ -381,13 +381,9 @@ def _phase(args, phase: str, n: int, workdir: Path) -> dict:
 
 def _machine() -> dict:
     import torch
+    from machine import cpu_name
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "cpu": cpu,
         "cpus": os.cpu_count(),

@@ -496,12 +496,9 @@ def _json_safe(value):
 
 # ---------------------------------------------------------------------------------------------- driver
 def _machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from machine import cpu_name
+
+    cpu = cpu_name()
     try:
         load = list(os.getloadavg())
     except OSError:

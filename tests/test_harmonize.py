@@ -378,3 +378,8 @@ def test_datamodule_refuses_whole_sites_held_out_and_a_target_covariate(tmp_path
     with pytest.raises(AdapterError, match=r"site\(s\) \['[abc][01]'.*stratify: site instead of group: site"):
         dm.setup("fit")
     assert set(dm.splits.fold(0)["train"]).isdisjoint(dm.splits.fold(0)["test"])
+    # leave-one-modality-out without brain: its harmonisation is neither fitted nor able to stop the run
+    dropped = datamodule(tmp_path, six, harmonize=HARMONIZE, group="site", drop_modalities=["brain"])
+    dropped.setup("fit")
+    assert dropped.preprocessor.state_dict()["harmonize"] == {}
+    assert dropped.preprocessing["harmonize"]["modalities"] == ["brain"]  # the setting as given, in checkpoints

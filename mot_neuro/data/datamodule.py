@@ -319,7 +319,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             categorical_confounds=list(hp.categorical_confounds),
             target_kinds=hp.target_kinds,
             target_specs=self.target_specs,
-            harmonize=check_harmonize(hp.harmonize),
+            harmonize=self._kept_harmonize(),
         ).fit(self.cohort, self.rows["train"])
         # fit bounded the training rows; a held-out value that the training statistics make non-finite stops
         # the run here, before any step (and outside DataLoader workers, whose errors come wrapped)
@@ -337,6 +337,15 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             labels = pd.to_numeric(self.cohort.participants[name]).to_numpy(dtype=np.float64, na_value=np.nan)
             out[name] = (labels if kept_rows is None else labels[kept_rows], class_labels(spec))
         return out
+
+    def _kept_harmonize(self) -> dict | None:
+        """The harmonisation settings for the modalities this run trains on: a modality left out
+        (``drop_modalities``) is neither fitted nor able to stop the run (e.g. a site too small for ComBat)."""
+        settings = check_harmonize(self.hparams.harmonize)
+        if settings is None:
+            return None
+        kept = [name for name in settings["modalities"] if name in self.kept]
+        return {**settings, "modalities": kept} if kept else None
 
     def _rows_not_withdrawn(self) -> np.ndarray | None:
         """Rows of the cohort that are not withdrawn, or None when none is to be left out. A built cohort never
