@@ -81,7 +81,24 @@ def group_variants(
         cap = int(max_features_per_token)
         token_names, groups, n_split = _split_long_tokens(token_names, groups, cap)
         notes.update(max_features_per_token=cap, n_tokens_split=n_split)
+    notes["feature_positions"] = _feature_positions(token_names, groups, genome)
     return token_names, groups, notes
+
+
+def _feature_positions(token_names: list[str], groups: list[np.ndarray], genome: _Genome) -> dict:
+    """Token -> where its variants are, in slot order: ``{"chromosome": "1", "positions": [bp, ...]}`` (a token's
+    variants share a chromosome under every grouping; ``"chromosomes"``, one per variant, if they ever do not).
+    Attribution plots (a Manhattan view) place each feature with it."""
+    out = {}
+    for token, group in zip(token_names, groups, strict=True):
+        chroms = [genome.chrom_names[r] for r in genome.chrom_rank[group]]
+        entry: dict = {"positions": genome.pos[group].tolist()}
+        if len(set(chroms)) <= 1:
+            entry["chromosome"] = chroms[0] if chroms else None
+        else:
+            entry["chromosomes"] = chroms
+        out[token] = entry
+    return out
 
 
 def _check_grouping(grouping, window_bp, regions, max_features_per_token, empty_groups) -> None:

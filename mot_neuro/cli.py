@@ -6,6 +6,9 @@
 * ``ablate``: dense vs MoT variants and leave-one-modality-out over seeds and folds (``mot_neuro.ablate``).
 * ``embed``: per-subject embeddings of a checkpoint to parquet, streamed and merged by subject ID; the model's
   settings come from the checkpoint (as for ``test --ckpt_path``).
+* ``explain``: attributions of tokens and modalities (Integrated Gradients, occlusion), cross-modal attention,
+  stability across folds and seeds and a permuted-target null, as tables, brain maps and plots
+  (``mot_neuro.explain.command``).
 * ``probe``: scikit-learn probes on subject embeddings vs early fusion of raw features (``mot_neuro.probe``).
 
 Every command takes the same experiment file (keys only ``fit`` acts on, such as ``checkpoint_every_n_steps``,
@@ -218,6 +221,12 @@ def _embed(args: list[str]) -> int:
     return embed_main(args)
 
 
+def _explain(args: list[str]) -> int:
+    from mot_neuro.explain.command import explain_main
+
+    return explain_main(args)
+
+
 def _probe(args: list[str]) -> int:
     from mot_neuro.probe import main as probe_main
 
@@ -232,6 +241,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     **{name: partial(_run_lightning, name) for name in LIGHTNING_COMMANDS},
     "ablate": _ablate,
     "embed": _embed,
+    "explain": _explain,
     "probe": _probe,
     "describe": _describe_command,
 }

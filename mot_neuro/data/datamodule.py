@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -36,7 +37,13 @@ from mot_neuro.model.tokenizers import ModalitySpec
 
 from .batches import SPLIT_CODES, CohortBatches, ResumableLoader, RowBatches
 from .harmonize import check_harmonize
-from .preprocess import FoldPreprocessor, check_categorical_confounds, class_labels, decide_targets
+from .preprocess import (
+    FoldPreprocessor,
+    check_categorical_confounds,
+    class_labels,
+    decide_targets,
+    permuted_target_rows,
+)
 from .relatedness import as_relatedness, check_relatedness_option
 from .sources import build_cached_cohort, check_modality_names
 from .splits import SCHEMES, Splits, fraction_problems, held_out_problem, load_or_make_splits, split_group_labels
@@ -159,6 +166,11 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             [brain]}`` (``method: none`` or null: off). ``batch`` and ``covariates`` are participants columns (any
             column of the participants table; they need not be confounds), never a target. Recorded in
             checkpoints like ``confounds``. See :mod:`mot_neuro.data.harmonize`.
+        permute_targets: a seed, for a null model: every target is shuffled among the fold's training subjects
+            and, separately, among its validation subjects (the same shuffle for every target); test subjects keep
+            their own values, so a null model's test metrics are honest chance. ``mot-neuro explain`` compares a
+            model's attributions with such a model's. Recorded with the checkpoint's preprocessing: a null
+            checkpoint is only tested or explained with the same seed. Null (default): off.
     """
 
     def __init__(
@@ -192,6 +204,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         relatedness: str | dict[str, str | float] | None = None,
         withdrawals: str | None = None,
         harmonize: dict | None = None,
+        permute_targets: NonNegativeInt | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -323,6 +336,10 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         ).fit(self.cohort, self.rows["train"])
         # fit bounded the training rows; a held-out value that the training statistics make non-finite stops
         # the run here, before any step (and outside DataLoader workers, whose errors come wrapped)
+        if hp.get("permute_targets") is not None:
+            self.preprocessor.target_rows = permuted_target_rows(
+                self.cohort.n_subjects, [self.rows["train"], self.rows["val"]], int(hp.permute_targets)
+            )
         held_out = np.concatenate([self.rows["val"], self.rows["test"]])
         self.preprocessor.check_rows(held_out, self.kept)
         self._prepared = True
@@ -418,6 +435,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         harmonize = check_harmonize(hp.get("harmonize"))
         if harmonize is not None:  # only when on: checkpoints made without the option keep their fingerprint
             settings["harmonize"] = harmonize
+        if hp.get("permute_targets") is not None:  # a null model: refused for (or by) a model of the real targets
+            settings["permute_targets"] = int(hp.permute_targets)
         return settings
 
     @property
@@ -527,6 +546,9 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 splits_fingerprint=self.splits.fingerprint(),
                 data_fingerprint=self.data_fingerprint,
             )
+        seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything: which seed trained it (explain's table)
+        if seed is not None and seed.lstrip("-").isdigit():
+            state["seed"] = int(seed)
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -546,7 +568,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         differs = [
             f"data.{key} {saved.get(key)!r} (this run: {now.get(key)!r})"
             for key in dict.fromkeys([*now, *saved])
-            if ((key in saved and key in now) or key == "harmonize") and saved.get(key) != now.get(key)
+            if ((key in saved and key in now) or key in ("harmonize", "permute_targets"))
+            and saved.get(key) != now.get(key)
         ]
         what = ", ".join(differs) or f"fingerprint {recorded}, this run's {self.preprocessing_fingerprint}"
         raise AdapterError(

@@ -164,6 +164,8 @@ class FoldPreprocessor:
         self._cohort: Cohort | None = None
         self._combat: dict[str, dict] = {}  # fitted ComBat state per harmonised modality
         self._appliers: dict[str, tuple] = {}  # modality -> (cohort, CombatApplier), made once per cohort
+        # cohort row -> the row whose targets it reads (a null model's shuffle, permuted_target_rows); None: its own
+        self.target_rows: np.ndarray | None = None
 
     # ------------------------------------------------------------------------------------------------ fit
     def fit(self, cohort: Cohort, train_rows: np.ndarray) -> FoldPreprocessor:
@@ -377,7 +379,8 @@ class FoldPreprocessor:
         for name, spec in self._targets.items():
             if name not in cohort.participants.columns:
                 raise AdapterError("target column not in this cohort's participants", column=name)
-            values = self._columns(cohort)[2][name][rows]
+            source_rows = rows if self.target_rows is None or cohort is not self._cohort else self.target_rows[rows]
+            values = self._columns(cohort)[2][name][source_rows]
             observed = values[~np.isnan(values)]
             if spec["kind"] == "regression":
                 values = (values - spec["mean"]) / spec["sd"]
@@ -450,6 +453,8 @@ class FoldPreprocessor:
             "modalities": {name: dict(stats) for name, stats in self._modalities.items()},
             "targets": {name: dict(spec) for name, spec in self._targets.items()},
             "harmonize": {name: dict(fitted) for name, fitted in self._combat.items()},
+            # a null model's shuffle (absent otherwise): the loaders' workers rebuild the preprocessor from this
+            **({} if self.target_rows is None else {"target_rows": self.target_rows.tolist()}),
         }
 
     @classmethod
@@ -483,5 +488,19 @@ class FoldPreprocessor:
             raise AdapterError(f"FoldPreprocessor state is incomplete ({err!r})") from err
         pre.target_kinds = {name: spec["kind"] for name, spec in pre._targets.items()}
         pre.n_classes = {name: spec["n_classes"] for name, spec in pre._targets.items() if "n_classes" in spec}
+        if state.get("target_rows") is not None:
+            pre.target_rows = np.asarray(state["target_rows"], dtype=np.int64)
         pre._cohort = cohort
         return pre
+
+
+def permuted_target_rows(n_rows: int, parts: Sequence[np.ndarray], seed: int) -> np.ndarray:
+    """Cohort row -> the row whose targets it reads: within each of ``parts`` (row positions) a random
+    permutation drawn with ``seed``, every other row its own. A null model trained on it sees the targets'
+    distribution but no subject's own value."""
+    mapping = np.arange(n_rows, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for rows in parts:
+        rows = np.asarray(rows, dtype=np.int64)
+        mapping[rows] = rows[rng.permutation(len(rows))]
+    return mapping

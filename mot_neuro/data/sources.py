@@ -43,9 +43,10 @@ from data_adapters.registry import ADAPTERS, FILE_ARGUMENTS, FILESETS, input_fil
 from .withdrawals import read_withdrawals
 
 log = logging.getLogger(__name__)
-ADAPTERS_VERSION = 2
+ADAPTERS_VERSION = 3
 """Part of every built cohort's cache key: raise it when an adapter gives other tokens for the same files and
-settings (2: chromosome names such as ``01`` read as ``1``), so that caches built by the older code are rebuilt."""
+settings (2: chromosome names such as ``01`` read as ``1``; 3: genotype tokens record ``feature_positions``, which
+``explain`` places on the genome), so that caches built by the older code are rebuilt."""
 
 
 def _resolve(value, base: Path, kind: str):
