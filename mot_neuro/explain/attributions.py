@@ -421,7 +421,8 @@ def attribution_table(
                 )
             )
             if modality_totals and name in a.modalities:
-                keep_subject = present.any(1) | keep_absent
+                # a subject counts when the method scored one of its tokens (IG scores no categorical token)
+                keep_subject = (present & ~np.isnan(v)).any(1) | keep_absent
                 frames.append(
                     pd.DataFrame(
                         {

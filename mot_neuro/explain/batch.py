@@ -141,13 +141,16 @@ class BatchExplainer:
                 modality, result.target, result.method, names.tokens, values.cpu().numpy(), present.cpu().numpy()
             )
             total = result.modalities[modality][:, None]
+            # a subject with no present token the method scores (IG: only categorical ones) has no total
+            # (IG's would be a 0 that is no measurement)
+            scored = (present & ~torch.isnan(values)).any(1, keepdim=True)
             self.summary.add(
                 modality,
                 result.target,
                 result.method,
                 [ALL_TOKENS],
                 total.cpu().numpy(),
-                present.any(1, keepdim=True).cpu().numpy(),
+                scored.cpu().numpy(),
                 level="modality",
             )
             if result.method == IG and names.features and values.shape[1]:

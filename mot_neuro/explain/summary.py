@@ -157,14 +157,18 @@ class AttentionSummary:
         with np.errstate(invalid="ignore", divide="ignore"):
             shares = self._total / self._count[:, None]
             rollout = self._rollout / self._count[:, None]
+        # groups with no query token in the run (a modality left out by drop_modalities) have no rows or columns
+        seen = np.flatnonzero(self._count > 0)
+        names = [self.names[i] for i in seen]
+        shares, rollout = shares[..., seen[:, None], seen], rollout[seen[:, None], seen]
         rows = []
         n_layers, n_heads = shares.shape[:2]
         for layer in range(n_layers):
             heads = [(str(h), shares[layer, h]) for h in range(n_heads)]
             heads.append((MEAN_OF_HEADS, shares[layer].mean(0)))
             for head, matrix in heads:
-                rows += _matrix_rows(str(layer), head, matrix, self.names)
-        rows += _matrix_rows(ROLLOUT, MEAN_OF_HEADS, rollout, self.names)
+                rows += _matrix_rows(str(layer), head, matrix, names)
+        rows += _matrix_rows(ROLLOUT, MEAN_OF_HEADS, rollout, names)
         return pd.DataFrame(rows, columns=ATTENTION_COLUMNS)
 
 
