@@ -114,7 +114,7 @@ def test_explain_ranks_the_planted_regions_and_variants_high_and_a_null_model_do
     assert len(planted_rows) == 2 * len(regions) and planted_rows["exceeds_null"].all()
 
     # the brain map holds each region's importance on its atlas voxels
-    painted = nib.load(output / "figures" / "brain_brain_mot_target_integrated_gradients.nii.gz").get_fdata()
+    painted = nib.load(output / "figures" / "map_brain_mot_target_integrated_gradients.nii.gz").get_fdata()
     atlas = np.asarray(nib.load(planted["cohort"] / "atlas.nii.gz").dataobj)
     importance = table[
         (table["run"] == "mot-fold0-seed0")
@@ -127,8 +127,8 @@ def test_explain_ranks_the_planted_regions_and_variants_high_and_a_null_model_do
     assert (painted[atlas == 0] == 0).all()
     figures = set(summary["figures"])
     for name in (
-        "figures/brain_brain_mot_target_integrated_gradients_glass_brain.png",
-        "figures/brain_brain_mot_target_integrated_gradients_stat_map.png",
+        "figures/map_brain_mot_target_integrated_gradients_glass_brain.png",
+        "figures/map_brain_mot_target_integrated_gradients_stat_map.png",
         "figures/genome_gene_mot_target_integrated_gradients.png",
         "figures/attention_rollout.png",
         "figures/bars_mot_target_occlusion.png",

@@ -361,7 +361,8 @@ def test_attention_of_one_batch_is_modality_attention_and_shares_sum_to_one(monk
     shares = modality_attention(record.probs, encoder.layout, present)
     rolled = modality_attention(attention_rollout(record.probs, present=present), encoder.layout, present)
     n_layers, n_heads = shares.values.shape[:2]
-    assert len(table) == (n_layers * (n_heads + 1) + 1) * len(shares.names) ** 2
+    # per layer: every head and their mean; then the rollout and its no-preference reference
+    assert len(table) == (n_layers * (n_heads + 1) + 2) * len(shares.names) ** 2
     for layer in range(n_layers):
         for head in range(n_heads):
             got = attention_matrix(table, layer=str(layer), head=str(head)).to_numpy()
@@ -369,6 +370,12 @@ def test_attention_of_one_batch_is_modality_attention_and_shares_sum_to_one(monk
         got = attention_matrix(table, layer=str(layer), head=MEAN_OF_HEADS).to_numpy()
         np.testing.assert_allclose(got, shares.values[layer].mean(0).numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(attention_matrix(table).to_numpy(), rolled.values.numpy(), rtol=1e-5, atol=1e-7)
+    # no preference: the rollout of attention spread evenly over the present keys, by hand
+    even = present[:, None, :].float().expand(-1, present.shape[1], -1)
+    even = (even / even.sum(-1, keepdim=True))[:, None]
+    reference = modality_attention(attention_rollout([even] * n_layers, present=present), encoder.layout, present)
+    got = attention_matrix(table, layer="uniform").to_numpy()
+    np.testing.assert_allclose(got, reference.values.numpy(), rtol=1e-5, atol=1e-7)
 
     # two batches, each recorded one row at a time (a small attention budget): the same as both at once
     whole = explainer(model, methods=[OCCLUSION])

@@ -196,11 +196,21 @@ class BatchExplainer:
                 shares = modality_attention(record.probs, layout, present).values  # [L, H, M, M]
                 rollout = attention_rollout(record.probs, present=present)
                 rolled = modality_attention(rollout, layout, present).values  # [M, M]
+                # no preference: every query spreads its attention evenly over the present keys, in every layer;
+                # rolled out like the model's, so that the two compare cell by cell
+                even = present[:, None, :].float().expand(-1, present.shape[1], -1)
+                even = (even / even.sum(-1, keepdim=True))[:, None]
+                even_rollout = attention_rollout([even] * len(record.probs), present=present)
+                uniform = modality_attention(even_rollout, layout, present).values  # [M, M]
                 ids = layout.modality_ids(device=present.device)
                 groups = ids[None, :] == torch.arange(len(layout.names), device=present.device)[:, None]  # [M, S]
                 counts = (present[:, None, :] & groups[None]).sum(dim=(0, 2))
                 self.attention_summary.add(
-                    shares.cpu().numpy(), rolled.cpu().numpy(), counts.cpu().numpy(), layout.names
+                    shares.cpu().numpy(),
+                    rolled.cpu().numpy(),
+                    counts.cpu().numpy(),
+                    layout.names,
+                    uniform=uniform.cpu().numpy(),
                 )
 
 

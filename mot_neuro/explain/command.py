@@ -267,6 +267,10 @@ def _explain_checkpoint(args, overrides, path: str, null: bool, keep_logger: boo
     if not keep_logger:
         run_overrides += ["--trainer.logger", "false"]
     cli = lightning_cli(["--config", args.config, *overrides, *run_overrides], run=False, model_checkpoint=path)
+    from lightning.pytorch.callbacks import Checkpoint
+
+    # the config's ModelCheckpoint is for fit; restoring this checkpoint would only warn about its folder
+    cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Checkpoint)]
     callback = ExplainCallback(args, chosen, subject_rows)
     cli.trainer.callbacks.append(callback)
     variant = _variant(cli.model)
@@ -281,6 +285,8 @@ def _predict(cli, path: str) -> None:
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Couldn't infer the batch indices")
+        # explain leaves out the config's ModelCheckpoint (for fit), whose state the checkpoint holds
+        warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks")
         try:
             cli.trainer.predict(
                 cli.model, datamodule=cli.datamodule, ckpt_path=path, return_predictions=False, weights_only=True
@@ -402,6 +408,7 @@ def _explain(args, overrides, staging: Path) -> dict:
     if not attention_table.empty:
         attention_table["seed"] = attention_table["seed"].astype("Int64")
         _write_table(attention_table, staging, "attention")
+    notes += _reading_notes(table, attention_table)
     stability = rank_stability(table)
     if not stability.empty:
         stability.to_csv(staging / "stability.csv", index=False)
@@ -425,6 +432,33 @@ def _explain(args, overrides, staging: Path) -> dict:
     )
     (staging / "summary.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     return {**result, "logger": logger}
+
+
+def _reading_notes(table: pd.DataFrame, attention_table: pd.DataFrame) -> list[str]:
+    """What a reader of the tables should know: too few null runs for exceeds_null to mean much, and attention
+    that hardly differs from no preference (then its heatmap says little about what the model uses)."""
+    from mot_neuro.explain.summary import ROLLOUT, UNIFORM
+
+    notes = []
+    n_null = int(table.loc[table["null"], "run"].nunique())
+    if 0 < n_null < 5:
+        notes.append(
+            f"null_comparison.csv compares with {n_null} null run(s): exceeds_null is then a comparison with"
+            " that many draws, not a test; train more null models (--data.permute_targets 1, 2, 3, ...)"
+        )
+    if attention_table.empty or not (attention_table["layer"] == UNIFORM).any():
+        return notes
+    for run, rows in attention_table[~attention_table["null"]].groupby("run", sort=False):
+        rollout = rows[rows["layer"] == ROLLOUT].set_index(["query", "key"])["share"]
+        uniform = rows[rows["layer"] == UNIFORM].set_index(["query", "key"])["share"]
+        distance = float((rollout - uniform).abs().max())
+        if distance < 0.05:
+            notes.append(
+                f"{run}: its attention rollout is within {distance:.3f} of no preference (attention spread evenly"
+                " over the present tokens) in every cell: the heatmap shows token counts, not what the model uses;"
+                " read the attributions"
+            )
+    return notes
 
 
 def _medians(stability: pd.DataFrame) -> dict:
@@ -475,7 +509,7 @@ def _chosen(option: list[str], names: list[str]) -> tuple[list[str], bool]:
 def _figures(args, table, attention_table, modalities, folder: Path) -> dict[str, Path]:
     from mot_neuro.explain import figures as draw
     from mot_neuro.explain.locations import atlas_regions, variant_positions
-    from mot_neuro.explain.summary import attention_matrix
+    from mot_neuro.explain.summary import UNIFORM, attention_matrix
 
     folder.mkdir(parents=True, exist_ok=True)
     made: dict[str, Path] = {}
@@ -489,19 +523,16 @@ def _figures(args, table, attention_table, modalities, folder: Path) -> dict[str
         tag = f"{variant}_{target}_{method}"
         tokens = rows[(rows["feature"] == "") & (rows["token"] != "*")]
         chart = tokens.assign(value=tokens["mean_abs"], sd=tokens["sd_abs"])[["modality", "token", "value", "sd"]]
-        made[f"bars_{tag}"] = draw.modality_bar_charts(
-            chart, folder / f"bars_{tag}.png", f"{variant}: mean |attribution| to {target} ({_method_name(method)})"
-        )
+        label = f"mean |attribution| to {target} ({_method_name(method)})"
+        made[f"bars_{tag}"] = draw.modality_bar_charts(chart, folder / f"bars_{tag}.png", f"{variant}: {label}")
         for modality, regions in atlases.items():
             if regions is None:
                 continue
             importance = tokens[tokens["modality"] == modality].set_index("token")["mean_abs"]
             values = [float(importance.get(t, np.nan)) for t in regions.tokens]
-            stem = f"brain_{modality}_{tag}"
+            stem = f"map_{modality}_{tag}"
             made[stem] = draw.paint_atlas(regions.atlas, regions.label_ids, values, folder / f"{stem}.nii.gz")
-            pictures = draw.brain_map_figures(
-                made[stem], folder / stem, f"{variant} {modality}: mean |attribution| to {target}"
-            )
+            pictures = draw.brain_map_figures(made[stem], folder / stem, f"{variant} {modality}: {label}", signed=False)
             made.update({f"{stem}_{kind}": path for kind, path in pictures.items()})
         if method != IG:
             continue
@@ -514,17 +545,22 @@ def _figures(args, table, attention_table, modalities, folder: Path) -> dict[str
             made[f"genome_{modality}_{tag}"] = draw.manhattan_figure(
                 plot,
                 folder / f"genome_{modality}_{tag}.png",
-                f"{variant} {modality}: mean |attribution| to {target} by variant",
+                f"{variant} {modality}: {label}, per variant",
             )
     if not attention_table.empty:
-        rollout = {
-            variant: attention_matrix(
-                rows.groupby(["layer", "head", "query", "key"], sort=False)["share"].mean().reset_index()
-            )
-            for variant, rows in attention_table[~attention_table["null"]].groupby("variant", sort=False)
-        }
+        real_attention = attention_table[~attention_table["null"]]
+        panels, uniform = {}, None
+        for variant, rows in real_attention.groupby("variant", sort=False):
+            mean = rows.groupby(["layer", "head", "query", "key"], sort=False)["share"].mean().reset_index()
+            panels[variant] = attention_matrix(mean)
+            if uniform is None and (mean["layer"] == UNIFORM).any():  # the same for every variant of one data
+                uniform = attention_matrix(mean, layer=UNIFORM)
+        if uniform is not None:
+            panels["no preference (uniform)"] = uniform
         made["attention"] = draw.attention_heatmaps(
-            rollout, folder / "attention_rollout.png", "cross-modal attention rollout (share of each query group's)"
+            panels,
+            folder / "attention_rollout.png",
+            "cross-modal attention rollout: share of each query group's attention on each key group",
         )
     return made
 

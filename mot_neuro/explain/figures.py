@@ -194,12 +194,15 @@ def _brain_map(nifti_path: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), image.affine)
 
 
-def brain_map_figures(nifti_path: str | os.PathLike, output_stem: str | os.PathLike, title: str) -> dict[str, Path]:
+def brain_map_figures(
+    nifti_path: str | os.PathLike, output_stem: str | os.PathLike, title: str, *, signed: bool = True
+) -> dict[str, Path]:
     """Two PNGs of a painted map (:func:`paint_atlas`) on nilearn's packaged MNI152 template: slices
     (``<output_stem>_stat_map.png``) and a glass brain (``<output_stem>_glass_brain.png``).
 
-    Attributions are signed: both use a diverging colour map with a scale symmetric about 0, and the glass brain
-    shows signed maxima (``plot_abs=False``). Exact zeros (outside the painted regions) stay transparent;
+    Signed maps (attributions): a diverging colour map with a scale symmetric about 0, and the glass brain shows
+    signed maxima (``plot_abs=False``). ``signed=False`` (importances, never negative): a sequential colour map
+    from 0. Exact zeros (outside the painted regions) stay transparent;
     non-finite voxels are drawn as 0. An all-zero map still renders, with the cuts at the origin and "(all zero)"
     added to the title. Returns {"stat_map": path, "glass_brain": path}.
     """
@@ -214,7 +217,11 @@ def brain_map_figures(nifti_path: str | os.PathLike, output_stem: str | os.PathL
         cut_coords = None  # nilearn centres the slices on the strongest region
     # Hides only the exact zeros, so a region with a tiny attribution is still drawn.
     threshold = vmax * 1e-6
-    common = {"title": title, "cmap": _DIVERGING, "vmax": vmax, "symmetric_cbar": True, "threshold": threshold}
+    if signed:
+        common = {"title": title, "cmap": _DIVERGING, "vmax": vmax, "symmetric_cbar": True, "threshold": threshold}
+    else:
+        common = {"title": title, "cmap": "YlOrRd", "vmin": 0.0, "vmax": vmax, "symmetric_cbar": False}
+        common["threshold"] = threshold
 
     output_stem = Path(output_stem)
     paths = {
@@ -229,7 +236,7 @@ def brain_map_figures(nifti_path: str | os.PathLike, output_stem: str | os.PathL
         _save_png(figure, paths["stat_map"], dpi=100)
 
         figure = _new_figure(8.0, 3.0, layout=None)
-        plotting.plot_glass_brain(image, figure=figure, cut_coords=cut_coords, plot_abs=False, **common)
+        plotting.plot_glass_brain(image, figure=figure, cut_coords=cut_coords, plot_abs=not signed, **common)
         _save_png(figure, paths["glass_brain"], dpi=100)
     return paths
 
