@@ -70,12 +70,13 @@ def _unquoted(text: str) -> str:
     return text
 
 
-def read_withdrawals(path: str | os.PathLike, *, id_column: str = "eid") -> Withdrawals:
-    """The IDs of a withdrawal file (see the module docstring); one-line errors naming the file and line."""
+def read_id_list(path: str | os.PathLike, *, id_column: str = "eid", what: str = "withdrawals file") -> set[str]:
+    """The IDs of a file of one ID per line (no header or one naming the ID column, blank lines and ``#`` comments
+    skipped), normalised as the cohort's; one-line errors naming ``what``, the file and the line."""
     path = Path(path)
     file = str(path)
     if not path.is_file():
-        raise AdapterError("withdrawals file not found", file=file)
+        raise AdapterError(f"{what} not found", file=file)
     ids: set[str] = set()
     first = True
     try:
@@ -89,7 +90,7 @@ def read_withdrawals(path: str | os.PathLike, *, id_column: str = "eid") -> With
                     continue  # "" alone: a blank line
                 if _SEPARATOR.search(text):
                     raise AdapterError(
-                        f"withdrawals file: line {number} holds more than one field; give one ID per line", file=file
+                        f"{what}: line {number} holds more than one field; give one ID per line", file=file
                     )
                 if first and text.lower() == id_column.lower():
                     first = False
@@ -97,17 +98,26 @@ def read_withdrawals(path: str | os.PathLike, *, id_column: str = "eid") -> With
                 first = False
                 if is_scientific(text):
                     raise AdapterError(
-                        f"withdrawals file: line {number} writes an ID in scientific notation (a spreadsheet rewrote"
+                        f"{what}: line {number} writes an ID in scientific notation (a spreadsheet rewrote"
                         " it and dropped digits); export the IDs as text",
                         file=file,
                     )
                 ids.add(normalize_id(text))
     except UnicodeDecodeError as err:
-        raise AdapterError(f"withdrawals file is not text ({err.reason})", file=file) from None
+        raise AdapterError(f"{what} is not text ({err.reason})", file=file) from None
     if not ids:
-        raise AdapterError(
-            "withdrawals file lists no ID (empty, or only a header, comments or blank lines); give one withdrawn ID"
-            " per line, or leave data.withdrawals unset",
-            file=file,
-        )
+        raise AdapterError(f"{what} lists no ID (empty, or only a header, comments or blank lines)", file=file)
+    return ids
+
+
+def read_withdrawals(path: str | os.PathLike, *, id_column: str = "eid") -> Withdrawals:
+    """The IDs of a withdrawal file (see the module docstring); one-line errors naming the file and line."""
+    path = Path(path)
+    file = str(path)
+    try:
+        ids = read_id_list(path, id_column=id_column, what="withdrawals file")
+    except AdapterError as err:
+        if "lists no ID" not in err.reason:
+            raise
+        raise AdapterError(f"{err.reason}; give one withdrawn ID per line, or leave data.withdrawals unset", file=file)
     return Withdrawals(path=file, ids=frozenset(ids), fingerprint=file_sha256(path))

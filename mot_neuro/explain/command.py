@@ -133,9 +133,9 @@ class ExplainCallback(Callback):
 
 
 def _read_subjects(path: str, id_column: str) -> set[str]:
-    from mot_neuro.data.withdrawals import read_withdrawals
+    from mot_neuro.data.withdrawals import read_id_list
 
-    return set(read_withdrawals(path, id_column=id_column).ids)
+    return read_id_list(path, id_column=id_column, what="--subjects file")
 
 
 class _SubjectRows:
