@@ -82,3 +82,29 @@ def demo_checkpoint(demo_cohort, tmp_path_factory) -> Path:
             *("--trainer.callbacks.dirpath", folder / "ckpt", "--trainer.callbacks.save_last", "true"),
         )
     return folder / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def fitted_demo(demo_cohort, tmp_path_factory):
+    """The demo experiment as the README runs it (its CPU trainer config, MLflow in the folder), fitted for one
+    epoch without the test run after fit, once per session in a folder of its own holding a copy of the demo
+    cohort: ``.cli`` (the CLI object: model and datamodule in memory), ``.folder``, ``.checkpoint``
+    (outputs/checkpoints/last.ckpt) and ``.batch_size`` (the datamodule's own).
+
+    Shared by the tests of a worker (test_embed.py, test_probe.py, test_reliability.py, test_faults.py): run from
+    ``.folder`` (paths in the datamodule are relative to it); never change the checkpoint or the cohort; put back
+    any datamodule setting a test changes. Its MLflow store is the fit's own: record nothing there."""
+    from types import SimpleNamespace
+
+    from helpers import EXPERIMENT, run_cli
+
+    folder = tmp_path_factory.mktemp("fitted_demo")
+    shutil.copytree(demo_cohort, folder / "outputs" / "demo_cohort")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.delenv("MOT_NEURO_DEBUG", raising=False)
+        cli = run_cli("fit", "--config", EXPERIMENT, "--trainer.max_epochs", "1", "--test_after_fit", "false")
+    checkpoint = folder / "outputs" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    return SimpleNamespace(cli=cli, folder=folder, checkpoint=checkpoint, batch_size=cli.datamodule.hparams.batch_size)

@@ -11,8 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import EXPERIMENT as DEMO
-from helpers import run_cli
 from lightning.pytorch.callbacks import Callback
 
 from mot_neuro.data.datamodule import SPLIT_CODES, RowBatches
@@ -71,24 +69,18 @@ def test_encoder_layer_equals_a_shallower_encoder():
 
 
 # ---------------------------------------------------------------------------------------------- pipeline fixture
-@pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    """The demo experiment fitted for one epoch in its own folder; tests run from that folder."""
-    workdir = tmp_path_factory.mktemp("embed")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(workdir)
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        cli = run_cli("fit", "--config", DEMO, "--trainer.max_epochs", "1", "--test_after_fit", "false")
-        yield cli, workdir
-
-
 @pytest.fixture
-def demo(fitted, monkeypatch):
-    cli, workdir = fitted
+def demo(fitted_demo, monkeypatch):
+    """The demo experiment fitted for one epoch (conftest.py's ``fitted_demo``, shared with test_probe.py and others);
+    tests run from its folder, predicting every subject in batches of 32."""
+    cli, workdir = fitted_demo.cli, fitted_demo.folder
     monkeypatch.chdir(workdir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cli.datamodule.hparams.predict_split = "all"
     cli.datamodule.hparams.batch_size = 32
-    return cli, workdir
+    yield cli, workdir
+    cli.datamodule.hparams.predict_split = "all"  # as the other users of the shared fit expect it
+    cli.datamodule.hparams.batch_size = fitted_demo.batch_size
 
 
 def _predict(cli, *callbacks, **kwargs):

@@ -104,19 +104,29 @@ def history(workdir: Path, run_id: str, key: str) -> dict[int, float]:
 
 
 # ------------------------------------------------------------------------------------------------ fit
-def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_metrics(workdir, tmp_path_factory):
+FIT_3_EPOCHS = ["fit", "--config", DEMO, "--trainer.max_epochs", "3", "--test_after_fit", "false", *QUICK]
+EVERY_2_STEPS = ["--checkpoint_every_n_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_cohort, tmp_path_factory) -> Path:
+    """The folder of an uninterrupted run of FIT_3_EPOCHS with a checkpoint every 2 steps (a process of its own,
+    in a folder holding a copy of the demo cohort): the reference of the kill and SIGTERM tests, made once."""
+    reference = tmp_path_factory.mktemp("uninterrupted")
+    shutil.copytree(demo_cohort, reference / "outputs" / "demo_cohort")
+    done = run(reference, *FIT_3_EPOCHS, *EVERY_2_STEPS, env=environment(reference))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return reference
+
+
+def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_metrics(workdir, uninterrupted):
     """SIGKILL (no chance to clean up) in epoch 1, then ``--ckpt_path last``: the same final metrics.
 
     The demo trains 7 batches per epoch; with a checkpoint every 2 steps the resume starts at step 10,
     batch 3 of epoch 1, so it needs both the resumable loader and per-batch seeding (dropout 0.2 is on).
     """
-    common = ["fit", "--config", DEMO, "--trainer.max_epochs", "3", "--test_after_fit", "false", *QUICK]
-    common += ["--checkpoint_every_n_steps", "2"]
-    # the uninterrupted run, in a copy of the same folder
-    reference = tmp_path_factory.mktemp("uninterrupted")
-    shutil.copytree(workdir / "outputs" / "demo_cohort", reference / "outputs" / "demo_cohort")
-    done = run(reference, *common, env=environment(reference))
-    assert done.returncode == 0, done.stderr[-3000:]
+    common = [*FIT_3_EPOCHS, *EVERY_2_STEPS]
+    reference = uninterrupted  # the uninterrupted run, in a folder holding a copy of the same cohort
 
     process = start(workdir, *common, HOLD, env=environment(workdir, hold_at="fit:11"))
     wait_for_hold(process, workdir)
@@ -144,9 +154,9 @@ def test_fit_killed_mid_epoch_resumes_to_the_uninterrupted_metrics(workdir, tmp_
     assert killed.info.status == "RUNNING"
 
 
-def test_sigterm_stops_at_the_epoch_end_marks_the_run_failed_and_resumes(workdir):
+def test_sigterm_stops_at_the_epoch_end_marks_the_run_failed_and_resumes(workdir, uninterrupted):
     """The signal a scheduler sends: stop at the next batch, save, mark the run FAILED; resume exactly."""
-    common = ["fit", "--config", DEMO, "--trainer.max_epochs", "3", "--test_after_fit", "false", *QUICK]
+    common = FIT_3_EPOCHS
     process = start(workdir, *common, HOLD, env=environment(workdir, hold_at="fit:4"))
     wait_for_hold(process, workdir)
     code, out, err = signal_and_wait(process, signal.SIGTERM)
@@ -162,10 +172,8 @@ def test_sigterm_stops_at_the_epoch_end_marks_the_run_failed_and_resumes(workdir
     latest = fit_runs(workdir)[-1]
     assert latest.info.status == "FINISHED"
     resumed_val = history(workdir, latest.info.run_id, "val/loss")
-    # the same numbers as a run never stopped (the test above made one in its own folder; redo it here)
-    reference = workdir / "reference"
-    shutil.copytree(workdir / "outputs" / "demo_cohort", reference / "outputs" / "demo_cohort")
-    assert run(reference, *common, env=environment(reference)).returncode == 0
+    # the same numbers as a run never stopped (the shared one: its extra step checkpoints change no number)
+    reference = uninterrupted
     (full,) = fit_runs(reference)
     full_val = history(reference, full.info.run_id, "val/loss")
     assert set(resumed_val) <= set(full_val) and max(resumed_val) == max(full_val)
@@ -228,21 +236,13 @@ def cells(workdir: Path) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ embed
-def test_killed_embedding_extraction_leaves_no_partial_output(workdir):
-    fit = run(
-        workdir,
-        "fit",
-        "--config",
-        DEMO,
-        "--trainer.max_epochs",
-        "1",
-        "--test_after_fit",
-        "false",
-        *QUICK,
-        env=environment(workdir),
-    )
-    assert fit.returncode == 0, fit.stderr[-3000:]
+def test_killed_embedding_extraction_leaves_no_partial_output(workdir, fitted_demo):
+    # the checkpoint of "fit --config demo --trainer.max_epochs 1 --test_after_fit false" (conftest.py, shared),
+    # with its splits file, as if that fit had run in this folder
+    shutil.copy(fitted_demo.folder / "outputs" / "demo_splits.json", workdir / "outputs" / "demo_splits.json")
     checkpoint = workdir / "outputs" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    shutil.copy(fitted_demo.checkpoint, checkpoint)
     output = workdir / "outputs" / "embeddings.parquet"
     embed = ["embed", "--config", DEMO, "--ckpt_path", checkpoint, "--output", output]
     # a previous complete extraction must survive a killed one untouched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from helpers import DEBUG_TRAINER, DENSE_EXPERIMENT, EXPERIMENT
@@ -76,10 +78,12 @@ def test_warm_start_from_dense_reproduces_its_outputs_then_reinit_breaks_one_tow
             assert torch.equal(parameter, warm_gene[name])  # other towers keep the warm start
 
 
-@pytest.mark.slow  # fits through the CLI
-def test_mask_at_test_hides_a_modality_and_changes_the_metrics(workdir):
-    fit = cli("fit", "--config", DEMO, "--trainer.max_epochs", "3", "--test_after_fit", "false")
-    checkpoint = fit.trainer.checkpoint_callback.best_model_path
+@pytest.mark.slow  # tests through the CLI (the fit: conftest.py's fitted_demo, shared)
+def test_mask_at_test_hides_a_modality_and_changes_the_metrics(demo_workdir, fitted_demo):
+    # the demo fitted for one epoch (any trained model: the test compares two test runs of one checkpoint), with
+    # its splits file, as if that fit had run in this folder
+    shutil.copy(fitted_demo.folder / "outputs" / "demo_splits.json", demo_workdir / "outputs" / "demo_splits.json")
+    checkpoint = str(fitted_demo.checkpoint)
     plain = cli("test", "--config", DEMO, "--ckpt_path", checkpoint).trainer.callback_metrics
     masked = cli("test", "--config", DEMO, "--ckpt_path", checkpoint, "--mask_at_test", "[brain]")
     assert float(masked.trainer.callback_metrics["test/loss"]) != float(plain["test/loss"])

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from helpers import EXPERIMENT as DEMO
-from helpers import run_cli
 from scipy.stats import pearsonr
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -257,28 +256,29 @@ def test_feature_set_names():
 
 # ---------------------------------------------------------------------------------------------- demo, end to end
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The demo experiment fitted for one epoch, and its embeddings (EmbeddingWriter) of every fold subject."""
+def demo(fitted_demo):
+    """The demo experiment fitted for one epoch (conftest.py's ``fitted_demo``, shared with test_embed.py and others),
+    and its embeddings (EmbeddingWriter) of every fold subject, written into the fit's folder."""
     import lightning.pytorch as pl
 
     from mot_neuro.embed import EmbeddingWriter
 
-    workdir = tmp_path_factory.mktemp("probe")
+    cli, workdir = fitted_demo.cli, fitted_demo.folder
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workdir)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*infer the batch indices.*")  # whole-batch sampler
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            cli = run_cli("fit", "--config", DEMO, "--trainer.max_epochs", "1", "--test_after_fit", "false")
             embeddings = workdir / "embeddings.parquet"
             cli.datamodule.hparams.predict_split = "all"
+            cli.datamodule.hparams.batch_size = fitted_demo.batch_size
             trainer = pl.Trainer(
                 accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                 callbacks=[EmbeddingWriter(embeddings)],
             )  # fmt: skip
             trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-        yield workdir, embeddings
+    return workdir, embeddings
 
 
 @pytest.mark.slow  # the fitted demo experiment and its embeddings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,35 +22,61 @@ def metrics_of(cli) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ determinism
-@pytest.mark.slow  # fits the demo experiment more than once
-def test_same_seed_and_config_give_identical_metrics(workdir):
-    """Bit-identical, not approximately equal: train, validation and test metrics of two runs, and of a third
-    that loads batches in two worker processes (batches and randomness must not depend on who makes them)."""
+SEEDED_RUNS = {  # name -> extra arguments of ``fit --config demo QUICK``: each run in a folder of its own
+    "first": [],
+    "again": [],
+    "workers": ["--data.num_workers", "2"],  # batches loaded in two worker processes
+    "seed1": ["--seed_everything", "1"],
+}
+
+
+@pytest.fixture(scope="module")
+def seeded_runs(tmp_path_factory):
+    """``seeded_runs(name)``: the run of SEEDED_RUNS[name], fitted on first use and kept for the module (the
+    determinism tests share "first"): the best checkpoint's test metrics after fit ("test") and the MLflow curves
+    of train/loss_step, train/loss_epoch, val/loss and val/target/r2 as (step, value) lists."""
     from mlflow.tracking import MlflowClient
 
-    runs = {}
-    for name, extra in (("first", []), ("again", []), ("workers", ["--data.num_workers", "2"])):
-        (workdir / name).mkdir()
-        os.chdir(workdir / name)
-        cli = run_cli("fit", "--config", DEMO, *QUICK, *extra)
-        client = MlflowClient(f"sqlite:///{workdir / name / 'mlflow.db'}")
-        run_id = cli.trainer.logger.run_id
-        curves = {
-            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in ("train/loss_step", "train/loss_epoch", "val/loss", "val/target/r2")
-        }
-        runs[name] = {"test": metrics_of(cli), **curves}  # after fit: the best checkpoint's test metrics
-    assert "test/target/r2" in runs["first"]["test"] and len(runs["first"]["val/loss"]) == 2
-    assert runs["again"] == runs["first"]
-    assert runs["workers"] == runs["first"]
+    base = tmp_path_factory.mktemp("seeded")
+    runs: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in runs:
+            folder = base / name
+            folder.mkdir()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(folder)
+                mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+                mp.delenv("MOT_NEURO_DEBUG", raising=False)
+                cli = run_cli("fit", "--config", DEMO, *QUICK, *SEEDED_RUNS[name])
+                client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+                run_id = cli.trainer.logger.run_id
+                curves = {
+                    key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+                    for key in ("train/loss_step", "train/loss_epoch", "val/loss", "val/target/r2")
+                }
+            runs[name] = {"test": metrics_of(cli), **curves}  # after fit: the best checkpoint's test metrics
+        return runs[name]
+
+    return get
 
 
 @pytest.mark.slow  # fits the demo experiment more than once
-def test_a_different_seed_gives_different_metrics(workdir):
+def test_same_seed_and_config_give_identical_metrics(seeded_runs):
+    """Bit-identical, not approximately equal: train, validation and test metrics of two runs, and of a third
+    that loads batches in two worker processes (batches and randomness must not depend on who makes them)."""
+    first = seeded_runs("first")
+    assert "test/target/r2" in first["test"] and len(first["val/loss"]) == 2
+    assert seeded_runs("again") == first
+    assert seeded_runs("workers") == first
+
+
+@pytest.mark.slow  # fits the demo experiment more than once
+def test_a_different_seed_gives_different_metrics(seeded_runs):
     """The determinism test above would pass for a model that ignores its seed: check that it does not."""
-    first = metrics_of(run_cli("fit", "--config", DEMO, *QUICK, "--test_after_fit", "false"))
-    other = metrics_of(run_cli("fit", "--config", DEMO, *QUICK, "--test_after_fit", "false", "--seed_everything", "1"))
-    assert first["val/loss"] != other["val/loss"]
+    first, other = seeded_runs("first")["val/loss"], seeded_runs("seed1")["val/loss"]
+    assert len(first) == len(other) == 2
+    assert first[-1][1] != other[-1][1]  # the last epoch's val/loss (what fit leaves in callback_metrics)
 
 
 # ------------------------------------------------------------------------------------------------ safe loading
@@ -64,9 +91,13 @@ class RunsCodeWhenUnpickled:
 
 
 @pytest.fixture
-def poisoned_checkpoint(workdir):
-    run_cli("fit", "--config", DEMO, "--trainer.max_epochs", "1", "--test_after_fit", "false")
-    checkpoint = torch.load(workdir / "outputs" / "checkpoints" / "last.ckpt", weights_only=True)
+def poisoned_checkpoint(demo_workdir, fitted_demo):
+    """The checkpoint of ``fit --config demo --trainer.max_epochs 1 --test_after_fit false`` (conftest.py's
+    ``fitted_demo``, shared) with pickled code added, in this test's folder, which holds the demo cohort and the
+    fit's splits file as after that fit."""
+    workdir = demo_workdir
+    shutil.copy(fitted_demo.folder / "outputs" / "demo_splits.json", workdir / "outputs" / "demo_splits.json")
+    checkpoint = torch.load(fitted_demo.checkpoint, weights_only=True)
     marker = workdir / "code-ran"
     checkpoint["hyper_parameters"]["note"] = RunsCodeWhenUnpickled(marker)
     path = workdir / "poisoned.ckpt"

@@ -198,26 +198,11 @@ def test_resuming_from_last_checkpoint_gives_the_uninterrupted_metrics(workdir, 
     assert resumed_metrics["val/target/r2"] == pytest.approx(full_metrics["val/target/r2"], rel=1e-4, abs=1e-6)
 
 
-@pytest.mark.slow  # fits through the CLI
-def test_checkpoint_from_another_layout_is_refused(workdir):
+@pytest.mark.slow  # a short fit (conftest.py's demo_checkpoint, shared)
+def test_checkpoint_from_another_layout_is_refused(demo_workdir, demo_checkpoint):
+    # demo_checkpoint: the debug trainer without fast_dev_run, one epoch, ModelCheckpoint save_last (on the demo
+    # cohort with every modality, as this test once fitted here)
     experiment = CONFIGS / "experiments" / "demo.yaml"
-    run_cli(
-        "fit",
-        "--config",
-        experiment,
-        "--trainer",
-        DEBUG,
-        "--trainer.fast_dev_run",
-        "false",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.callbacks",
-        "lightning.pytorch.callbacks.ModelCheckpoint",
-        "--trainer.callbacks.dirpath",
-        "ckpt",
-        "--trainer.callbacks.save_last",
-        "true",
-    )
     with pytest.raises(ValueError, match=r"checkpoint .*layout.*brain"):
         run_cli(
             "validate",
@@ -228,7 +213,7 @@ def test_checkpoint_from_another_layout_is_refused(workdir):
             "--data.drop_modalities",
             "[brain]",
             "--ckpt_path",
-            "ckpt/last.ckpt",
+            demo_checkpoint,
         )
 
 
@@ -256,8 +241,11 @@ def cli_subprocess(workdir, *args):
     ids=["unknown-modality", "missing-target", "typo-key", "typo-value"],
 )
 @pytest.mark.slow  # a process per case
-def test_bad_configs_exit_with_a_clear_message(workdir, extra, message):
-    done = cli_subprocess(workdir, "fit", "--config", CONFIGS / "experiments" / "demo.yaml", "--trainer", DEBUG, *extra)
+def test_bad_configs_exit_with_a_clear_message(demo_workdir, extra, message):
+    # the demo cohort is there already (as after any earlier run): the process does not generate it first
+    done = cli_subprocess(
+        demo_workdir, "fit", "--config", CONFIGS / "experiments" / "demo.yaml", "--trainer", DEBUG, *extra
+    )
     assert done.returncode != 0
     assert message in done.stderr, done.stderr[-3000:]
     assert "Traceback" not in done.stderr

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,13 +63,42 @@ def fit_checkpoint(case: Case, data: Path, *extra: str) -> Path:
     return case.folder / "outputs" / "checkpoints" / "last.ckpt"
 
 
+@pytest.fixture(scope="module")
+def ukb_checkpoints(demo_cohort, tmp_path_factory):
+    """``ukb_checkpoints(case, *extra)``: what ``fit_checkpoint(case, demo_data(case), *extra)`` leaves, a fit's
+    outputs/checkpoints/last.ckpt in the case's folder (copied there), without fitting again: each ``extra`` is
+    fitted once for the module, in a folder of its own with its own demo data config (the same settings, so the
+    same splits). The case's data config is written too, as the tests' own demo_data(case) would."""
+    from mot_neuro.cli import main
+
+    fitted: dict[tuple, Path] = {}
+
+    def checkpoint(case: Case, *extra: str) -> Path:
+        if extra not in fitted:
+            folder = tmp_path_factory.mktemp("ukb_fit")
+            data = Case(demo_cohort, folder, capfd=None).data_config()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.chdir(folder)
+                mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+                mp.delenv("MOT_NEURO_DEBUG", raising=False)
+                argv = ["fit", "--config", UKB, "--data", data, *QUICK_FIT, *NO_LOGGER, "--test_after_fit", "false"]
+                assert main([str(a) for a in (*argv, *extra)]) == 0
+            fitted[extra] = folder / "outputs" / "checkpoints" / "last.ckpt"
+        demo_data(case)
+        path = case.folder / "outputs" / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(fitted[extra], path)
+        return path
+
+    return checkpoint
+
+
 # ====================================================================== class 11: one experiment everywhere
 @pytest.mark.slow  # fits through the CLI
-def test_ukb_template_workflow_test_embed_probe_with_data_override(case):
+def test_ukb_template_workflow_test_embed_probe_with_data_override(case, ukb_checkpoints):
     """fit, test, embed and probe all take the UKB template (fit-only keys) with --data; embed takes --model and
     --trainer overrides like fit, and probe reads the embeddings it wrote."""
-    data = demo_data(case)
-    checkpoint = fit_checkpoint(case, data)
+    checkpoint = ukb_checkpoints(case)  # fit_checkpoint(case, demo_data(case)), fitted once for the module
     status, err = ukb(case, "test", "--ckpt_path", checkpoint, *NO_LOGGER, "--trainer.enable_progress_bar", "false")
     assert status == 0, err[-3000:]
 
@@ -102,10 +132,10 @@ def test_data_override_means_the_same_in_embed_as_in_fit(case):
 
 
 @pytest.mark.slow  # fits through the CLI
-def test_embed_with_a_smoke_trainer_still_embeds_every_subject(case):
+def test_embed_with_a_smoke_trainer_still_embeds_every_subject(case, ukb_checkpoints):
     """The debug trainer (fast_dev_run: one batch) or limit_predict_batches must not leave a partial file that
     probe would take for the cohort."""
-    checkpoint = fit_checkpoint(case, demo_data(case))
+    checkpoint = ukb_checkpoints(case)  # fit_checkpoint(case, demo_data(case)), fitted once for the module
     debug = CONFIGS / "trainer" / "debug.yaml"
     status, err = ukb(case, "embed", "--ckpt_path", checkpoint, "--output", "emb.parquet", "--trainer", debug)
     assert status == 0, err[-3000:]
@@ -120,11 +150,10 @@ def test_embed_with_a_smoke_trainer_still_embeds_every_subject(case):
 
 
 @pytest.mark.slow  # fits through the CLI
-def test_embed_builds_the_checkpoints_variant_not_the_configs(case):
+def test_embed_builds_the_checkpoints_variant_not_the_configs(case, ukb_checkpoints):
     """A dense checkpoint under the MoT config embeds as the dense model (settings from the checkpoint, as
     test --ckpt_path does): the same vectors as embedding it under the dense config."""
-    data = demo_data(case)
-    checkpoint = fit_checkpoint(case, data, "--model", str(DENSE))
+    checkpoint = ukb_checkpoints(case, "--model", str(DENSE))  # fit_checkpoint(case, data, "--model", DENSE)
     status, err = ukb(case, "embed", "--ckpt_path", checkpoint, "--output", "mot_config.parquet")
     assert status == 0, err[-3000:]
     assert "Traceback" not in err and "state_dict" not in err
@@ -139,13 +168,12 @@ def test_embed_builds_the_checkpoints_variant_not_the_configs(case):
     np.testing.assert_array_equal(np.stack(under_mot["embedding"]), np.stack(under_dense["embedding"]))
 
 
-def test_embed_refuses_weights_of_another_variant_without_settings_in_one_line(case):
+def test_embed_refuses_weights_of_another_variant_without_settings_in_one_line(case, ukb_checkpoints):
     """A checkpoint that saves no settings (hyper_parameters stripped) and holds dense weights, under the MoT
     config: one line naming both models, and no embeddings file or part file left."""
     import torch
 
-    data = demo_data(case)
-    checkpoint = torch.load(fit_checkpoint(case, data, "--model", str(DENSE)), weights_only=True)
+    checkpoint = torch.load(ukb_checkpoints(case, "--model", str(DENSE)), weights_only=True)
     del checkpoint["hyper_parameters"]
     stripped = case.path("weights_only.ckpt")
     torch.save(checkpoint, stripped)
@@ -162,7 +190,7 @@ def test_tools_refuse_an_option_that_is_not_theirs_nor_the_experiments(case, com
 
 
 @pytest.mark.slow  # fits through the CLI
-def test_tools_take_a_trainer_file_as_fit_does(case):
+def test_tools_take_a_trainer_file_as_fit_does(case, ukb_checkpoints):
     """probe uses only the data: a GPU or MLflow trainer file (here on a CPU-only run) neither fails nor creates an
     MLflow store; embed with a trainer this machine cannot run says so in one line naming the trainer."""
     import torch
@@ -173,7 +201,7 @@ def test_tools_take_a_trainer_file_as_fit_does(case):
     assert (case.path("probes") / "probes.csv").is_file() and not case.path("mlflow.db").exists()
     if torch.cuda.is_available():
         return
-    status, err = ukb(case, "embed", "--ckpt_path", fit_checkpoint(case, demo_data(case)), "--trainer", gpu)
+    status, err = ukb(case, "embed", "--ckpt_path", ukb_checkpoints(case), "--trainer", gpu)
     assert_refused(status, err, "trainer settings cannot run here", "--trainer")
     assert not list(case.path("outputs").glob("embeddings.parquet*"))
 
@@ -499,10 +527,9 @@ def test_ablate_takes_the_experiment_overrides_and_keeps_them_out_of_tags(case):
 
 # ====================================================================== checkpoints of another fold, or none
 @pytest.mark.slow  # fits through the CLI
-def test_a_checkpoint_of_another_fold_is_refused_by_test_embed_and_resume(case):
+def test_a_checkpoint_of_another_fold_is_refused_by_test_embed_and_resume(case, ukb_checkpoints):
     """A fold-0 model tested, embedded or resumed on fold 1 would report numbers on subjects it trained on."""
-    data = demo_data(case)
-    checkpoint = fit_checkpoint(case, data)
+    checkpoint = ukb_checkpoints(case)  # fit_checkpoint(case, demo_data(case)): in this case's outputs/checkpoints
     for command, extra in (
         ("test", ()),
         ("embed", ("--output", "emb.parquet")),
