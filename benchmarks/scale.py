@@ -1,7 +1,7 @@
 """Scale: a synthetic cohort of N subjects x 600 tokens streamed into the cache, trained on and embedded whole.
 
-For every size N (default 10,000 and 100,000), three phases, each in a fresh process so that its peak
-memory is its own:
+For every size N (default 10,000 and 100,000), the phases of ``--phases`` (default build, train, embed; add
+``explain`` for ``mot-neuro explain``), each in a fresh process so that its peak memory is its own:
 
 * ``build``: N subjects generated block by block (``--block`` subjects at a time) and streamed into a
   cohort folder with ``data_adapters.cache.CohortWriter``: gene (300 tokens x 1 feature), brain (200
@@ -19,6 +19,15 @@ memory is its own:
 * ``embed``: the calls ``mot-neuro embed`` makes (``EmbeddingWriter``, ``trainer.predict(...,
   return_predictions=False)``) over all N subjects with the trained checkpoint, batches of
   ``--embed-batch-size``; timed from the start of predict to the merged, sorted parquet file.
+* ``explain`` (optional; needs train): ``mot-neuro explain`` itself (``explain_main``) on the trained checkpoint
+  over the fold's test split, once per ``--explain-subjects`` M (a fresh process each) with ``--max_subjects M``,
+  ``--methods`` / ``--n_steps`` from ``--explain-methods`` / ``--explain-n-steps``, batches of
+  ``--explain-batch-size``, no logger, no figures. Timed whole (setup, predict, tables: ``explain_s``) and its
+  predict loop alone (``explain_predict_s``, wall and process CPU). Note that the predict loop runs the encoder
+  over every test subject even past M (explain keeps only the first M), so ``explain_predict_s`` has a part that
+  grows with N; ``explain_marginal_subjects_per_s`` (from the difference between the smallest and largest M)
+  is the cost of explaining one more subject. Memory should not grow with M: ``explain_rss_growth_mb`` is
+  largest M's peak RSS minus smallest M's.
 
 Memory per phase: ``peak_rss`` is the process's ``ru_maxrss`` (everything resident, memory-mapped file
 pages included: what a scheduler sees), ``peak_anon`` the largest anonymous resident size sampled every
@@ -28,6 +37,7 @@ size once torch and Lightning are imported. Flat memory means the 100,000-subjec
 
     python benchmarks/scale.py                           # 10,000 and 100,000 subjects
     python benchmarks/scale.py --sizes 2000 --steps 10   # quick look
+    python benchmarks/scale.py --sizes 100000 --phases build train explain --explain-subjects 32 256
 
 Data go into a temporary folder (``--dir`` to choose where; ~5 KB per subject) removed at the end. The last
 line printed is one JSON object.
@@ -59,6 +69,7 @@ BRAIN_STATS = 4
 SUBCORTICAL_SHARE = 0.1  # of brain regions, with volume only
 CATEGORIES = {"handedness": ["left", "right", "ambidextrous"], "smoking": ["never", "former", "current"]}
 SITES = 5
+PHASES = ("build", "train", "embed", "explain")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +80,34 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32, help="training batch (the demo config's)")
     p.add_argument("--embed-batch-size", type=int, default=256)
     p.add_argument("--block", type=int, default=2048, help="subjects generated and written at a time")
+    p.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=["build", "train", "embed"],
+        help="phases to run (in this order; embed and explain need train, train needs build)",
+    )
+    p.add_argument(
+        "--explain-subjects",
+        type=int,
+        nargs="+",
+        default=[32, 256],
+        metavar="M",
+        help="explain phase: --max_subjects of each run (one process each; two or more show growth with M)",
+    )
+    p.add_argument(
+        "--explain-methods",
+        nargs="+",
+        default=["integrated_gradients"],
+        help="explain phase: --methods (occlusion is one forward per token: 600 per subject here)",
+    )
+    p.add_argument("--explain-n-steps", type=int, default=16, help="explain phase: Integrated Gradients' --n_steps")
+    p.add_argument(
+        "--explain-batch-size", type=int, default=16, help="explain phase: batch (IG runs n_steps times its rows)"
+    )
+    p.add_argument(
+        "--explain-no-attention", action="store_true", help="explain phase: --no_attention (default: recorded)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gene", type=int, default=GENE_TOKENS, help="gene tokens (1 feature)")
     p.add_argument("--brain", type=int, default=BRAIN_REGIONS, help=f"brain regions ({BRAIN_STATS} features)")
@@ -76,8 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dir", default=None, help="parent of the temporary data folder (default: the system's)")
     p.add_argument("--keep", action="store_true", help="keep the data folder (its path is printed)")
     # one phase in this process (what the driver runs in a subprocess per phase)
-    p.add_argument("--phase", choices=["build", "train", "embed"], help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--max-subjects", type=int, help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -351,6 +391,59 @@ def phase_embed(args, workdir: Path) -> dict:
     return {"embed_setup_s": setup, "embed_s": seconds, "embed_subjects_per_s": rows / seconds, "embedded": rows}
 
 
+def phase_explain(args, workdir: Path) -> dict:
+    """``mot-neuro explain`` on the trained checkpoint, ``--max_subjects args.max_subjects``; its predict loop
+    timed on its own (wall and process CPU: all of torch's threads) by wrapping the command's ``_predict``."""
+    import pandas as pd
+
+    from mot_neuro.explain import command
+
+    config = write_config(args, workdir, args.explain_batch_size, 1)
+    output = workdir / f"explain-{args.max_subjects}"
+    predict = command._predict
+    timed = {}
+
+    def timed_predict(cli, path):
+        wall, cpu = time.perf_counter(), time.process_time()
+        predict(cli, path)
+        timed["wall"], timed["cpu"] = time.perf_counter() - wall, time.process_time() - cpu
+        timed["split_rows"] = int(len(cli.datamodule.rows["test"]))
+
+    argv = ["--config", str(config), "--ckpt_path", str(workdir / "model.ckpt"), "--output", str(output)]
+    argv += ["--split", "test", "--max_subjects", str(args.max_subjects), "--no_figures"]
+    argv += ["--methods", *args.explain_methods, "--n_steps", str(args.explain_n_steps)]
+    argv += ["--trainer.logger", "false"] + (["--no_attention"] if args.explain_no_attention else [])
+    command._predict = timed_predict
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        code = command.explain_main(argv)
+        seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        command._predict = predict
+    if code != 0:
+        raise RuntimeError(f"mot-neuro explain exited with {code}")
+    summary = json.loads((output / "summary.json").read_text())
+    explained = summary["subjects_per_run"]
+    expected = min(args.max_subjects, timed["split_rows"])
+    if explained != expected:
+        raise RuntimeError(f"explained {explained} subjects, expected {expected}")
+    rows = len(pd.read_parquet(output / "attributions.parquet"))
+    shutil.rmtree(output)
+    return {
+        "max_subjects": args.max_subjects,
+        "explained": explained,
+        "test_split_rows": timed["split_rows"],
+        "explain_s": seconds,
+        "explain_cpu_s": cpu_seconds,
+        "explain_predict_s": timed["wall"],
+        "explain_predict_cpu_s": timed["cpu"],
+        "explain_subjects_per_s": explained / timed["wall"],
+        "explain_subjects_per_cpu_s": explained / timed["cpu"],
+        "attribution_rows": rows,
+        "ig_max_gap": max(r["ig_max_gap"] for r in summary["runs"]),
+    }
+
+
 def run_phase(args) -> None:
     if args.phase == "build":
         import data_adapters.cache  # noqa: F401  (no torch: the writer is usable without it)
@@ -361,22 +454,48 @@ def run_phase(args) -> None:
     after_imports = _rss_now_kb()
     workdir = Path(args.workdir)
     with MemorySampler() as sampler:
-        result = {"build": phase_build, "train": phase_train, "embed": phase_embed}[args.phase](args, workdir)
+        phases = {"build": phase_build, "train": phase_train, "embed": phase_embed, "explain": phase_explain}
+        result = phases[args.phase](args, workdir)
     result.update({f"{args.phase}_{k}": v for k, v in _memory_figures(sampler, after_imports).items()})
     print(json.dumps(result))
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _phase(args, phase: str, n: int, workdir: Path) -> dict:
+def _phase(args, phase: str, n: int, workdir: Path, max_subjects: int | None = None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--n", str(n)]
+    if phase == "explain":
+        command += ["--max-subjects", str(max_subjects), "--explain-batch-size", str(args.explain_batch_size)]
+        command += ["--explain-methods", *args.explain_methods, "--explain-n-steps", str(args.explain_n_steps)]
+        command += ["--explain-no-attention"] if args.explain_no_attention else []
     command += ["--workdir", str(workdir), "--seed", str(args.seed), "--block", str(args.block)]
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
     command += ["--embed-batch-size", str(args.embed_batch_size)]
     command += ["--gene", str(args.gene), "--brain", str(args.brain), "--behaviour", str(args.behaviour)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
     if done.returncode != 0:
-        raise RuntimeError(f"phase {phase} at N={n} failed:\n{done.stderr[-4000:]}")
+        what = phase if max_subjects is None else f"{phase} (M={max_subjects})"
+        raise RuntimeError(f"phase {what} at N={n} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _explain_figures(runs: list[dict]) -> dict:
+    """The explain runs of one N (one per M) and what compares them: peak RSS growth from the smallest M to the
+    largest, and the marginal throughput (extra subjects / extra predict seconds; None with one M)."""
+    small = min(runs, key=lambda r: r["explained"])
+    large = max(runs, key=lambda r: r["explained"])
+    extra_s = large["explain_predict_s"] - small["explain_predict_s"]
+    extra = large["explained"] - small["explained"]
+    return {
+        "explain": runs,
+        "explain_peak_rss_mb": max(r["explain_peak_rss_mb"] for r in runs),
+        **(
+            {"explain_peak_anon_mb": max(r["explain_peak_anon_mb"] for r in runs)}
+            if "explain_peak_anon_mb" in small
+            else {}
+        ),
+        "explain_rss_growth_mb": large["explain_peak_rss_mb"] - small["explain_peak_rss_mb"],
+        "explain_marginal_subjects_per_s": extra / extra_s if extra > 0 and extra_s > 0 else None,
+    }
 
 
 def _machine() -> dict:
@@ -403,6 +522,13 @@ def main(argv=None) -> dict:
         raise SystemExit("need --steps >= 1, --warmup >= 1 and sizes of at least 10 subjects")
     if min(args.gene, args.brain) < 1 or args.behaviour <= len(CATEGORIES):
         raise SystemExit(f"need --gene, --brain >= 1 and --behaviour > {len(CATEGORIES)} (its categorical measures)")
+    phases = [phase for phase in PHASES if phase in args.phases]
+    needs = {"train": "build", "embed": "train", "explain": "train"}
+    for phase in phases:
+        if phase in needs and needs[phase] not in phases:
+            raise SystemExit(f"--phases: {phase} needs {needs[phase]}")
+    if "explain" in phases and (min(args.explain_subjects) < 1 or args.explain_batch_size < 1):
+        raise SystemExit("need --explain-subjects and --explain-batch-size >= 1")
     root = Path(tempfile.mkdtemp(prefix="mot-neuro-scale-", dir=args.dir))
     tokens = args.gene + args.brain + args.behaviour
     results = []
@@ -411,9 +537,12 @@ def main(argv=None) -> dict:
             workdir = root / f"n{n}"
             workdir.mkdir()
             row = {"n_subjects": n, "tokens": tokens}
-            for phase in ("build", "train", "embed"):
-                row.update(_phase(args, phase, n, workdir))
-                print(f"N={n:>7} {phase:<5} done", flush=True)
+            for phase in phases:
+                if phase == "explain":
+                    row.update(_explain_figures([_phase(args, phase, n, workdir, m) for m in args.explain_subjects]))
+                else:
+                    row.update(_phase(args, phase, n, workdir))
+                print(f"N={n:>7} {phase:<7} done", flush=True)
             results.append(row)
             if not args.keep:
                 shutil.rmtree(workdir)
@@ -434,9 +563,33 @@ def main(argv=None) -> dict:
         ("embed_subjects_per_s", "embed subj/s", "{:.0f}"),
         ("embed_peak_rss_mb", "embed RSS MB", "{:.0f}"),
     ]
+    columns = [column for column in columns if column[0] in results[0]]
     print(f"\n{'subjects':>9}" + "".join(f"{title:>15}" for _, title, _ in columns))
     for row in results:
         print(f"{row['n_subjects']:>9}" + "".join(f"{fmt.format(row[key]):>15}" for key, _, fmt in columns))
+    if "explain" in phases:
+        explain_columns = [
+            ("explained", "explained", "{:d}"),
+            ("explain_s", "explain s", "{:.1f}"),
+            ("explain_predict_s", "predict s", "{:.1f}"),
+            ("explain_subjects_per_s", "subj/s", "{:.2f}"),
+            ("explain_subjects_per_cpu_s", "subj/cpu-s", "{:.2f}"),
+            ("explain_peak_rss_mb", "RSS MB", "{:.0f}"),
+            ("explain_peak_anon_mb", "anon MB", "{:.0f}"),
+        ]
+        print(f"\n{'subjects':>9}" + "".join(f"{title:>12}" for _, title, _ in explain_columns))
+        for row in results:
+            for run in row["explain"]:
+                print(
+                    f"{row['n_subjects']:>9}"
+                    + "".join(f"{fmt.format(run[key]):>12}" for key, _, fmt in explain_columns if key in run)
+                )
+            marginal = row["explain_marginal_subjects_per_s"]
+            print(
+                f"N={row['n_subjects']}: explain peak RSS growth from M={args.explain_subjects[0]} to the largest M"
+                f" {row['explain_rss_growth_mb']:+.0f} MB; one more subject explained:"
+                f" {'-' if marginal is None else f'{marginal:.2f} subj/s'}"
+            )
     flatness = {}
     if len(results) > 1:
         small, large = min(results, key=lambda r: r["n_subjects"]), max(results, key=lambda r: r["n_subjects"])
@@ -451,6 +604,7 @@ def main(argv=None) -> dict:
             "warmup": args.warmup,
             "batch_size": args.batch_size,
             "embed_batch_size": args.embed_batch_size,
+            "phases": phases,
             "block": args.block,
             "tokens": {"gene": args.gene, "brain": args.brain, "behaviour": args.behaviour},
             "model": str(MODEL_CONFIG.relative_to(ROOT)),
@@ -458,9 +612,19 @@ def main(argv=None) -> dict:
         "results": results,
         "flatness": flatness,
         # the headline figures, at the largest size
-        "step_vs_attention_bound": results[-1]["step_vs_attention_bound"],
-        "train_peak_rss_mb": max(r["train_peak_rss_mb"] for r in results),
+        "step_vs_attention_bound": results[-1].get("step_vs_attention_bound"),
+        "train_peak_rss_mb": max((r["train_peak_rss_mb"] for r in results if "train_peak_rss_mb" in r), default=None),
     }
+    if "explain" in phases:
+        summary["settings"]["explain"] = {
+            "subjects": args.explain_subjects,
+            "methods": args.explain_methods,
+            "n_steps": args.explain_n_steps,
+            "batch_size": args.explain_batch_size,
+            "attention": not args.explain_no_attention,
+            "split": "test",
+        }
+        summary["explain_rss_growth_mb"] = results[-1]["explain_rss_growth_mb"]
     print(json.dumps(summary))
     return summary
 

@@ -124,8 +124,10 @@ def test_cohort_dir_with_other_targets_and_clear_errors(tmp_path, scale, capsys)
 def test_scale_benchmark_runs_end_to_end(tmp_path):
     """Tiny sizes, one step: the script's phases, figures and clean-up, not its timings."""
     small = ["--sizes", "40", "--steps", "1", "--warmup", "1", "--batch-size", "8", "--embed-batch-size", "32"]
+    explain = ["--phases", "build", "train", "embed", "explain", "--explain-subjects", "2", "4"]
+    explain += ["--explain-batch-size", "4", "--explain-methods", "integrated_gradients", "occlusion"]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *small, *TINY, "--dir", str(tmp_path)],
+        [sys.executable, str(SCRIPT), *small, *TINY, *explain, "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -151,12 +153,31 @@ def test_scale_benchmark_runs_end_to_end(tmp_path):
         for phase in ("build", "train", "embed"):
             assert result[f"{phase}_peak_rss_mb"] >= result[f"{phase}_rss_after_imports_mb"] > 10
             assert result[f"{phase}_peak_anon_mb"] > 0
+        # explain: one process per --max_subjects, each over the fold's test split (8 of 40 subjects)
+        runs = result["explain"]
+        assert [(r["max_subjects"], r["explained"], r["test_split_rows"]) for r in runs] == [(2, 2, 8), (4, 4, 8)]
+        for run in runs:
+            assert run["explain_predict_s"] <= run["explain_s"] and run["explain_subjects_per_s"] > 0
+            assert run["explain_peak_rss_mb"] >= run["explain_rss_after_imports_mb"] > 10
+            assert run["attribution_rows"] > 0 and run["ig_max_gap"] <= 1.0
+        assert result["explain_rss_growth_mb"] == runs[1]["explain_peak_rss_mb"] - runs[0]["explain_peak_rss_mb"]
+        assert result["explain_peak_rss_mb"] == max(r["explain_peak_rss_mb"] for r in runs)
     assert summary["flatness"] == {}  # a ratio needs two sizes
     last = summary["results"][-1]
     assert summary["step_vs_attention_bound"] == pytest.approx(last["train_step_ms"] / last["attention_bound_ms"])
     assert summary["train_peak_rss_mb"] == last["train_peak_rss_mb"]
     assert summary["machine"]["cpus"] >= 1 and summary["settings"]["steps"] == 1
+    assert summary["settings"]["explain"]["n_steps"] == 16 and summary["settings"]["explain"]["attention"]
+    assert summary["explain_rss_growth_mb"] == last["explain_rss_growth_mb"]
     assert list(tmp_path.iterdir()) == []  # the data folder is removed
+
+
+def test_scale_benchmark_phases_need_their_inputs(scale, tmp_path):
+    for phases, needed in ((["build", "explain"], "explain needs train"), (["train"], "train needs build")):
+        with pytest.raises(SystemExit, match=needed):
+            scale.main(["--sizes", "40", "--phases", *phases, "--dir", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []  # refused before any data folder is made
+    assert scale.parse_args([]).phases == ["build", "train", "embed"]  # explain only when asked for
 
 
 def resident_kb_of(folder: Path) -> dict[str, int]:

@@ -34,6 +34,9 @@ IG_RELATIVE_TOLERANCE = 0.05
 IG_ABSOLUTE_FLOOR = 1e-3
 """Completeness of Integrated Gradients: |sum of attributions - (output - baseline output)| must stay within this
 share of |output - baseline output| plus the floor (outputs are on the standardised scale), for every subject."""
+TOKENS_PER_FORWARD = 2**15
+"""Most tokens (rows x sequence length) in one forward of Integrated Gradients' path points or of occlusion's
+stacked variants: activation memory stays about this size whatever the batch, steps and token count."""
 ATTENTION_BYTES = 256 * 2**20
 """Most bytes of attention probabilities held at once (all layers); larger batches are recorded in slices."""
 
@@ -126,12 +129,20 @@ class BatchExplainer:
         return len(rows)
 
     def _attribute(self, method: str, batch: Mapping, target: str, subjects: np.ndarray) -> Attributions:
+        rows_per_forward = max(1, TOKENS_PER_FORWARD // self.model.encoder.layout.seq_len)
         if method == IG:
-            result = integrated_gradients(self.explainable, batch, target, n_steps=self.n_steps, subjects=subjects)
+            result = integrated_gradients(
+                self.explainable,
+                batch,
+                target,
+                n_steps=self.n_steps,
+                subjects=subjects,
+                internal_batch_size=rows_per_forward,
+            )
             allowed = IG_RELATIVE_TOLERANCE * (result.output - result.baseline_output).abs() + IG_ABSOLUTE_FLOOR
             self.max_ig_gap = max(self.max_ig_gap, float((result.delta.abs() / allowed).max()))
             return result
-        return occlusion(self.explainable, batch, target, subjects=subjects)
+        return occlusion(self.explainable, batch, target, subjects=subjects, max_rows=rows_per_forward)
 
     def _fold_in(self, result: Attributions, batch: Mapping) -> None:
         for modality, values in result.tokens.items():

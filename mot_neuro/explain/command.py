@@ -273,6 +273,9 @@ def _explain_checkpoint(args, overrides, path: str, null: bool, keep_logger: boo
     cli.trainer.callbacks = [c for c in cli.trainer.callbacks if not isinstance(c, Checkpoint)]
     callback = ExplainCallback(args, chosen, subject_rows)
     cli.trainer.callbacks.append(callback)
+    if args.max_subjects is not None and not args.subjects:
+        # the first max_subjects of the split are explained: the loop need not read (and predict) the rest
+        cli.trainer.limit_predict_batches = -(-args.max_subjects // cli.datamodule.hparams.batch_size)
     variant = _variant(cli.model)
     fold = int(state.get("fold", cli.datamodule.hparams.fold))
     seed = state.get("seed")
