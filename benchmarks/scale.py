@@ -24,8 +24,8 @@ For every size N (default 10,000 and 100,000), the phases of ``--phases`` (defau
   ``--methods`` / ``--n_steps`` from ``--explain-methods`` / ``--explain-n-steps``, batches of
   ``--explain-batch-size``, no logger, no figures. Timed whole (setup, predict, tables: ``explain_s``) and its
   predict loop alone (``explain_predict_s``, wall and process CPU). The predict loop reads only the batches that
-  hold the first M subjects; ``explain_marginal_subjects_per_s`` (from the difference between the smallest and largest M)
-  is the cost of explaining one more subject. Memory should not grow with M: ``explain_rss_growth_mb`` is
+  hold the first M subjects; ``explain_marginal_subjects_per_s`` (from the difference between the smallest and
+  largest M) is the cost of explaining one more subject. Memory should not grow with M: ``explain_rss_growth_mb`` is
   largest M's peak RSS minus smallest M's.
 
 Memory per phase: ``peak_rss`` is the process's ``ru_maxrss`` (everything resident, memory-mapped file

@@ -119,5 +119,6 @@ def read_withdrawals(path: str | os.PathLike, *, id_column: str = "eid") -> With
     except AdapterError as err:
         if "lists no ID" not in err.reason:
             raise
-        raise AdapterError(f"{err.reason}; give one withdrawn ID per line, or leave data.withdrawals unset", file=file)
+        advice = "give one withdrawn ID per line, or leave data.withdrawals unset"
+        raise AdapterError(f"{err.reason}; {advice}", file=file) from None
     return Withdrawals(path=file, ids=frozenset(ids), fingerprint=file_sha256(path))
