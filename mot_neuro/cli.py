@@ -10,6 +10,8 @@
   stability across folds and seeds and a permuted-target null, as tables, brain maps and plots
   (``mot_neuro.explain.command``).
 * ``probe``: scikit-learn probes on subject embeddings vs early fusion of raw features (``mot_neuro.probe``).
+* ``tune``: Optuna search over config keys, selected on each fold's training and validation parts, the best
+  refitted and tested per fold, the study resumable (``mot_neuro.tune``).
 
 Every command takes the same experiment file (keys only ``fit`` acts on, such as ``checkpoint_every_n_steps``,
 are accepted and ignored elsewhere), and ``embed`` and ``probe`` take ``--data``/``--model``/``--trainer``
@@ -233,6 +235,12 @@ def _probe(args: list[str]) -> int:
     return probe_main(args)
 
 
+def _tune(args: list[str]) -> int:
+    from mot_neuro.tune import main as tune_main
+
+    return tune_main(args)
+
+
 def _describe_command(args: list[str]) -> int:
     return _describe(build_parser().parse_args(["describe", *args]))
 
@@ -243,6 +251,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "embed": _embed,
     "explain": _explain,
     "probe": _probe,
+    "tune": _tune,
     "describe": _describe_command,
 }
 
