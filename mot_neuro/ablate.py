@@ -8,7 +8,10 @@ MLflow run, a child of one parent run named after the ablation (tags ``mot_neuro
 Resumable: a cell whose child run FINISHED is skipped; a child run left RUNNING or FAILED (an interrupted
 or crashed cell) is marked KILLED and the cell runs again. ``--print-commands`` prints every unfinished
 cell as a standalone ``mot-neuro fit`` command (for a SLURM array, say); ``--summarize`` then only
-collects the finished cells. The summary (tidy results, paired tests against the full model with FDR
+collects the finished cells. ``--launcher slurm --launcher-config FILE`` submits the unfinished cells itself, one
+submitit job array (:mod:`mot_neuro.launch`; a job stopped by a time limit or preemption is requeued and resumes
+from its checkpoint), waits, and writes the same summary; ``--launcher local`` runs those jobs on this machine.
+The summary (tidy results, paired tests against the full model with FDR
 correction, per-modality contributions, steps to the dense model's validation loss, a PNG) is written to
 the output folder and logged to the parent run.
 
@@ -33,12 +36,13 @@ import logging
 import shlex
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mot_neuro.ablation_pairing import AT_TEST  # "brain@test": the full model tested with brain hidden
 from mot_neuro.data.harmonize import check_harmonize
 from mot_neuro.experiment import experiment_overrides, lightning_cli, set_overrides
+from mot_neuro.launch import LAUNCHERS, LauncherConfig, launch, read_launcher_config
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +224,79 @@ def _cell_args(
     ]
 
 
+INTERRUPTED = ("RUNNING", "FAILED", "SCHEDULED")  # MLflow states of a cell's attempt that did not finish
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """One cell's run: its ``mot-neuro fit`` (or ``test``) arguments and where its MLflow runs are. Plain data, so
+    that a launcher can pickle it into a job; calling it runs the cell in the calling process.
+
+    Earlier attempts that did not finish are marked KILLED first, so each cell has one finished run.
+    ``resumed()``: the same cell continuing a fit from its newest ``last*.ckpt`` (``--ckpt_path last``, e.g.
+    ``last-sigterm.ckpt`` written when a scheduler stopped the job); the metric history of the interrupted attempt
+    up to the resumed step is copied into the new run, so its validation curve is whole."""
+
+    cell_id: str
+    args: tuple[str, ...]
+    tracking_uri: str
+    experiment_id: str
+    parent_id: str
+    resume: bool = False
+
+    def resumed(self) -> CellTask:
+        return replace(self, resume=True)
+
+    @property
+    def command_args(self) -> list[str]:
+        # a test-time mask only tests a saved model: it starts again instead
+        resume = self.resume and self.args[0] == "fit"
+        return [*self.args, "--ckpt_path", "last"] if resume else list(self.args)
+
+    def attempts(self, client) -> list:
+        runs = client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{CELL_TAG}` = '{self.cell_id}'",
+        )
+        return sorted(runs, key=lambda r: r.info.start_time or 0)
+
+    def __call__(self) -> str:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        interrupted = [r for r in self.attempts(client) if r.info.status in INTERRUPTED]
+        for stale in interrupted:
+            client.set_terminated(stale.info.run_id, "KILLED")  # an interrupted attempt: redo (or resume) the cell
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            lightning_cli(self.command_args)
+        if self.resume and interrupted:
+            finished = [r for r in self.attempts(client) if r.info.status == "FINISHED"]
+            if finished:
+                _carry_history(client, interrupted[-1].info.run_id, finished[-1].info.run_id)
+        return self.cell_id
+
+
+def _carry_history(client, old_run_id: str, new_run_id: str) -> None:
+    """Copy into the resumed run each metric's points that the interrupted run logged before the resumed run's
+    first step of that metric (a metric the resumed run never logged, such as an interrupted test's, stays out)."""
+    from mlflow.entities import Metric
+
+    old, new = client.get_run(old_run_id), client.get_run(new_run_id)
+    points = []
+    for key in old.data.metrics:
+        if key not in new.data.metrics:
+            continue
+        first = min(point.step for point in client.get_metric_history(new_run_id, key))
+        points += [
+            Metric(key, p.value, p.timestamp, p.step)
+            for p in client.get_metric_history(old_run_id, key)
+            if p.step < first
+        ]
+    for start in range(0, len(points), 1000):  # MLflow's batch limit
+        client.log_batch(new_run_id, metrics=points[start : start + 1000])
+
+
 class Ablation:
     """The grid of one experiment config and its MLflow parent run."""
 
@@ -277,12 +354,13 @@ class Ablation:
         return done
 
     def run_cell(self, cell: Cell, parent_id: str) -> None:
-        for stale in self.children(parent_id).get(cell.id, []):
-            if stale.info.status in ("RUNNING", "FAILED", "SCHEDULED"):
-                self.client.set_terminated(stale.info.run_id, "KILLED")  # an interrupted attempt: redo the cell
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            lightning_cli(self.cell_args(cell, parent_id))
+        self.task(cell, parent_id)()
+
+    def task(self, cell: Cell, parent_id: str) -> CellTask:
+        """The cell as plain data that runs anywhere: in this process, or as a launcher's job."""
+        return CellTask(
+            cell.id, tuple(self.cell_args(cell, parent_id)), self.tracking_uri, self.experiment_id, parent_id
+        )
 
     def command(self, cell: Cell, parent_id: str) -> str:
         return shlex.join(["mot-neuro", *self.cell_args(cell, parent_id)])
@@ -509,6 +587,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="also test the full model with each modality hidden (no retraining), beside leaving it out",
     )
+    p.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="inline",
+        help="where unfinished cells run: inline (default: this process, one after the other), slurm (one submitit"
+        " job array; requeued and resumed on preemption or time-out), local (the same jobs as subprocesses here)",
+    )
+    p.add_argument(
+        "--launcher-config",
+        default=None,
+        metavar="FILE",
+        help="resources of the jobs: submitit parameters (configs/launcher/slurm.yaml; needed for slurm)",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--print-commands", action="store_true", help="print unfinished cells as fit commands")
     mode.add_argument("--summarize", action="store_true", help="only collect finished cells")
@@ -520,6 +611,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    launcher = None
+    if not (args.print_commands or args.summarize):
+        launcher = read_launcher_config(args.launcher, args.launcher_config)  # before any work: bad input is fast
     name = args.name or Path(args.config).stem + "-ablation"
     out_dir = Path(args.out or Path("outputs") / "ablation" / name)
     extra = args.extra
@@ -563,16 +657,10 @@ def main(argv: list[str]) -> int:
     failed = []
     if not args.summarize:
         print(f"ablation {name!r}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run")
-        for number, cell in enumerate(todo, start=1):
-            print(f"[{number}/{len(todo)}] {cell.id}", flush=True)
-            if cell.masked_at_test and cell.trained_by.id in failed:
-                failed.append(cell.id)
-                continue
-            try:
-                ablation.run_cell(cell, parent)
-            except Exception as err:  # noqa: BLE001 - one broken cell must not cost the rest of the grid
-                failed.append(cell.id)
-                print(f"cell {cell.id} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        if launcher is not None and launcher.kind != "inline":
+            failed = _launch_cells(ablation, todo, parent, launcher)
+        else:
+            failed = _run_cells_inline(ablation, todo, parent)
         ablation.client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     report = ablation.summarize(parent, cells, args.metric)
     _print_report(report, ablation, parent, name)
@@ -583,6 +671,51 @@ def main(argv: list[str]) -> int:
         )
         return 1
     return 0
+
+
+def _run_cells_inline(ablation: Ablation, todo: list[Cell], parent: str) -> list[str]:
+    """Run the unfinished cells in this process, one after the other; the ids of those that failed."""
+    failed: list[str] = []
+    for number, cell in enumerate(todo, start=1):
+        print(f"[{number}/{len(todo)}] {cell.id}", flush=True)
+        if cell.masked_at_test and cell.trained_by.id in failed:
+            failed.append(cell.id)
+            continue
+        try:
+            ablation.run_cell(cell, parent)
+        except Exception as err:  # noqa: BLE001 - one broken cell must not cost the rest of the grid
+            failed.append(cell.id)
+            print(f"cell {cell.id} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    return failed
+
+
+def _launch_cells(ablation: Ablation, todo: list[Cell], parent: str, launcher: LauncherConfig) -> list[str]:
+    """Run the unfinished cells as submitit jobs (see :mod:`mot_neuro.launch`): the fits as one job array, then the
+    test-time masks whose model finished as a second (they load its best checkpoint). The ids of the cells that
+    failed, each reported on stderr with its error and the job's log."""
+    folder = ablation.out_dir / "jobs"
+    failed: list[str] = []
+    fits = [c for c in todo if not c.masked_at_test]
+    masks = [c for c in todo if c.masked_at_test]
+    for phase in (fits, masks):
+        if phase is masks:
+            done = ablation.finished(parent)
+            for cell in [c for c in masks if c.trained_by.id not in done]:
+                failed.append(cell.id)
+                print(f"cell {cell.id} not run: its model {cell.trained_by.id} did not finish", file=sys.stderr)
+            phase = [c for c in masks if c.trained_by.id in done]
+        if not phase:
+            continue
+        outcomes = launch([(c.id, ablation.task(c, parent)) for c in phase], launcher, folder)
+        for outcome in outcomes:
+            if not outcome.ok:
+                failed.append(outcome.name)
+                print(
+                    f"cell {outcome.name} failed: {outcome.error} (job {outcome.job_id}, log {outcome.stderr})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return failed
 
 
 def _print_report(report: dict, ablation: Ablation, parent: str, name: str) -> None:
