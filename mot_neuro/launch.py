@@ -136,7 +136,8 @@ def read_launcher_config(kind: str, path: str | Path | None) -> LauncherConfig:
         if shutil.which("sbatch") is None:
             raise ValueError(
                 "--launcher slurm: sbatch is not on PATH (not a SLURM login node?); run it on the cluster, or use"
-                " --launcher local (the same jobs on this machine) or --print-commands (commands to submit yourself)"
+                " --launcher local (the same jobs on this machine); ablate --print-commands prints commands to submit"
+                " yourself"
             )
     if kind == "local":
         settings.setdefault("timeout_min", LOCAL_TIMEOUT_MIN)

@@ -382,6 +382,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="output folder (default: outputs/tune/<study name>)")
     p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True, help="median pruning (default on)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every trial")
+    p.add_argument(
+        "--launcher",
+        choices=["inline", "local", "slurm"],
+        default="inline",
+        help="inline: here (default); local/slurm: the whole search as one submitit job (mot_neuro.launch)",
+    )
+    p.add_argument("--launcher-config", default=None, help="the job's resources (configs/launcher/slurm.yaml)")
     args, unparsed = p.parse_known_args(argv)
     args.extra = [*experiment_overrides("tune", unparsed), *set_overrides(args.set)]
     return args
@@ -393,6 +400,8 @@ def main(argv: list[str]) -> int:
     from mot_neuro.tune_study import absolute_storage, default_storage, study_lock
 
     args = parse_args(argv)
+    if args.launcher_config is not None and args.launcher == "inline":
+        raise ValueError("--launcher-config goes with --launcher local or slurm")
     if args.n_trials < 1:
         raise ValueError(
             f"--n-trials must be at least 1 (the finished trials each study should reach), got {args.n_trials}"
@@ -414,6 +423,9 @@ def main(argv: list[str]) -> int:
     out_dir = Path(args.output or Path("outputs") / "tune" / name)
     settings = _tracking_settings(experiment.config)
     storage_url = absolute_storage(args.storage) if args.storage else default_storage(settings and settings["uri"])
+
+    if args.launcher != "inline":
+        return _submit(argv, args, name, out_dir)
 
     optuna.logging.set_verbosity(optuna.logging.INFO)
     storage = optuna.storages.RDBStorage(storage_url)
@@ -450,6 +462,51 @@ def main(argv: list[str]) -> int:
             tracking.client.set_terminated(parent, "FINISHED")
     print_report(records, args.metric, paths, parent, tracking)
     return 0 if ok else 1
+
+
+@dataclass(frozen=True)
+class TuneJob:
+    """The whole search as one launcher job (plain data, picklable): ``mot-neuro tune`` with the same arguments,
+    run inline in the job. After a preemption or time-out the job runs it again, which resumes the studies (the
+    interrupted trial is marked failed and run anew)."""
+
+    argv: tuple[str, ...]
+
+    def __call__(self) -> int:
+        status = main(list(self.argv))
+        if status != 0:
+            raise RuntimeError(f"mot-neuro tune ended with exit status {status}; see the job's log")
+        return status
+
+    def resumed(self) -> TuneJob:
+        return self
+
+
+def _without_launcher(argv: list[str]) -> list[str]:
+    """``argv`` less ``--launcher X`` and ``--launcher-config Y`` (also written ``--option=value``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--launcher", "--launcher-config"):
+            skip = True
+        elif not arg.startswith(("--launcher=", "--launcher-config=")):
+            out.append(arg)
+    return out
+
+
+def _submit(argv: list[str], args, name: str, out_dir: Path) -> int:
+    """``--launcher local|slurm``: the search runs as one submitit job; this process waits and reports."""
+    from mot_neuro.launch import launch, read_launcher_config
+
+    config = read_launcher_config(args.launcher, args.launcher_config)
+    job = TuneJob(tuple(_without_launcher(argv)))
+    (outcome,) = launch([(f"tune-{name}", job)], config, out_dir / "jobs")
+    if not outcome.ok:
+        print(f"tune {name!r} failed in job {outcome.job_id}: {outcome.error} (log {outcome.stderr})", file=sys.stderr)
+        return 1
+    print(f"tune {name!r} finished in job {outcome.job_id}; report in {out_dir} (log {outcome.stderr})")
+    return 0
 
 
 def _search_fold(search: Search, storage, study_name: str, fold: int, args, direction: str, digest: str):

@@ -328,3 +328,55 @@ def test_a_killed_search_resumes_to_the_total_without_counting_the_killed_trial(
     )
     assert [r.info.status for r in killed_runs if r.data.tags.get("mot_neuro.tune_role") == "trial"] == ["KILLED"]
     assert all(r.info.status != "RUNNING" for r in client.search_runs([experiment.experiment_id]))
+
+
+def test_tune_refuses_a_launcher_config_without_a_launcher_and_slurm_without_sbatch(workdir, capfd, monkeypatch):
+    """--launcher slurm where sbatch is not on PATH, and --launcher-config with the inline launcher: one line each,
+    before any study or MLflow store is made."""
+    space = ROOT / "configs" / "tune" / "demo_space.yaml"
+    slurm = ROOT / "configs" / "launcher" / "slurm.yaml"
+    monkeypatch.setenv("PATH", str(workdir))  # no sbatch here
+    base = ("tune", "--config", EXPERIMENT, "--space", space, "--n-trials", "2")
+    status, _, err = run_main(capfd, *base, "--launcher", "slurm", "--launcher-config", slurm)
+    assert status == 2 and "sbatch is not on PATH" in err and len(err.strip().splitlines()) == 1
+    status, _, err = run_main(capfd, *base, "--launcher-config", slurm)
+    assert status == 2 and "--launcher local or slurm" in err
+    assert not (workdir / "optuna.db").exists() and not (workdir / "mlflow.db").exists()
+
+
+@pytest.mark.slow  # one trial of a tiny model, as a submitit job in a subprocess
+def test_tune_runs_as_one_local_launcher_job(demo_workdir, capfd):
+    import pandas as pd
+
+    space = demo_workdir / "space.yaml"
+    space.write_text("model.optimizer.lr: {float: [1.0e-4, 1.0e-3], log: true}\n")
+    status, out, err = run_main(
+        capfd,
+        "tune",
+        "--config",
+        EXPERIMENT,
+        "--space",
+        space,
+        "--n-trials",
+        "1",
+        "--no-prune",
+        "--output",
+        demo_workdir / "tuned",
+        "--launcher",
+        "local",
+        "--launcher-config",
+        ROOT / "configs" / "launcher" / "local.yaml",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--model.encoder.dim",
+        "16",
+        *NO_LOGGER,
+    )
+    assert status == 0, err[-3000:]
+    assert "finished in job" in out
+    report = pd.read_csv(demo_workdir / "tuned" / "report.csv")
+    assert len(report) == 1 and report["fold"].tolist() == [0]
+    assert (demo_workdir / "tuned" / "best.yaml").is_file()
+    assert list((demo_workdir / "tuned" / "jobs").glob("*_log.err"))
