@@ -3,6 +3,11 @@
 * :class:`MLflowLogger`: Lightning's ``MLFlowLogger`` whose tracking URI defaults to ``$MLFLOW_TRACKING_URI``,
   else ``sqlite:///mlflow.db`` in the working directory (MLflow 3.13+ refuses the old ``./mlruns`` file
   store, which is still Lightning's default).
+* :func:`check_tracking_server`: an ``http(s)://`` tracking server is checked when the logger is built, without
+  retries and with a short timeout, so that a server that is down gives one line instead of MLflow's minutes of
+  retries. Once the run has started, MLflow's own retries stay (a server restarting mid-training costs a pause,
+  not the run); MLflow reads ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``..._BACKOFF_FACTOR`` and ``..._TIMEOUT`` at
+  every request, so a user's setting bounds them.
 * :class:`MLflowSaveConfig`: LightningCLI's ``SaveConfigCallback`` writes ``config.yaml`` into the logger's
   log dir, which MLflow on SQLite does not have (Lightning issue #19441), and with a file store it collides
   between runs (#20184). This one logs the resolved config as a run artifact instead, together with what
@@ -21,6 +26,7 @@ import fcntl
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -31,6 +37,8 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+
+from data_adapters.errors import AdapterError
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -146,6 +154,94 @@ def _locked_experiment_id(client, database: Path, experiment_name: str, artifact
     return experiment.experiment_id
 
 
+class TrackingServerError(AdapterError):
+    """An MLflow tracking server that does not answer or refuses the run (a ``ValueError``; an ``AdapterError`` so
+    that the CLI finds it inside jsonargparse's error about the logger, as it finds a :class:`StorageError`)."""
+
+
+SERVER_PROBE_TIMEOUT_S = 5.0
+"""How long :func:`check_tracking_server` waits for a tracking server to answer (connect, then read)."""
+
+
+def check_tracking_server(
+    uri: str, timeout: float = SERVER_PROBE_TIMEOUT_S, setting: str = "unset MLFLOW_TRACKING_URI"
+) -> None:
+    """Raise :class:`TrackingServerError` (one line) unless the ``http(s)://`` tracking server ``uri`` answers;
+    other schemes (a local store, ``databricks``, plugins) are left to MLflow. ``setting``: how to drop the URI.
+
+    Two requests without retries: ``GET /health`` (which ``mlflow server`` serves without credentials or host
+    checks), then one experiments search through MLflow's REST client with the user's credentials and TLS
+    settings. Unprobed, a server that is down costs minutes: MLflow's client retries a failed connection 7
+    times with exponential backoff. A server that answers ``/health`` but refuses the search (401/403: wrong
+    credentials, or a host missing from the server's ``--allowed-hosts``) is refused too, since every request
+    of the run would be; any other answer to the search is left to MLflow (a proxy may route it differently).
+    """
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    import requests
+    from mlflow.utils.credentials import get_default_host_creds
+
+    creds = get_default_host_creds(uri)
+
+    def unreachable(reason: str) -> str:
+        return (
+            f"MLflow tracking server {uri} is not reachable ({reason}); start it, or {setting} to log into ./mlflow.db"
+        )
+
+    try:
+        health = requests.get(
+            uri.rstrip("/") + "/health", timeout=timeout, verify=creds.verify, cert=creds.client_cert_path
+        )
+    except requests.RequestException as err:
+        raise TrackingServerError(unreachable(_connection_problem(err, timeout))) from err
+    status, body = _rest_read(creds, timeout)
+    if status in (401, 403) and health.status_code in (200, 401, 403):
+        raise TrackingServerError(
+            f"MLflow tracking server {uri} refused mot-neuro's request (HTTP {status}: {body}); set"
+            " MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), and check that the"
+            " server's --allowed-hosts names the host of the tracking URI"
+        )
+    if health.status_code != 200 and status != 200:  # a server or proxy without /health passes on the search
+        search = f"HTTP {status}" if status else body
+        raise TrackingServerError(unreachable(f"HTTP {health.status_code} at /health, {search} at the REST API"))
+
+
+def _rest_read(creds, timeout: float) -> tuple[int | None, str]:
+    """(HTTP status, first line of the body) of one experiments search through MLflow's REST client; (None,
+    what failed) when no answer came."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.rest_utils import http_request
+
+    try:
+        response = http_request(
+            creds,
+            "/api/2.0/mlflow/experiments/search",
+            "GET",
+            params={"max_results": 1},
+            max_retries=0,
+            backoff_factor=0,
+            timeout=timeout,
+            raise_on_status=False,
+        )
+    except MlflowException as err:
+        return None, _connection_problem(err, timeout)
+    return response.status_code, (response.text.strip().splitlines() or [""])[0][:200]
+
+
+def _connection_problem(err: Exception, timeout: float) -> str:
+    """A few words on why a request got no answer: requests' messages nest urllib3's over several lines."""
+    import requests
+
+    if isinstance(err, requests.Timeout) or "timed out" in str(err).lower():
+        return f"no answer within {timeout:g} s"
+    text = str(err)
+    for pattern in (r"\[Errno -?\d+\] ([^'\")]+)", r"(\[SSL[^\]]*\][^'\")]*)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1).strip()
+    return f"{type(err).__name__}: {text[:200]}"
+
+
 class MLflowLogger(MLFlowLogger):
     """``MLFlowLogger`` with mot-neuro's defaults (SQLite store, experiment ``mot-neuro``)."""
 
@@ -165,6 +261,9 @@ class MLflowLogger(MLFlowLogger):
         if os.environ.get("MLFLOW_TRACKING_URI") != resolved:
             _URIS_WE_SET.add(resolved)
         _check_store_folders(resolved, artifact_location)
+        # given here, or taken from $MLFLOW_TRACKING_URI: the one-line refusal says which to drop
+        setting = "unset MLFLOW_TRACKING_URI" if tracking_uri is None else "drop the logger's tracking_uri"
+        check_tracking_server(resolved, setting=setting)
         database = sqlite_store_path(resolved)
         # Lightning's constructor builds an MlflowClient, which creates (migrates) a new store right away
         with _store_lock(database) if database is not None else nullcontext():
@@ -453,6 +552,9 @@ class RunSummary(Callback):
             lines.append(f"  MLflow run      {logger.run_id} (experiment {logger._experiment_name!r}) in {uri}")
             if uri.startswith("sqlite:///"):
                 lines.append(f"  browse it with  mlflow ui --backend-store-uri {uri}")
+            elif uri.lower().startswith(("http://", "https://")):
+                experiment_id = logger.experiment_id
+                lines.append(f"  open it at      {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{logger.run_id}")
         notes = dict(getattr(pl_module, "metric_notes", {}))
         checkpoint = trainer.checkpoint_callback
         shown: dict[str, float] | None = None

@@ -184,7 +184,10 @@ class Tracking:
     def __init__(self, settings: dict):
         from mlflow.tracking import MlflowClient
 
+        from mot_neuro.tracking import check_tracking_server
+
         self.uri = settings["uri"]
+        check_tracking_server(self.uri)  # a server that is down: one line now, not MLflow's minutes of retries
         self.client = MlflowClient(tracking_uri=self.uri)
         experiment = self.client.get_experiment_by_name(settings["experiment"])
         if experiment is None:
