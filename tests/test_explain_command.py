@@ -256,6 +256,16 @@ def test_explain_refuses_bad_inputs_in_one_line_and_keeps_the_previous_output(sm
         assert_refused(status, err, *expected)
         assert (output / "marker.txt").read_text() == "previous run"
         assert not list(folder.glob("kept.tmp-*")), args
+    # refused after its MLflow run began: the run is marked failed, not left running or finished without artifacts
+    from mlflow.tracking import MlflowClient
+
+    status, _, err = run_main(
+        capfd, "explain", "--config", EXPERIMENT, "--data", small["data"], "--ckpt_path", real, "--subjects", subjects
+    )
+    assert_refused(status, err, "no subject")
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [r.info.status for r in runs] == ["FAILED"]
     # the atlas the cohort was built from is gone: the map cannot be made
     small["atlas"].rename(folder / "atlas-moved.nii.gz")
     try:

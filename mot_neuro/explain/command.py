@@ -334,14 +334,16 @@ def explain_main(argv: list[str]) -> int:
     staging = output.with_name(f"{output.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    logger = None
+    tracked: dict = {}  # the MLflow logger once the first run made one
     try:
-        result = _explain(args, overrides, staging)
-        logger = result.pop("logger")
+        result = _explain(args, overrides, staging, tracked)
         _replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if tracked.get("logger") is not None:  # its run must not read as a finished explain without artifacts
+            tracked["logger"].finalize("failed")
         raise
+    logger = tracked.get("logger")
     if logger is not None:
         _log_to_mlflow(logger, output, result)
     print(
@@ -353,12 +355,12 @@ def explain_main(argv: list[str]) -> int:
     return 0
 
 
-def _explain(args, overrides, staging: Path) -> dict:
+def _explain(args, overrides, staging: Path, tracked: dict) -> dict:
     checkpoints = [(p, False) for p in args.ckpt_path] + [(p, True) for p in args.null_ckpt_path]
     subject_rows = _SubjectRows(staging / "subjects.parquet") if args.per_subject else None
     chosen = None
     summaries, attention, runs, notes, taken = [], [], [], [], set()
-    modalities = logger = None
+    modalities = None
     try:
         for index, (path, null) in enumerate(checkpoints):
             cli, callback, variant, fold, seed = _explain_checkpoint(
@@ -377,6 +379,8 @@ def _explain(args, overrides, staging: Path) -> dict:
             }
             if subject_rows is not None:
                 subject_rows.run = run
+            if index == 0:  # the run's MLflow logger (the config's; later checkpoints run without one)
+                tracked["logger"] = cli.trainer.logger if _is_mlflow(cli.trainer.logger) else None
             _predict(cli, path)
             explainer = callback.explainer
             if explainer is None or explainer.n_subjects == 0:
@@ -393,7 +397,6 @@ def _explain(args, overrides, staging: Path) -> dict:
             runs.append({**run, "n_subjects": explainer.n_subjects, "ig_max_gap": explainer.max_ig_gap})
             if modalities is None:
                 modalities = _modalities(cli.datamodule)
-                logger = cli.trainer.logger if _is_mlflow(cli.trainer.logger) else None
             if chosen is not None:
                 unknown = sorted(chosen - callback.found)
                 if unknown and not null:
@@ -434,7 +437,7 @@ def _explain(args, overrides, staging: Path) -> dict:
         result["subjects_per_run"][0] if len(result["subjects_per_run"]) == 1 else result["subjects_per_run"]
     )
     (staging / "summary.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    return {**result, "logger": logger}
+    return result
 
 
 def _reading_notes(table: pd.DataFrame, attention_table: pd.DataFrame) -> list[str]:
