@@ -2,7 +2,8 @@
 
     mot-neuro tune --config configs/experiments/demo.yaml --space configs/tune/demo_space.yaml --n-trials 20 \\
         [--folds 0 1 2 3 4] [--sampler tpe|random] [--seed 0] [--metric val/loss] [--direction min|max] \\
-        [--storage URL] [--study-name NAME] [--output outputs/tune/NAME] [--no-prune] [--data/--model/--trainer ...]
+        [--inner-folds K] [--storage URL] [--study-name NAME] [--output outputs/tune/NAME] [--no-prune] \\
+        [--data/--model/--trainer ...]
 
 The search space is a YAML file of dotted config keys -> distributions (:mod:`mot_neuro.tune_space`)::
 
@@ -14,15 +15,19 @@ Every key is checked with the experiment's own parser, at both ends of its range
 trial runs; keys that would change which subjects are tested (the splits) are refused.
 
 Nesting (what keeps the estimate honest). Each outer fold (``--folds``, default the config's ``data.fold``) has a
-study of its own. A trial is one ``fit`` of the experiment with the trial's values on that fold of the saved
-splits: trained on the fold's training part, scored by the best value of ``--metric`` on its validation part
-(pruned on it too), with no test after fit: only the training and validation loaders are ever built. The selection
-therefore uses each fold's train + validation subjects and nothing else (the validation part the splits already
-hold, the one ``fit`` chooses its checkpoint on, rather than inner folds: k times cheaper, noisier). Then the best
-trial of each fold is fitted again and tested on that fold's test part, which no trial saw. The report
-(``report.csv``, printed) puts the two side by side per fold: the inner (validation) score that chose the
-configuration, and the outer test score that estimates how the whole procedure generalises. Read the mean of the
-test column across folds; an inner score is optimistic by construction.
+study of its own. With ``--inner-folds 1`` (the default) a trial is one ``fit`` of the experiment with the trial's
+values on that fold of the saved splits: trained on the fold's training part, scored by the best value of
+``--metric`` on its validation part (pruned on it too, epoch by epoch), with no test after fit: only the training
+and validation loaders are ever built. With ``--inner-folds K`` (K >= 2) the fold's training and validation rows
+are pooled and cut into K inner folds (``data.inner_fold``: seeded by the outer fold's number, groups kept whole,
+stratified as the splits are); a trial fits K models, one per inner fold, and its score is the mean of their K
+best validation values (K times the cost, a less noisy choice); pruning then compares the running mean after each
+inner fold, not epochs. Either way the selection uses each fold's train + validation subjects and nothing else.
+Then the best trial of each fold is fitted again on the fold's training part (its validation part choosing the
+checkpoint, as ``fit`` does) and tested on that fold's test part, which no trial saw. The report (``report.csv``,
+printed) puts the two side by side per fold: the inner score that chose the configuration, and the outer test
+score that estimates how the whole procedure generalises. Read the mean of the test column across folds; an inner
+score is optimistic by construction.
 
 ``--n-trials`` is the number of finished trials (complete or pruned) each fold's study should reach, not a number to
 add: re-running the same command after a kill, or after it ended, continues the study up to that total (raise it to
@@ -30,16 +35,18 @@ search longer). Trials that failed (a non-finite loss: returned as a failure, th
 
 Storage: an Optuna RDB storage, by default ``optuna.db`` beside the MLflow store (``sqlite:///<folder of
 mlflow.db>/optuna.db``; ``./optuna.db`` when MLflow is not a local SQLite store), studies named
-``<NAME>-fold<k>``; ``NAME`` defaults to the experiment file's name and a digest of the space, overrides, metric and
-direction (another space is another study; the same name with another space is refused). One process per study at
-a time (a lock file beside the storage); so on start every trial still RUNNING was left by a killed process: it is
-marked FAIL (user attribute ``mot_neuro.abandoned``) and not counted, and its MLflow run marked KILLED.
+``<NAME>-fold<k>``; ``NAME`` defaults to the experiment file's name and a digest of the space, overrides, metric,
+direction and ``--inner-folds`` when above 1 (another space is another study; the same name with another space is
+refused). One process per study at a time (a lock file beside the storage); so on start every trial still RUNNING
+was left by a killed process: it is marked FAIL (user attribute ``mot_neuro.abandoned``) and not counted, and its
+MLflow run marked KILLED.
 
 MLflow (when the experiment logs with ``mot_neuro.tracking.MLflowLogger``): one parent run per search (tags
 ``mot_neuro.command=tune``, ``mot_neuro.study``; the space file, report and best config as artifacts); every trial's
 fit and every refit is a child run (``mlflow.parentRunId``; tags ``mot_neuro.trial``, ``mot_neuro.fold``,
 ``mot_neuro.tune_role`` = trial or refit, ``mot_neuro.trial_state``; params ``trial/<key>``). A pruned trial's run
-ends KILLED.
+ends KILLED. With ``--inner-folds K`` a trial has K child runs, one per inner fit, tagged ``mot_neuro.inner_fold``
+(``mot_neuro.trial_state`` is that fit's own; PRUNED on the fit after which the trial was pruned).
 
 Output folder (default ``outputs/tune/NAME``): ``report.csv``, ``best.yaml`` (the whole experiment config with the
 best values merged in, for ``mot-neuro fit --config best.yaml``: the best trial of the fold with the best inner
@@ -65,12 +72,14 @@ from mot_neuro.experiment_cli import MotNeuroCLI
 from mot_neuro.tune_space import Dimension, as_overrides, load_space, space_digest
 
 COMMAND_TAG, STUDY_TAG, PARENT_TAG = "mot_neuro.command", "mot_neuro.study", "mlflow.parentRunId"
-TRIAL_TAG, FOLD_TAG, ROLE_TAG, STATE_TAG = (
+TRIAL_TAG, FOLD_TAG, ROLE_TAG, STATE_TAG, INNER_TAG = (
     "mot_neuro.trial",
     "mot_neuro.fold",
     "mot_neuro.tune_role",
     "mot_neuro.trial_state",
+    "mot_neuro.inner_fold",
 )
+INNER_SCORES_ATTR = "mot_neuro.inner_scores"
 LOWER_IS_BETTER = ("loss", "mae", "brier", "ece", "recon", "objective", "moe_balance")
 
 
@@ -103,6 +112,11 @@ def parse_experiment(config: str, extra: list[str]) -> _ParsedExperiment:
             parser_kwargs={"prog": "mot-neuro", "exit_on_error": False},
             auto_configure_optimizers=False,  # as fit: no --optimizer/--lr_scheduler keys
         )
+
+
+def inner_fold_args(n_folds: int, fold: int, seed: int) -> list[str]:
+    """The override that makes a fit one inner fold of its outer fold (``data.inner_fold``)."""
+    return ["--data.inner_fold", json.dumps({"n_folds": n_folds, "fold": fold, "seed": seed})]
 
 
 def _first_line(err: BaseException) -> str:
@@ -250,33 +264,64 @@ class Search:
     out_dir: Path
     tracking: Tracking | None
     parent_id: str | None
+    inner_folds: int = 1
 
-    def trial_args(self, fold: int, params: dict, run_name: str, tags: dict) -> list[str]:
+    def trial_args(
+        self, fold: int, params: dict, run_name: str, tags: dict, inner_fold: int | None = None
+    ) -> list[str]:
         args = ["--config", self.config, *self.extra, *as_overrides(params), "--data.fold", str(fold)]
+        if inner_fold is not None:  # seeded by the outer fold: every trial of a study fits the same inner folds
+            args += inner_fold_args(self.inner_folds, inner_fold, seed=fold)
         if self.tracking is not None:
             args += Tracking.child_args(self.parent_id, run_name, tags)
         return args
 
     def objective(self, study_name: str, fold: int, trial) -> float:
-        """One trial: ``fit`` on the fold's training part with the trial's values, scored on its validation part."""
+        """One trial: ``fit`` on the fold's training part with the trial's values, scored on its validation part;
+        with inner folds, one fit per inner fold, scored by the mean."""
+        from optuna import TrialPruned
+
+        params = {d.key: d.suggest(trial) for d in self.space}
+        tags = {STUDY_TAG: study_name, TRIAL_TAG: trial.number, FOLD_TAG: fold, ROLE_TAG: "trial"}
+        run_name = f"{study_name}-trial{trial.number}"
+        if self.inner_folds == 1:
+            return self._scored_fit(trial, self.trial_args(fold, params, run_name, tags), params, self.prune)[0]
+        scores = []
+        for inner in range(self.inner_folds):
+            args = self.trial_args(
+                fold, params, f"{run_name}-inner{inner}", {**tags, INNER_TAG: inner}, inner_fold=inner
+            )
+            # pruned on the running mean between inner fits: epochs of different inner folds do not compare
+            score, run_id = self._scored_fit(trial, args, params, prune_epochs=False)
+            if math.isnan(score):
+                return score  # a failed inner fit fails the trial
+            scores.append(score)
+            trial.set_user_attr(INNER_SCORES_ATTR, scores)
+            mean = sum(scores) / len(scores)
+            trial.report(mean, step=inner)
+            if inner < self.inner_folds - 1 and trial.should_prune():
+                if run_id is not None:
+                    self.tracking.client.set_tag(run_id, STATE_TAG, "PRUNED")
+                raise TrialPruned(f"mean {self.metric} {mean:.6g} over {len(scores)} inner fold(s)")
+        return mean
+
+    def _scored_fit(self, trial, args: list[str], params: dict, prune_epochs: bool) -> tuple[float, str | None]:
+        """One fit of a trial: the best validation value of ``--metric`` (NaN for a failed fit) and its MLflow run."""
         from lightning.pytorch.callbacks import ModelCheckpoint
         from optuna import TrialPruned
         from optuna_integration import PyTorchLightningPruningCallback
 
         from mot_neuro.epoch_metrics import NonFiniteLossError
 
-        params = {d.key: d.suggest(trial) for d in self.space}
-        tags = {STUDY_TAG: study_name, TRIAL_TAG: trial.number, FOLD_TAG: fold, ROLE_TAG: "trial"}
-        args = self.trial_args(fold, params, f"{study_name}-trial{trial.number}", tags)
         cli = fit_trial_cli(args)
         score = BestValidationScore(self.metric, self.maximize)
         trainer = cli.trainer
         # a trial is scored by its validation metric and never reloaded: no checkpoint files; the score comes first
         # so that a pruned epoch still counts
         trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)] + [score]
-        if self.prune:
+        if prune_epochs:
             trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=self.metric))
-        state = "COMPLETE"
+        state, run_id = "COMPLETE", None
         try:
             run_trial_fit(cli)
         except TrialPruned:
@@ -285,32 +330,35 @@ class Search:
         except NonFiniteLossError as err:  # a diverging configuration is a result of the search, not an error
             state = "FAIL"
             trial.set_user_attr("failure", str(err)[:500])
-            return float("nan")
         except BaseException:
             state = "FAIL"
             raise
         finally:
-            self._record_trial(cli, params, state)
+            run_id = self._record_trial(cli, params, state)
+        if state == "FAIL":
+            return float("nan"), run_id
         if score.best is None:
             if self.metric not in score.logged:
                 raise ValueError(
                     f"--metric {self.metric} is not logged in validation; the run logs {sorted(score.logged)}"
                 )
-            return float("nan")  # undefined on every epoch (e.g. r2 of a constant prediction): a failed trial
-        return score.best
+            return float("nan"), run_id  # undefined on every epoch (e.g. r2 of a constant prediction): a failed trial
+        return score.best, run_id
 
-    def _record_trial(self, cli, params: dict, state: str | None) -> None:
+    def _record_trial(self, cli, params: dict, state: str | None) -> str | None:
+        """The trial's values and state on its MLflow run; the run's ID (None without MLflow)."""
         run_id = _run_id(cli) if self.tracking is not None else None
         if run_id is None:
-            return
+            return None
         client = self.tracking.client
         for key, value in params.items():
             client.log_param(run_id, f"trial/{key}", value)
         if state is None:
-            return
+            return run_id
         client.set_tag(run_id, STATE_TAG, state)
         if state == "PRUNED":  # Lightning ended it FAILED on the exception that stops a pruned fit
             client.set_terminated(run_id, "KILLED")
+        return run_id
 
     def refit(self, study_name: str, fold: int, best) -> dict:
         """The best trial's configuration fitted again on the fold and tested on its test part: the fold's report
@@ -339,6 +387,7 @@ class Search:
             "params": best.params,
             "inner_metric": self.metric,
             "inner_value": best.value,
+            "inner_folds": self.inner_folds,
             "test": test,
             "mlflow_run": _run_id(cli),
         }
@@ -371,6 +420,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--space", required=True, help="the search space (YAML: dotted config key -> distribution)")
     p.add_argument("--n-trials", type=int, required=True, help="finished trials each fold's study should reach")
     p.add_argument("--folds", nargs="+", type=int, default=None, help="outer folds (default: the config's data.fold)")
+    p.add_argument(
+        "--inner-folds",
+        type=int,
+        default=1,
+        help="1 (default): a trial is scored on the fold's validation part; K >= 2: a trial fits K inner folds of"
+        " the fold's train + val rows and is scored by the mean",
+    )
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
     p.add_argument("--metric", default="val/loss", help="validation metric to optimise (default val/loss)")
@@ -409,10 +465,14 @@ def main(argv: list[str]) -> int:
         raise ValueError(
             f"--n-trials must be at least 1 (the finished trials each study should reach), got {args.n_trials}"
         )
+    if args.inner_folds < 1:
+        raise ValueError(f"--inner-folds must be at least 1 (1: no inner folds), got {args.inner_folds}")
     if not args.metric.startswith("val/"):
         raise ValueError(f"--metric {args.metric}: trials are scored on validation metrics only (val/...)")
     space = load_space(args.space)
     experiment = parse_experiment(args.config, args.extra)
+    if experiment.config["data"].get("inner_fold") is not None:
+        raise ValueError("data.inner_fold is set by mot-neuro tune itself (--inner-folds K); leave it out")
     check_space_keys(space, args.space, args.config, args.extra)
     n_folds = _n_available_folds(experiment.config)
     folds = args.folds if args.folds is not None else [int(experiment.config["data"]["fold"])]
@@ -421,7 +481,9 @@ def main(argv: list[str]) -> int:
         raise ValueError(f"--folds {folds}: give each fold once, from 0..{n_folds - 1} (the splits have {n_folds})")
     maximize = args.direction == "max" if args.direction else not any(w in args.metric for w in LOWER_IS_BETTER)
     direction = "maximize" if maximize else "minimize"
-    digest = space_digest(space, args.extra, args.metric, direction)
+    # inner folds change what a trial's score means; 1 is left out so that studies made before the option resume
+    inner = [f"inner_folds={args.inner_folds}"] if args.inner_folds > 1 else []
+    digest = space_digest(space, args.extra, args.metric, direction, *inner)
     name = args.study_name or f"{Path(args.config).stem}-{digest}"
     out_dir = Path(args.output or Path("outputs") / "tune" / name)
     settings = _tracking_settings(experiment.config)
@@ -437,16 +499,38 @@ def main(argv: list[str]) -> int:
         parent = None
         if tracking is not None:
             parent = tracking.parent_run(
-                name, args.config, {"space_digest": digest, "metric": args.metric, "direction": direction}
+                name,
+                args.config,
+                {
+                    "space_digest": digest,
+                    "metric": args.metric,
+                    "direction": direction,
+                    "inner_folds": args.inner_folds,
+                },
             )
             tracking.client.set_tag(parent, "mot_neuro.n_trials", str(args.n_trials))
             tracking.client.log_artifact(parent, args.space)
             closed = tracking.close_abandoned_children(parent)
             if closed:
                 print(f"{closed} MLflow run(s) left RUNNING by a killed tune marked KILLED")
-        search = Search(args.config, args.extra, space, args.metric, maximize, args.prune, out_dir, tracking, parent)
+        search = Search(
+            args.config,
+            args.extra,
+            space,
+            args.metric,
+            maximize,
+            args.prune,
+            out_dir,
+            tracking,
+            parent,
+            args.inner_folds,
+        )
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"tune {name!r}: {len(space)} key(s), {args.n_trials} trial(s) per fold, folds {folds}; {storage_url}")
+        inner_note = f", {args.inner_folds} inner folds per trial" if args.inner_folds > 1 else ""
+        print(
+            f"tune {name!r}: {len(space)} key(s), {args.n_trials} trial(s) per fold{inner_note}, folds {folds};"
+            f" {storage_url}"
+        )
         records, ok = [], True
         try:
             for fold in folds:
@@ -463,7 +547,7 @@ def main(argv: list[str]) -> int:
                 folder = path.parent.relative_to(out_dir).as_posix()
                 tracking.client.log_artifact(parent, str(path), None if folder == "." else folder)
             tracking.client.set_terminated(parent, "FINISHED")
-    print_report(records, args.metric, paths, parent, tracking)
+    print_report(records, args.metric, paths, parent, tracking, args.inner_folds)
     return 0 if ok else 1
 
 
@@ -561,11 +645,19 @@ def best_config_text(config: str, extra: list[str], record: dict) -> str:
     parsed = parse_experiment(config, overrides)
     header = (
         f"# mot-neuro tune: best configuration of study {record['study']} (trial {record['best_trial']},"
-        f" {record['inner_metric']} {record['inner_value']:.6g} on fold {record['fold']}'s validation part),\n"
+        f" {record['inner_metric']} {record['inner_value']:.6g} {_inner_where(record)}),\n"
         f"# from {config} with {json.dumps(record['params'])}.\n"
         "# Its test estimate is in report.csv. Run: mot-neuro fit --config best.yaml\n"
     )
     return header + parsed.parser.dump(parsed.config)
+
+
+def _inner_where(record: dict) -> str:
+    """Where a record's inner score was measured."""
+    k = record.get("inner_folds", 1)
+    if k > 1:
+        return f"mean over {k} inner folds of fold {record['fold']}'s train + val rows"
+    return f"on fold {record['fold']}'s validation part"
 
 
 def write_report(records: list[dict], search: Search, experiment_args, maximize: bool) -> list[Path]:
@@ -585,6 +677,7 @@ def write_report(records: list[dict], search: Search, experiment_args, maximize:
             "n_failed": record.get("n_failed"),
             "inner_metric": record["inner_metric"],
             "inner_value": record["inner_value"],
+            "inner_folds": record.get("inner_folds", 1),
         }
         row.update({f"outer_{k}": v for k, v in sorted(record["test"].items())})
         row.update({f"param_{k}": v for k, v in record["params"].items()})
@@ -614,13 +707,20 @@ def _shown_test_metrics(records: list[dict], metric: str) -> list[str]:
     return list(dict.fromkeys(shown))
 
 
-def print_report(records: list[dict], metric: str, paths: list[Path], parent: str | None, tracking) -> None:
+def print_report(
+    records: list[dict], metric: str, paths: list[Path], parent: str | None, tracking, inner_folds: int = 1
+) -> None:
     from mot_neuro.tracking import format_number
 
     tests = _shown_test_metrics(records, metric)
+    where = (
+        f"inner score: mean validation {metric} over {inner_folds} inner folds of the fold's train + val rows"
+        if inner_folds > 1
+        else f"inner score: {metric} on the fold's validation part"
+    )
     print(
-        f"\ntune: per outer fold, the inner score that chose the configuration ({metric}, best trial, on the fold's"
-        " validation part) and the outer test score of that configuration refitted (the honest estimate)"
+        f"\ntune: per outer fold, the inner score that chose the configuration (best trial; {where}) and the outer"
+        " test score of that configuration refitted (the honest estimate)"
     )
     header = f"{'fold':>4}  {'best trial':>10}  {'inner ' + metric:>20}" + "".join(
         f"  {'outer ' + t:>24}" for t in tests

@@ -46,7 +46,7 @@ REFUSED_KEYS = {
     "seed_everything": "choosing a seed selects noise, not a setting; vary seeds with mot-neuro ablate --seeds",
     "data.permute_targets": "a null model is not a setting to tune",
     **dict.fromkeys(
-        ("checkpoint_dir", "test_after_fit", "predictions_file", "trainer.logger"),
+        ("checkpoint_dir", "test_after_fit", "predictions_file", "trainer.logger", "data.inner_fold"),
         "mot-neuro tune sets it for each trial",
     ),
 }

@@ -93,6 +93,99 @@ def test_the_demo_space_parses_against_the_demo_experiment(workdir):
     check_space_keys(space, str(space_file), str(EXPERIMENT), [])  # raises on a key the experiment lacks
 
 
+# ---------------------------------------------------------------------------------------------- inner folds (fast)
+def _families_file(case) -> Path:
+    """Relatives as a pairs table: every three consecutive subjects of the demo cohort are one family, so the
+    splits (and inner folds) must keep about 130 families whole."""
+    ids = case.participants["eid"].tolist()
+    pairs = [(ids[i], ids[i + 1]) for i in range(0, len(ids) - 1) if i % 3 != 2]
+    return case.write("families.txt", "ID1 ID2\n" + "".join(f"{a} {b}\n" for a, b in pairs))
+
+
+def _datamodule(case, inner_fold=None, **settings):
+    import yaml
+
+    from mot_neuro.data.datamodule import NeuroOmicsDataModule
+
+    config = yaml.safe_load(case.data_config(**settings).read_text())
+    datamodule = NeuroOmicsDataModule(**config, inner_fold=inner_fold)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_inner_folds_partition_the_outer_train_and_val_rows_and_keep_families_whole(case):
+    """data.inner_fold: each inner fold's train and val rows split the outer fold's train + val rows, never hold an
+    outer test row, and the val parts of the inner folds are disjoint and cover that pool; related subjects (the
+    splits' groups) stay on one side; the outer test rows are -1 in the batches' split codes and have no loader."""
+    import numpy as np
+
+    families = {"relatedness": str(_families_file(case))}  # the demo config stratifies by its continuous target
+    outer = _datamodule(case, **families)
+    pool = np.union1d(outer.rows["train"], outer.rows["val"])
+    outer_test = outer.rows["test"]
+    vals = []
+    for fold in range(3):
+        inner = _datamodule(case, {"n_folds": 3, "fold": fold, "seed": 0}, **families)
+        train, val = inner.rows["train"], inner.rows["val"]
+        assert len(inner.rows["test"]) == 0 and len(val) > 0
+        assert not np.intersect1d(train, val).size and np.array_equal(np.union1d(train, val), pool)
+        assert not np.intersect1d(np.union1d(train, val), outer_test).size
+        groups = inner.split_groups
+        assert groups is not None
+        ids = inner.cohort.subject_ids
+        assert not set(groups[ids[train]]) & set(groups[ids[val]])
+        assert set(inner.split_of_row[train]) == {0} and set(inner.split_of_row[val]) == {1}
+        assert set(inner.split_of_row[outer_test]) == {-1}
+        with pytest.raises(ValueError, match="an inner fold has no test part"):
+            inner.test_dataloader()
+        assert inner.state_dict()["inner_fold"] == {"n_folds": 3, "fold": fold, "seed": 0}
+        vals.append(val)
+    assert sum(len(v) for v in vals) == len(pool) and np.array_equal(np.sort(np.concatenate(vals)), pool)
+    # another seed cuts other parts
+    reseeded = _datamodule(case, {"n_folds": 3, "fold": 0, "seed": 1}, **families)
+    assert not np.array_equal(reseeded.rows["val"], vals[0])
+    assert "inner_fold" not in outer.state_dict()
+
+
+@pytest.mark.parametrize(
+    ("inner_fold", "expected"),
+    [
+        ({"n_folds": 1, "fold": 0}, "n_folds must be an integer >= 2"),
+        ({"n_folds": 3, "fold": 3}, "fold must be an integer in 0..2"),
+        ({"n_folds": 3, "fold": -1}, "fold must be an integer in 0..2"),
+        ({"n_folds": 3.0, "fold": 0}, "n_folds must be an integer"),
+        ({"n_folds": 3, "fold": 0, "seed": -2}, "seed must be an integer >= 0"),
+        ({"n_folds": 3, "fold": 0, "folds": 2}, "unknown key(s) ['folds']"),
+        ({"fold": 0}, "missing key(s) ['n_folds']"),
+        ([3, 0], "must be a mapping"),
+    ],
+)
+def test_bad_inner_fold_is_one_line_naming_the_option(inner_fold, expected):
+    from mot_neuro.data.datamodule import NeuroOmicsDataModule
+
+    with pytest.raises(ValueError) as refused:
+        NeuroOmicsDataModule(cohort_dir="/nowhere", inner_fold=inner_fold)  # refused before anything is read
+    message = str(refused.value)
+    assert "data.inner_fold" in message and expected in message and "\n" not in message
+
+
+def test_inner_fold_is_a_config_key_tune_sets_itself(workdir, capfd):
+    """--data.inner_fold parses from the command line (as tune passes it) and is refused in a search space and in
+    tune's overrides."""
+    from mot_neuro.tune import inner_fold_args, parse_experiment
+
+    parsed = parse_experiment(str(EXPERIMENT), inner_fold_args(n_folds=3, fold=1, seed=2))
+    assert dict(parsed.config["data"]["inner_fold"]) == {"n_folds": 3, "fold": 1, "seed": 2}
+    space = write_space(workdir, "data.inner_fold: {categorical: [null]}\n")
+    status, _, err = run_main(capfd, *tune_args(space, "--n-trials", "1"))
+    assert_refused(status, err, "data.inner_fold", "mot-neuro tune sets it")
+    status, _, err = run_main(capfd, *tune_args(write_space(workdir), "--n-trials", "1", "--inner-folds", "0"))
+    assert_refused(status, err, "--inner-folds must be at least 1")
+    inner = ("--data.inner_fold", "{n_folds: 2, fold: 0}")
+    status, _, err = run_main(capfd, *tune_args(write_space(workdir), "--n-trials", "1", *inner))
+    assert_refused(status, err, "data.inner_fold", "--inner-folds")
+
+
 # ---------------------------------------------------------------------------------------------- storage (fast)
 def test_study_lives_beside_the_mlflow_store(tmp_path, monkeypatch):
     from mot_neuro.tune_study import absolute_storage, default_storage
@@ -252,6 +345,77 @@ def test_search_never_serves_test_rows_then_refits_tests_and_writes_a_fittable_b
     assert config["model"]["encoder"]["dim"] == study.best_params["model.encoder.dim"]
     assert config["model"]["optimizer"]["lr"] == pytest.approx(study.best_params["model.optimizer.lr"])
     assert config["data"]["fold"] == 0
+
+
+@pytest.mark.slow
+def test_inner_folds_search_fits_each_inner_fold_as_a_child_run_and_never_serves_test_rows(case, capfd, monkeypatch):
+    """--inner-folds 2: the one trial fits two inner folds (two child runs tagged with their inner fold, scored by
+    the mean of their validation values) on the fold's train + val rows only; the refit alone is tested."""
+    import optuna
+    import pandas as pd
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from mot_neuro import tune
+    from mot_neuro.data.batches import CohortBatches
+    from mot_neuro.data.datamodule import NeuroOmicsDataModule
+
+    phase = {"now": "setup"}
+    served: dict[str, list] = {"trial": [], "refit": []}
+    original_item = CohortBatches.__getitem__
+
+    def recording_item(self, rows):
+        batch = original_item(self, rows)
+        if phase["now"] in served:
+            served[phase["now"]].append((batch["row"].numpy().copy(), batch["split"].numpy().copy()))
+        return batch
+
+    def in_phase(name, function):
+        def run(*args, **kwargs):
+            phase["now"] = name
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phase["now"] = "between"
+
+        return run
+
+    monkeypatch.setattr(CohortBatches, "__getitem__", recording_item)
+    monkeypatch.setattr(tune, "run_trial_fit", in_phase("trial", tune.run_trial_fit))
+    monkeypatch.setattr(tune, "fit_and_test_cli", in_phase("refit", tune.fit_and_test_cli))
+
+    folder = case.folder
+    space = write_space(folder, "model.optimizer.lr: {float: [1.0e-4, 3.0e-3], log: true}\n")
+    data = ("--data", case.data_config(), "--model.encoder.dim", "16")
+    args = ("--n-trials", "1", "--inner-folds", "2", "--no-prune", "--study-name", "n", *data, *SHORT)
+    status, stdout, err = run_main(capfd, *tune_args(space, *args))
+    assert status == 0, err[-3000:]
+    assert "mean validation val/loss over 2 inner folds" in stdout
+
+    outer = NeuroOmicsDataModule(**yaml.safe_load(case.data_config().read_text()))
+    outer.setup("fit")
+    pool = {int(r) for stage in ("train", "val") for r in outer.rows[stage]}
+    trial_rows = {int(r) for rows, _ in served["trial"] for r in rows}
+    assert trial_rows <= pool and {int(s) for _, splits in served["trial"] for s in splits} == {0, 1}
+    tested_rows = {int(r) for rows, splits in served["refit"] for r, s in zip(rows, splits, strict=True) if s == 2}
+    assert tested_rows and tested_rows <= {int(r) for r in outer.rows["test"]}  # two test batches: a part of them
+    assert not trial_rows & {int(r) for r in outer.rows["test"]}
+
+    study = optuna.load_study(study_name="n-fold0", storage=f"sqlite:///{folder / 'optuna.db'}")
+    (trial,) = study.trials
+    inner_scores = trial.user_attrs[tune.INNER_SCORES_ATTR]
+    assert len(inner_scores) == 2 and trial.value == pytest.approx(sum(inner_scores) / 2)
+    report = pd.read_csv(folder / "outputs" / "tune" / "n" / "report.csv")
+    assert report.loc[0, "inner_folds"] == 2 and report.loc[0, "inner_value"] == pytest.approx(trial.value)
+
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mot-neuro").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("mot_neuro.command") == "tune"]
+    assert parent.data.params["inner_folds"] == "2"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    roles = sorted((r.data.tags["mot_neuro.tune_role"], r.data.tags.get("mot_neuro.inner_fold", "-")) for r in children)
+    assert roles == [("refit", "-"), ("trial", "0"), ("trial", "1")]
+    assert all(r.info.status == "FINISHED" for r in children)
 
 
 def _trial_states(database: Path) -> list[tuple[int, str]]:

@@ -46,7 +46,16 @@ from .preprocess import (
 )
 from .relatedness import as_relatedness, check_relatedness_option
 from .sources import build_cached_cohort, check_modality_names
-from .splits import SCHEMES, Splits, fraction_problems, held_out_problem, load_or_make_splits, split_group_labels
+from .splits import (
+    SCHEMES,
+    Splits,
+    _kfold_test_sets,
+    _strata,
+    fraction_problems,
+    held_out_problem,
+    load_or_make_splits,
+    split_group_labels,
+)
 from .withdrawals import read_withdrawals
 
 log = logging.getLogger(__name__)
@@ -111,6 +120,34 @@ def check_data_options(
         raise ValueError(problem)
 
 
+INNER_FOLD_KEYS = ("n_folds", "fold", "seed")
+
+
+def check_inner_fold(inner_fold) -> dict | None:
+    """``data.inner_fold`` checked and completed (``seed`` defaults to 0), or None when off: a ValueError of one
+    line naming the option otherwise."""
+    if inner_fold is None:
+        return None
+    if not isinstance(inner_fold, Mapping):
+        raise ValueError(f"data.inner_fold must be a mapping {{n_folds: K, fold: j, seed: s}}, got {inner_fold!r}")
+    unknown = sorted(set(inner_fold) - set(INNER_FOLD_KEYS))
+    missing = [key for key in ("n_folds", "fold") if key not in inner_fold]
+    if unknown or missing:
+        what = f"unknown key(s) {unknown}" if unknown else f"missing key(s) {missing}"
+        raise ValueError(f"data.inner_fold has {what}; give {{n_folds: K, fold: j, seed: s}} (seed optional)")
+    settings = {"seed": 0, **inner_fold}
+    n_folds, fold, seed = (settings[key] for key in INNER_FOLD_KEYS)
+    if not _is_int(n_folds) or n_folds < 2:
+        raise ValueError(f"data.inner_fold n_folds must be an integer >= 2, got {n_folds!r}")
+    if not _is_int(fold) or not 0 <= fold < n_folds:
+        raise ValueError(
+            f"data.inner_fold fold must be an integer in 0..{n_folds - 1} (n_folds is {n_folds}), got {fold!r}"
+        )
+    if not _is_int(seed) or seed < 0:
+        raise ValueError(f"data.inner_fold seed must be an integer >= 0, got {seed!r}")
+    return {key: int(settings[key]) for key in INNER_FOLD_KEYS}
+
+
 class NeuroOmicsDataModule(pl.LightningDataModule):
     """A cohort from a data config, split once into ``splits_file`` and preprocessed per fold.
 
@@ -171,6 +208,13 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             their own values, so a null model's test metrics are honest chance. ``mot-neuro explain`` compares a
             model's attributions with such a model's. Recorded with the checkpoint's preprocessing: a null
             checkpoint is only tested or explained with the same seed. Null (default): off.
+        inner_fold: an inner fold of the fold, for choosing settings without its test part (``mot-neuro tune
+            --inner-folds``): ``{n_folds: K, fold: j, seed: s}``. The fold's training and validation rows are
+            pooled and cut into K parts (seeded by ``s``, groups of ``group``/``relatedness`` kept whole,
+            stratified by ``stratify`` as the splits are); part ``j`` validates and the rest trains (and fits the
+            preprocessing). The fold's test rows are in neither (their ``split`` code is -1) and there is no test
+            loader. Recorded in checkpoints; a checkpoint of another inner fold, or of the whole fold, is refused
+            by an inner run (its weights saw this run's validation rows). Null (default): off.
     """
 
     def __init__(
@@ -205,6 +249,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         withdrawals: str | None = None,
         harmonize: dict | None = None,
         permute_targets: NonNegativeInt | None = None,
+        inner_fold: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -224,6 +269,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
             categorical_confounds=categorical_confounds,
         )
         check_relatedness_option(relatedness, prefix="data.")
+        self.inner_fold = check_inner_fold(inner_fold)
         if cohort_dir is not None:
             if participants is not None or modalities is not None:
                 raise AdapterError(
@@ -322,7 +368,10 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         position = {sid: i for i, sid in enumerate(self.cohort.subject_ids)}
         fold = self.splits.fold(hp.fold)
         self.rows = {stage: np.sort(np.array([position[s] for s in fold[stage]], dtype=np.int64)) for stage in STAGES}
-        # one byte per cohort row, so every batch can say which split each of its rows belongs to
+        if self.inner_fold is not None:
+            self.rows = self._inner_rows(stratify)
+        # one byte per cohort row, so every batch can say which split each of its rows belongs to (an inner run:
+        # the outer test rows are -1, outside this run, like rows of no fold)
         self.split_of_row = np.full(len(position), -1, dtype=np.int8)
         for stage, code in SPLIT_CODES.items():
             self.split_of_row[self.rows[stage]] = code
@@ -343,6 +392,31 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         held_out = np.concatenate([self.rows["val"], self.rows["test"]])
         self.preprocessor.check_rows(held_out, self.kept)
         self._prepared = True
+
+    def _inner_rows(self, stratify: pd.Series | None) -> dict[str, np.ndarray]:
+        """The rows of :attr:`inner_fold`: the fold's train + val rows cut into parts as the splits cut folds
+        (whole groups, stratified, the same binning of a continuous column); the chosen part validates, the rest
+        trains; no test rows."""
+        n_folds, fold, seed = (self.inner_fold[key] for key in INNER_FOLD_KEYS)
+        pool = np.sort(np.concatenate([self.rows["train"], self.rows["val"]]))
+        ids = self.cohort.subject_ids[pool].astype(str)
+        strata = None
+        if stratify is not None:
+            n_bins = int(self.splits.settings.get("n_bins", 5))
+            strata = _strata(stratify.set_axis(stratify.index.astype(str)).reindex(ids).reset_index(drop=True), n_bins)
+        group_codes = None
+        if self.split_groups is not None:
+            group_codes = pd.factorize(self.split_groups.reindex(ids).astype(str).to_numpy(), sort=True)[0]
+        n_units = len(pool) if group_codes is None else len(np.unique(group_codes))
+        if n_units < n_folds:
+            unit = "subjects" if group_codes is None else "groups"
+            raise ValueError(
+                f"data.inner_fold n_folds {n_folds}: fold {self.hparams.fold}'s train + val rows hold only"
+                f" {n_units} {unit}; use fewer inner folds"
+            )
+        parts = _kfold_test_sets(len(pool), n_folds, strata, group_codes, seed)
+        val = np.sort(pool[parts[fold]])
+        return {"train": np.setdiff1d(pool, val), "val": val, "test": np.empty(0, dtype=np.int64)}
 
     def _class_targets(self, kept_rows: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, list[float]]]:
         """Raw labels (in cohort order, of ``kept_rows`` when given) and class labels of each categorical target,
@@ -495,7 +569,16 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         if split not in PREDICT_SPLITS:
             raise AdapterError(f"predict_split must be one of {list(PREDICT_SPLITS)}, got {split!r}")
 
+    def _refuse_test_of_inner_fold(self) -> None:
+        if self.inner_fold is not None:
+            raise ValueError(
+                f"an inner fold has no test part (data.inner_fold {self.inner_fold}): its runs choose settings, and"
+                " the fold's test rows are kept out of them; test a fit without data.inner_fold"
+            )
+
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
+        if stage == "test":  # test_dataloader, or predict_split test
+            self._refuse_test_of_inner_fold()
         self._prepare()
         if stage == "all":
             rows = np.sort(np.concatenate([self.rows[s] for s in STAGES]))
@@ -546,6 +629,8 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 splits_fingerprint=self.splits.fingerprint(),
                 data_fingerprint=self.data_fingerprint,
             )
+        if self.inner_fold is not None:  # trained on part of the fold's train + val rows: an inner run's weights
+            state["inner_fold"] = dict(self.inner_fold)
         seed = os.environ.get("PL_GLOBAL_SEED")  # set by seed_everything: which seed trained it (explain's table)
         if seed is not None and seed.lstrip("-").isdigit():
             state["seed"] = int(seed)
@@ -598,6 +683,12 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 f"the checkpoint was trained on {what}: its weights saw subjects this fold holds out, so its"
                 " validation and test numbers would leak. Use this fold's own checkpoint (a --checkpoint_dir per"
                 f" fold), or run with the checkpoint's --data.fold {fold} and its splits_file"
+            )
+        if self.inner_fold is not None and state.get("inner_fold") != self.inner_fold:
+            trained = state.get("inner_fold") or "the whole fold (no inner fold)"
+            raise AdapterError(
+                f"the checkpoint was trained on {trained}, this run on data.inner_fold {self.inner_fold}: its weights"
+                " saw rows this inner fold validates on. Use a checkpoint of the same inner fold"
             )
         if state.get("data_fingerprint") not in (None, self.data_fingerprint):
             log.warning(
