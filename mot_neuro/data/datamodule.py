@@ -49,12 +49,12 @@ from .sources import build_cached_cohort, check_modality_names
 from .splits import (
     SCHEMES,
     Splits,
-    _kfold_test_sets,
-    _strata,
     fraction_problems,
     held_out_problem,
+    kfold_test_sets,
     load_or_make_splits,
     split_group_labels,
+    stratum_codes,
 )
 from .withdrawals import read_withdrawals
 
@@ -403,7 +403,9 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
         strata = None
         if stratify is not None:
             n_bins = int(self.splits.settings.get("n_bins", 5))
-            strata = _strata(stratify.set_axis(stratify.index.astype(str)).reindex(ids).reset_index(drop=True), n_bins)
+            strata = stratum_codes(
+                stratify.set_axis(stratify.index.astype(str)).reindex(ids).reset_index(drop=True), n_bins
+            )
         group_codes = None
         if self.split_groups is not None:
             group_codes = pd.factorize(self.split_groups.reindex(ids).astype(str).to_numpy(), sort=True)[0]
@@ -414,7 +416,7 @@ class NeuroOmicsDataModule(pl.LightningDataModule):
                 f"data.inner_fold n_folds {n_folds}: fold {self.hparams.fold}'s train + val rows hold only"
                 f" {n_units} {unit}; use fewer inner folds"
             )
-        parts = _kfold_test_sets(len(pool), n_folds, strata, group_codes, seed)
+        parts = kfold_test_sets(len(pool), n_folds, strata, group_codes, seed)
         val = np.sort(pool[parts[fold]])
         return {"train": np.setdiff1d(pool, val), "val": val, "test": np.empty(0, dtype=np.int64)}
 

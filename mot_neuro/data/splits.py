@@ -118,7 +118,7 @@ def _aligned(values, ids: np.ndarray, what: str) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------------------------- making splits
-def _strata(stratify: pd.Series, n_bins: int) -> np.ndarray:
+def stratum_codes(stratify: pd.Series, n_bins: int) -> np.ndarray:
     """Integer stratum per subject: quantile bins for a continuous target, classes otherwise, NaN its own."""
     missing = stratify.isna().to_numpy()
     observed = stratify[~missing]
@@ -229,7 +229,7 @@ def make_splits(
     _check_arguments(scheme, n_folds, val_fraction, test_fraction, seed, n_bins)
     relatedness = as_relatedness(relatedness)
     n = len(ids)
-    strata = None if stratify is None else _strata(_aligned(stratify, ids, "stratify"), n_bins)
+    strata = None if stratify is None else stratum_codes(_aligned(stratify, ids, "stratify"), n_bins)
     group_codes = None if groups is None else _group_codes(groups, ids)
     related_counts = None
     if relatedness is not None:
@@ -239,7 +239,7 @@ def make_splits(
     n_val = max(1, round(val_fraction * n))
     everyone = np.arange(n)
     if scheme == "kfold":
-        outer = _kfold_test_sets(n, n_folds, strata, group_codes, seed)
+        outer = kfold_test_sets(n, n_folds, strata, group_codes, seed)
     else:
         outer = [_pick(everyone, max(1, round(test_fraction * n)), strata, group_codes, _random_state(seed), "test")]
 
@@ -369,7 +369,7 @@ def _check_enough_units(n: int, group_codes: np.ndarray | None, scheme: str, n_f
     return n_groups
 
 
-def _kfold_test_sets(
+def kfold_test_sets(
     n: int, n_folds: int, strata: np.ndarray | None, group_codes: np.ndarray | None, seed: int
 ) -> list[np.ndarray]:
     """The test sets of a k-fold split (a partition of the subjects), stratified, of whole groups."""

@@ -191,20 +191,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_steps", type=int, default=32, help="Integrated Gradients' path points")
     parser.add_argument("--no_attention", action="store_true", help="skip the cross-modal attention")
     parser.add_argument("--per_subject", action="store_true", help="also write every subject's attributions")
-    parser.add_argument(
-        "--brain_maps",
-        nargs="+",
-        default=["auto"],
-        metavar="MODALITY",
-        help="modalities to paint on their atlas (auto: every one from a labelled NIfTI atlas; none: no maps)",
-    )
-    parser.add_argument(
-        "--genome_plots",
-        nargs="+",
-        default=["auto"],
-        metavar="MODALITY",
-        help="modalities to plot along the genome (auto: every one with variant positions; none: no plots)",
-    )
+    for option, what in (
+        ("--brain_maps", "paint on their atlas (auto: every one from a labelled NIfTI atlas; none: no maps)"),
+        ("--genome_plots", "plot along the genome (auto: every one with variant positions; none: no plots)"),
+    ):
+        parser.add_argument(option, nargs="+", default=["auto"], metavar="MODALITY", help=f"modalities to {what}")
     parser.add_argument("--no_figures", action="store_true", help="tables only")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     return parser

@@ -135,8 +135,7 @@ class AttentionSummary:
         self._total: np.ndarray | None = None  # [L, H, M, M]
         self._rollout: np.ndarray | None = None  # [M, M]
         self._count: np.ndarray | None = None  # [M]
-        self._uniform: np.ndarray | None = None  # [M, M]
-        self._has_uniform = False
+        self._uniform: np.ndarray | None = None  # [M, M], once a batch brings the no-preference reference
 
     def add(
         self,
@@ -152,7 +151,6 @@ class AttentionSummary:
             self._total = np.zeros(shares.shape, dtype=np.float64)
             self._rollout = np.zeros(rollout.shape, dtype=np.float64)
             self._count = np.zeros(len(names), dtype=np.float64)
-            self._uniform = np.zeros(rollout.shape, dtype=np.float64)
         elif names != self.names or shares.shape != self._total.shape:
             raise ValueError(f"attention groups {names} {shares.shape} differ from the run's {self.names}")
         counts = np.asarray(counts, dtype=np.float64)
@@ -161,8 +159,9 @@ class AttentionSummary:
         self._total += np.nan_to_num(np.asarray(shares, dtype=np.float64)) * weight
         self._rollout += np.nan_to_num(np.asarray(rollout, dtype=np.float64)) * weight
         if uniform is not None:
+            if self._uniform is None:
+                self._uniform = np.zeros(rollout.shape, dtype=np.float64)
             self._uniform += np.nan_to_num(np.asarray(uniform, dtype=np.float64)) * weight
-            self._has_uniform = True
         self._count += counts
 
     def table(self) -> pd.DataFrame:
@@ -173,12 +172,12 @@ class AttentionSummary:
         with np.errstate(invalid="ignore", divide="ignore"):
             shares = self._total / self._count[:, None]
             rollout = self._rollout / self._count[:, None]
-            uniform = self._uniform / self._count[:, None]
+            uniform = None if self._uniform is None else self._uniform / self._count[:, None]
         # groups with no query token in the run (a modality left out by drop_modalities) have no rows or columns
         seen = np.flatnonzero(self._count > 0)
         names = [self.names[i] for i in seen]
         shares, rollout = shares[..., seen[:, None], seen], rollout[seen[:, None], seen]
-        uniform = uniform[seen[:, None], seen]
+        uniform = None if uniform is None else uniform[seen[:, None], seen]
         rows = []
         n_layers, n_heads = shares.shape[:2]
         for layer in range(n_layers):
@@ -187,7 +186,7 @@ class AttentionSummary:
             for head, matrix in heads:
                 rows += _matrix_rows(str(layer), head, matrix, names)
         rows += _matrix_rows(ROLLOUT, MEAN_OF_HEADS, rollout, names)
-        if self._has_uniform:
+        if uniform is not None:
             rows += _matrix_rows(UNIFORM, MEAN_OF_HEADS, uniform, names)
         return pd.DataFrame(rows, columns=ATTENTION_COLUMNS)
 
